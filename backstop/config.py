@@ -1,0 +1,77 @@
+"""Every setting Backstop reads, in one place: name, default, environment variable, help.
+
+The README's settings table is generated from SETTINGS (``python -m backstop.config``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+
+    @property
+    def env(self) -> str:
+        return self.name
+
+
+SETTINGS = [
+    Setting("REDIS_URL", "", "Redis to use. Empty: `./run` starts an embedded Redis under var/."),
+    Setting("BACKSTOP_PREFIX", "backstop", "Prefix of every Redis key Backstop writes."),
+    Setting("BACKSTOP_TASK_MODULES", "", "Comma-separated modules that define your own jobs."),
+    Setting("BACKSTOP_QUEUES", "", 'JSON overrides of queue configs, e.g. {"email": {"concurrency": 4}}.'),
+    Setting("BACKSTOP_EVENTS_MAXLEN", "10000", "Length of the recent-events stream (approximate)."),
+    Setting("WORKER_HEARTBEAT_SECONDS", "2", "How often a worker process beats."),
+    Setting("WORKER_HEARTBEAT_TTL", "15", "Seconds without a beat after which a worker is gone."),
+    Setting("WORKER_SHUTDOWN_TIMEOUT", "20", "Seconds running jobs get to finish on SIGTERM/SIGINT."),
+    Setting("WORKER_REAPER_SECONDS", "5", "How often a worker looks for orphaned jobs."),
+    Setting("SMTP_URL", "smtp://localhost:25", "Mail server: smtp://user:pass@host:port or smtps://."),
+    Setting("MAIL_FROM", "backstop@localhost", "Sender address of Backstop's mail."),
+    Setting("OTP_TTL_SECONDS", "300", "Lifetime of a one-time code."),
+    Setting("WEBHOOK_TIMEOUT_SECONDS", "10", "Timeout of one webhook delivery."),
+    Setting("WEBHOOK_SECRET", "", "Default HMAC secret for webhooks that name none."),
+    Setting("AI_API_URL", "", "OpenAI-compatible base URL. Empty: AI jobs fail permanently."),
+    Setting("AI_API_KEY", "", "Bearer key for AI_API_URL."),
+    Setting("AI_MODEL", "gpt-4o-mini", "Model name sent to AI_API_URL."),
+    Setting("SECRET_KEY", "", "Flask secret. Empty: one is generated and kept in var/secret_key."),
+    Setting("HOST", "127.0.0.1", "Address `./run` binds the web app to."),
+    Setting("PORT", "8000", "Port `./run` binds the web app to."),
+    Setting("REDIS_PORT", "6380", "Port of the embedded Redis that `./run` starts."),
+]
+
+
+class Settings:
+    """Settings read from an environment mapping (os.environ by default)."""
+
+    def __init__(self, environ: dict[str, str] | None = None):
+        env = os.environ if environ is None else environ
+        for setting in SETTINGS:
+            setattr(self, setting.name.lower(), env.get(setting.env, setting.default))
+
+    def int(self, name: str) -> int:
+        return int(getattr(self, name))
+
+    def float(self, name: str) -> float:
+        return float(getattr(self, name))
+
+
+@lru_cache(maxsize=1)
+def settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def markdown_table() -> str:
+    rows = ["| variable | default | what it does |", "|---|---|---|"]
+    rows += [f"| `{s.env}` | `{s.default}` | {s.help} |" for s in SETTINGS]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -1,0 +1,36 @@
+"""The Redis clients of a process: one decoded client for Backstop, raw pools for Huey."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import redis
+
+from .config import settings
+
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+
+
+def redis_url() -> str:
+    return settings().redis_url or DEFAULT_URL
+
+
+@lru_cache(maxsize=1)
+def client() -> redis.Redis:
+    """Backstop's Redis client (str responses), shared by every thread of the process."""
+    return redis.Redis.from_url(
+        redis_url(), decode_responses=True, health_check_interval=30,
+        socket_keepalive=True, max_connections=512,
+    )
+
+
+@lru_cache(maxsize=1)
+def raw_pool() -> redis.ConnectionPool:
+    """Binary pool for Huey's storage (messages are pickles)."""
+    return redis.ConnectionPool.from_url(redis_url(), max_connections=512)
+
+
+def reset() -> None:
+    """Forget cached clients (tests point REDIS_URL elsewhere)."""
+    client.cache_clear()
+    raw_pool.cache_clear()

@@ -1,0 +1,41 @@
+"""Errors a caller can act on: each says which field, which job, what to do."""
+
+from __future__ import annotations
+
+
+class BackstopError(Exception):
+    """Base of Backstop's own errors."""
+
+
+class UnknownJob(BackstopError):
+    def __init__(self, job_name: str):
+        super().__init__(f"unknown job name {job_name!r}; see backstop.contracts.JOBS")
+        self.job_name = job_name
+
+
+class PayloadError(BackstopError):
+    """A payload failed its contract. ``errors`` lists {field, message} per bad field."""
+
+    def __init__(self, job_name: str, errors: list[dict]):
+        fields = ", ".join(f"{e['field']}: {e['message']}" for e in errors)
+        super().__init__(f"invalid payload for {job_name}: {fields}")
+        self.job_name = job_name
+        self.errors = errors
+
+
+class PermanentFailure(BackstopError):
+    """Raised by a handler when retrying cannot help; the job goes to the DLQ at once."""
+
+    def __init__(self, message: str, code: str = "permanent"):
+        super().__init__(message)
+        self.code = code
+
+
+class JobTimeout(BackstopError):
+    """Raised inside a job that ran past its queue's timeout."""
+    code = "timeout"
+
+
+class WorkerLost(BackstopError):
+    """Recorded for a job whose worker process died while running it."""
+    code = "worker_lost"

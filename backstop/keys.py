@@ -1,0 +1,122 @@
+"""Every Redis key and channel Backstop uses, built by one function each."""
+
+from __future__ import annotations
+
+from .config import settings
+
+
+def _p(*parts: str) -> str:
+    return ":".join((settings().backstop_prefix, *parts))
+
+
+def huey_name(queue: str) -> str:
+    """Huey instance name of a queue; Huey derives its own list and schedule keys."""
+    return f"{settings().backstop_prefix}_{queue}"
+
+
+def job(job_id: str) -> str:
+    return _p("job", job_id)
+
+
+def job_prefix() -> str:
+    return _p("job", "")
+
+
+def state_index(queue: str, state: str) -> str:
+    return _p("idx", queue, state)
+
+
+def state_index_prefix() -> str:
+    return _p("idx", "")
+
+
+def queue_stats(queue: str) -> str:
+    return _p("stats", queue)
+
+
+def paused() -> str:
+    return _p("paused")
+
+
+def rate_window(queue: str) -> str:
+    return _p("rate", queue)
+
+
+def processing(worker_id: str, queue: str) -> str:
+    return _p("processing", worker_id, queue)
+
+
+def worker(worker_id: str) -> str:
+    return _p("worker", worker_id)
+
+
+def workers() -> str:
+    return _p("workers")
+
+
+def reaper_lock() -> str:
+    return _p("lock", "reaper")
+
+
+def events_stream() -> str:
+    return _p("events")
+
+
+def events_channel() -> str:
+    return _p("events", "live")
+
+
+def dlq_record(job_id: str) -> str:
+    return _p("dlq", "rec", job_id)
+
+
+def dlq_index() -> str:
+    return _p("dlq", "idx")
+
+
+def dlq_queue_index(queue: str) -> str:
+    return _p("dlq", "idx", "queue", queue)
+
+
+def dlq_counts() -> str:
+    return _p("dlq", "counts")
+
+
+def api_tokens() -> str:
+    return _p("api", "tokens")
+
+
+def otp(purpose: str, recipient: str) -> str:
+    return _p("otp", purpose, recipient)
+
+
+def cache(name: str) -> str:
+    return _p("cache", name)
+
+
+def cache_prefix() -> str:
+    return _p("cache", "")
+
+
+def webhooks() -> str:
+    return _p("webhooks")
+
+
+def workflow_run(run_id: str) -> str:
+    return _p("workflow", run_id)
+
+
+def metrics_hourly(hour: str) -> str:
+    return _p("metrics", "hour", hour)
+
+
+def metrics_daily(day: str) -> str:
+    return _p("metrics", "day", day)
+
+
+def health_log() -> str:
+    return _p("health", "log")
+
+
+def notifications(user: str) -> str:
+    return _p("notifications", user)
