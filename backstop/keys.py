@@ -120,3 +120,8 @@ def health_log() -> str:
 
 def notifications(user: str) -> str:
     return _p("notifications", user)
+
+
+def bad_messages(queue: str) -> str:
+    """Messages that could not be decoded, kept for a person to inspect."""
+    return _p("bad", queue)

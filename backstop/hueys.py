@@ -1,0 +1,55 @@
+"""One Huey instance per queue, on a storage with reliable fetch (BLMOVE + acknowledgement)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import redis
+from huey import Huey
+from huey.storage import RedisStorage
+
+from . import keys
+from .connection import raw_pool
+
+TASK_NAME = "backstop.run"
+
+
+class ReliableRedisStorage(RedisStorage):
+    """Huey's Redis storage, but a dequeued message moves into this worker's processing list.
+
+    It stays there until the worker acknowledges it (LREM, in the same script that records the
+    outcome), so a worker killed mid-job leaves its messages for the reaper to return.
+    """
+
+    processing_key: str | None = None
+
+    def dequeue(self):
+        if self.processing_key is None:
+            raise RuntimeError("set processing_key before dequeuing (backstop.runner does)")
+        try:
+            return self.conn.blmove(self.queue_key, self.processing_key,
+                                    self.read_timeout, "RIGHT", "LEFT")
+        except (redis.TimeoutError, TypeError, IndexError):
+            return None
+
+
+def run_job(job_name: str, payload: dict):
+    """The one Huey task of every queue: run Backstop's handler for job_name."""
+    from .execution import run_current_job
+
+    return run_current_job(job_name, payload)
+
+
+@lru_cache(maxsize=None)
+def huey_for(queue: str) -> Huey:
+    """The Huey instance of a queue (one per process)."""
+    huey = Huey(name=keys.huey_name(queue), results=False, utc=True,
+                storage_class=ReliableRedisStorage, connection_pool=raw_pool(),
+                read_timeout=1)
+    huey.task(name=TASK_NAME)(run_job)
+    return huey
+
+
+def task_wrapper(queue: str):
+    huey = huey_for(queue)
+    return huey._registry.string_to_task(f"{run_job.__module__}.{TASK_NAME}")

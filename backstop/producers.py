@@ -1,0 +1,147 @@
+"""Producers: validate, dedupe, record and push a job in one round trip.
+
+``enqueue("email.send", {...})`` returns the job id. A typed producer exists per job name:
+``producers.email_send(to=[...], subject=..., text=...)``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from . import keys
+from .connection import client
+from .contracts import JOBS, job_spec, queue_config, validate_payload
+from .errors import PayloadError
+from .hueys import huey_for, task_wrapper
+from .registry import script_args
+from .scripts import scripts_for
+
+JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    job_id: str
+    job_name: str
+    queue: str
+    payload: dict
+    message: bytes
+    delay: float
+    priority: int
+
+
+def prepare(job_name: str, payload: Any, job_id: str | None = None,
+            delay: float | None = None, priority: int | None = None) -> Prepared:
+    """Validate everything and build the Huey message; touches no Redis. Raises PayloadError."""
+    data = validate_payload(job_name, payload)
+    queue = job_spec(job_name).queue
+    job_id = job_id or uuid.uuid4().hex
+    _check_options(job_name, job_id, delay, priority)
+    task = task_wrapper(queue)((job_name, data), {}, id=job_id)
+    message = huey_for(queue).serialize_task(task)
+    return Prepared(job_id, job_name, queue, data, message, float(delay or 0), int(priority or 0))
+
+
+def _check_options(job_name: str, job_id: str, delay, priority) -> None:
+    errors = []
+    if not JOB_ID_PATTERN.match(job_id):
+        errors.append({"field": "job_id", "message": "1-200 characters of A-Z a-z 0-9 _ . : -"})
+    if delay is not None and not (0 <= float(delay) <= 366 * 86400):
+        errors.append({"field": "delay", "message": "seconds between 0 and one year"})
+    if priority is not None and not (-10 <= int(priority) <= 10):
+        errors.append({"field": "priority", "message": "an integer from -10 to 10"})
+    if errors:
+        raise PayloadError(job_name, errors)
+
+
+def _push(target, prepared: Prepared, now: float) -> None:
+    """Queue the enqueue script on a client or pipeline."""
+    queue = prepared.queue
+    storage = huey_for(queue).storage
+    delayed = prepared.delay > 0
+    fields = {
+        "id": prepared.job_id, "queue": queue, "job": prepared.job_name,
+        "payload": json.dumps(prepared.payload), "state": "delayed" if delayed else "waiting",
+        "attempts": 0, "max_attempts": queue_config(queue).attempts,
+        "priority": prepared.priority, "created_at": now, "updated_at": now, "progress": 0,
+    }
+    if delayed:
+        fields["run_at"] = now + prepared.delay
+    flat = [item for pair in fields.items() for item in pair]
+    scripts_for(client()).enqueue(
+        keys=[keys.job(prepared.job_id),
+              storage.schedule_key if delayed else storage.queue_key, keys.queue_stats(queue)],
+        args=script_args(prepared.job_id, queue, prepared.job_name, fields["state"],
+                         prepared.message, now, now + prepared.delay,
+                         "1" if prepared.priority > 0 else "0", *flat),
+        client=target)
+
+
+def enqueue(job_name: str, payload: Any, *, job_id: str | None = None,
+            delay: float | None = None, priority: int | None = None) -> str:
+    """Validate and enqueue one job; return its id.
+
+    job_id: a caller-chosen id; if a job with it exists, nothing is added and its id returns.
+    delay: seconds before it may run. priority: > 0 jumps ahead of the queue's waiting jobs.
+    Raises UnknownJob or PayloadError (naming each bad field) before anything touches Redis.
+    """
+    prepared = prepare(job_name, payload, job_id, delay, priority)
+    _push(client(), prepared, time.time())
+    return prepared.job_id
+
+
+def enqueue_many(jobs: Iterable[dict]) -> list[str]:
+    """Enqueue many jobs in one pipelined round trip; each dict has job, payload and options.
+
+    Every payload is validated first: one bad payload raises PayloadError (its field names
+    prefixed with the job's index) and nothing is enqueued.
+    """
+    prepared = [_prepare_item(index, item) for index, item in enumerate(jobs)]
+    pipe = client().pipeline(transaction=False)
+    now = time.time()
+    for item in prepared:
+        _push(pipe, item, now)
+    pipe.execute()
+    return [item.job_id for item in prepared]
+
+
+def _prepare_item(index: int, item: dict) -> Prepared:
+    try:
+        return prepare(item["job"], item.get("payload", {}), item.get("job_id"),
+                       item.get("delay"), item.get("priority"))
+    except PayloadError as exc:
+        errors = [{**e, "field": f"[{index}].{e['field']}"} for e in exc.errors]
+        raise PayloadError(exc.job_name, errors) from None
+
+
+class Producer:
+    """A typed producer for one job name: call it with the payload's fields."""
+
+    def __init__(self, job_name: str):
+        self.job_name = job_name
+        self.model = job_spec(job_name).model
+
+    def __call__(self, payload: Any = None, /, *, job_id: str | None = None,
+                 delay: float | None = None, priority: int | None = None, **fields) -> str:
+        return enqueue(self.job_name, payload if payload is not None else fields,
+                       job_id=job_id, delay=delay, priority=priority)
+
+    def __repr__(self) -> str:
+        return f"<Producer {self.job_name} ({self.model.__name__})>"
+
+
+def producer(job_name: str) -> Producer:
+    return Producer(job_name)
+
+
+def __getattr__(name: str) -> Producer:
+    job_name = name.replace("_", ".")
+    for candidate in JOBS:
+        if candidate.replace(".", "_") == name:
+            return Producer(candidate)
+    raise AttributeError(f"no job named like {job_name!r}")

@@ -1,0 +1,41 @@
+"""Queue-level controls shared by every process: pause and resume."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from . import keys
+from .connection import client
+from .contracts import QUEUES
+
+
+def _check(queue: str) -> None:
+    if queue not in QUEUES:
+        raise ValueError(f"unknown queue {queue!r}; queues are {', '.join(QUEUES)}")
+
+
+def _set_paused(queue: str, paused: bool, actor: str) -> None:
+    _check(queue)
+    event = {"type": "paused" if paused else "resumed", "queue": queue, "actor": actor,
+             "t": time.time()}
+    body = json.dumps(event)
+    pipe = client().pipeline()
+    (pipe.sadd if paused else pipe.srem)(keys.paused(), queue)
+    pipe.xadd(keys.events_stream(), {"e": body}, maxlen=10_000, approximate=True)
+    pipe.execute()
+    client().publish(keys.events_channel(), f"- {body}")
+
+
+def pause(queue: str, actor: str = "system") -> None:
+    """Pause a queue: every worker stops starting its jobs; nothing is dropped."""
+    _set_paused(queue, True, actor)
+
+
+def resume(queue: str, actor: str = "system") -> None:
+    """Resume a paused queue."""
+    _set_paused(queue, False, actor)
+
+
+def paused_queues() -> set[str]:
+    return set(client().smembers(keys.paused()))

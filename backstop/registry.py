@@ -1,0 +1,100 @@
+"""Job records: one Redis hash per job with JSON fields, state indexes and timelines.
+
+A record holds id, queue, job, payload, state, attempts, max_attempts, priority, created_at,
+updated_at, started_at, finished_at, run_at, progress, progress_message, result, error, worker
+and timeline. States: waiting, delayed, active, completed, failed (retrying), dead, cancelled.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from . import keys
+from .config import settings
+from .connection import client
+from .contracts import QUEUES
+from .scripts import scripts_for
+
+STATES = ("waiting", "delayed", "active", "completed", "failed", "dead", "cancelled")
+JSON_FIELDS = ("payload", "result", "error", "timeline")
+NUMBER_FIELDS = ("attempts", "max_attempts", "priority", "progress")
+TIME_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "run_at")
+
+
+def script_args(*args) -> list:
+    """The arguments every registry script starts with (see scripts.PRELUDE)."""
+    return [keys.state_index_prefix(), keys.job_prefix(), keys.events_stream(),
+            keys.events_channel(), settings().backstop_events_maxlen, *args]
+
+
+def decode_record(raw: dict) -> dict:
+    """A record hash as plain data: JSON fields parsed, numbers as numbers."""
+    record = dict(raw)
+    for name in JSON_FIELDS:
+        if record.get(name):
+            record[name] = json.loads(record[name])
+    for name in NUMBER_FIELDS:
+        if name in record:
+            record[name] = int(record[name])
+    for name in TIME_FIELDS:
+        if record.get(name):
+            record[name] = float(record[name])
+    return record
+
+
+def get_job(job_id: str, r: redis.Redis | None = None) -> dict | None:
+    """The record of a job, or None when there is none (never enqueued, or trimmed)."""
+    raw = (r or client()).hgetall(keys.job(job_id))
+    return decode_record(raw) if raw else None
+
+
+def get_jobs(job_ids: list[str], r: redis.Redis | None = None) -> list[dict | None]:
+    """Several records in one round trip, in the order asked."""
+    pipe = (r or client()).pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hgetall(keys.job(job_id))
+    return [decode_record(raw) if raw else None for raw in pipe.execute()]
+
+
+def list_jobs(queue: str, state: str, offset: int = 0, limit: int = 50) -> list[dict]:
+    """A page of a queue's jobs in one state, newest first."""
+    ids = client().zrevrange(keys.state_index(queue, state), offset, offset + limit - 1)
+    return [job for job in get_jobs(ids) if job]
+
+
+def counts(queues: tuple[str, ...] = QUEUES) -> dict[str, dict[str, int]]:
+    """Counts by state for every queue, O(1) each, in one round trip."""
+    pipe = client().pipeline(transaction=False)
+    for queue in queues:
+        for state in STATES:
+            pipe.zcard(keys.state_index(queue, state))
+    values = iter(pipe.execute())
+    return {queue: {state: next(values) for state in STATES} for queue in queues}
+
+
+def report_progress(job_id: str, queue: str, job: str, percent: int, message: str) -> None:
+    """Store a running job's progress and publish it as an event."""
+    r = client()
+    scripts_for(r).progress(keys=[keys.job(job_id)], args=script_args(
+        job_id, queue, job, percent, message, time.time()))
+
+
+def cancel_job(job_id: str, detail: str = "cancelled") -> bool:
+    """Cancel a job that has not started (waiting, delayed or retrying). True if it was."""
+    job = get_job(job_id)
+    if job is None:
+        return False
+    r = client()
+    outcome = scripts_for(r).set_state(keys=[keys.job(job_id)], args=script_args(
+        job_id, job["queue"], job["job"], time.time(), "cancelled", detail, "cancelled"))
+    return outcome == "ok"
+
+
+def recent_events(after: str = "0", count: int = 100) -> list[dict]:
+    """Events after a stream id (exclusive), oldest first; each carries its ``id``."""
+    entries = client().xrange(keys.events_stream(), min=f"({after}" if after != "0" else "-",
+                              count=count)
+    return [{"id": xid, **json.loads(fields["e"])} for xid, fields in entries]

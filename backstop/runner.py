@@ -1,0 +1,318 @@
+"""The worker process: consumers for every queue, heartbeats, reaper, timeouts, shutdown.
+
+Delivery is at-least-once. A consumer BLMOVEs a message into this process's processing list;
+the script that records the job's outcome also removes it (the acknowledgement). A process
+that dies leaves its messages there; once its heartbeat expires, any worker's reaper returns
+them to their queues. A job that keeps killing its worker has its attempts counted at start
+and ends in the DLQ when they run out.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import redis
+
+from . import dlq, keys
+from .config import settings
+from .connection import client
+from .contracts import QUEUES, QueueConfig, queue_config
+from .errors import JobTimeout, PermanentFailure, WorkerLost
+from .execution import set_context
+from .hueys import huey_for
+from .jobs import JobContext, load_handlers
+from .registry import report_progress, script_args
+from .scripts import scripts_for
+
+log = logging.getLogger("backstop.worker")
+
+
+@dataclass
+class Running:
+    job_id: str
+    queue: str
+    job_name: str
+    message: bytes
+    attempt: int
+    deadline: float
+    since: float = field(default_factory=time.time)
+    timed_out: bool = False
+
+
+def new_worker_id() -> str:
+    host = re.sub(r"[^A-Za-z0-9.\-]", "-", socket.gethostname())[:60]
+    return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class WorkerProcess:
+    """Every consumer thread of one process, and the threads that keep them honest."""
+
+    def __init__(self, queues: tuple[str, ...] = QUEUES, concurrency: int | None = None):
+        self.id = new_worker_id()
+        self.queues = queues
+        self.concurrency = concurrency
+        self.r = client()
+        self.scripts = scripts_for(self.r)
+        self.stop = threading.Event()
+        self.hurry = threading.Event()
+        self.done = threading.Event()
+        self.paused: set[str] = set()
+        self.running: dict[int, Running] = {}
+        self.abandoned = False
+        self.lock = threading.Lock()
+        self.counts = {"processed": 0, "failed": 0}
+        self.consumers: list[threading.Thread] = []
+        self.started_at = time.time()
+
+    # ---- lifecycle ----
+    def start(self) -> None:
+        """Beat once, reap once, then start every thread."""
+        load_handlers()
+        for queue in self.queues:
+            huey_for(queue).storage.processing_key = keys.processing(self.id, queue)
+        self.beat()
+        self.reap()
+        for queue in self.queues:
+            for n in range(self.concurrency or queue_config(queue).concurrency):
+                self.consumers.append(self._thread(self.consume, f"{queue}-{n}", queue))
+        for loop, seconds in ((self.beat, settings().float("worker_heartbeat_seconds")),
+                              (self.reap, settings().float("worker_reaper_seconds")),
+                              (self.refresh_paused, 0.25), (self.promote_due, 0.5),
+                              (self.enforce_timeouts, 0.1)):
+            self._thread(self.every, loop.__name__, loop, seconds)
+        log.info("worker %s consuming %s", self.id, ", ".join(self.queues))
+
+    def _thread(self, target, name, *args) -> threading.Thread:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def every(self, action, seconds: float) -> None:
+        while not self.done.wait(seconds):
+            try:
+                action()
+            except redis.RedisError as exc:
+                log.warning("%s failed: %s", action.__name__, exc)
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop taking jobs; let running ones finish within the timeout, else requeue them."""
+        self.stop.set()
+        limit = settings().float("worker_shutdown_timeout") if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while (any(t.is_alive() for t in self.consumers) and not self.hurry.is_set()
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        with self.lock:
+            self.abandoned = True
+            leftovers = list(self.running.values())
+        for run in leftovers:
+            self._retrying(lambda run=run: self._finish(
+                run, "requeue", "worker shut down before the job finished", keep=0))
+        for queue in self.queues:
+            self.return_orphans(self.id, queue, "returned to the queue at worker shutdown")
+        self.done.set()
+        self.r.delete(keys.worker(self.id))
+        self.r.zrem(keys.workers(), self.id)
+        log.info("worker %s stopped; %d running job(s) went back to their queue",
+                 self.id, len(leftovers))
+
+    # ---- consuming ----
+    def consume(self, queue: str) -> None:
+        storage = huey_for(queue).storage
+        while not self.stop.is_set():
+            if queue in self.paused:
+                self.stop.wait(0.2)
+                continue
+            try:
+                message = storage.dequeue()
+                if message is not None:
+                    self.handle(queue, message)
+            except redis.ConnectionError as exc:
+                log.warning("queue %s: Redis unreachable (%s); retrying", queue, exc)
+                self.stop.wait(1)
+
+    def handle(self, queue: str, message: bytes) -> None:
+        huey = huey_for(queue)
+        try:
+            task = huey.deserialize_task(message)
+            job_name, payload = task.args
+        except Exception:
+            log.exception("queue %s: undecodable message kept in %s", queue, keys.bad_messages(queue))
+            self.r.lmove(huey.storage.processing_key, keys.bad_messages(queue), "LEFT", "LEFT")
+            return
+        config = queue_config(queue)
+        kind, value = self.scripts.start(
+            keys=[keys.job(task.id), huey.storage.processing_key, huey.storage.queue_key,
+                  keys.paused(), keys.rate_window(queue)],
+            args=script_args(task.id, queue, job_name, message, time.time(), config.rate_limit,
+                             self.id, config.attempts))
+        run = Running(task.id, queue, job_name, message, int(value),
+                      time.monotonic() + config.timeout)
+        if kind == "paused":
+            self.paused.add(queue)
+        elif kind == "throttled":
+            self.stop.wait(int(value) / 1000)
+        elif kind == "exhausted":
+            self.fail(run, config, payload, WorkerLost(
+                f"the worker running this job died {run.attempt} time(s); attempts exhausted"))
+        elif kind == "run":
+            self.execute(run, config, task, payload)
+
+    def execute(self, run: Running, config: QueueConfig, task, payload: dict) -> None:
+        ident = threading.get_ident()
+        set_context(JobContext(
+            job_id=run.job_id, job_name=run.job_name, queue=run.queue, attempt=run.attempt,
+            max_attempts=config.attempts, deadline=run.deadline, redis=self.r,
+            report=lambda job_id, pct, msg: report_progress(job_id, run.queue, run.job_name,
+                                                            pct, msg)))
+        with self.lock:
+            self.running[ident] = run
+        result, error = None, None
+        try:
+            result = task.execute()
+        except JobTimeout:
+            error = JobTimeout(f"ran past the {run.queue} queue's timeout of {config.timeout:g} s")
+        except Exception as exc:
+            error = exc
+        finally:
+            self._stop_tracking(ident)
+            set_context(None)
+        if error is None:
+            self.complete(run, config, result)
+        else:
+            self.fail(run, config, payload, error)
+
+    def _stop_tracking(self, ident: int) -> None:
+        with self.lock:
+            run = self.running.pop(ident, None)
+            if run is not None and run.timed_out:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), None)
+
+    # ---- outcomes ----
+    def complete(self, run: Running, config: QueueConfig, result) -> None:
+        self.counts["processed"] += 1
+        body = json.dumps(result, default=str)
+        self._retrying(lambda: self._finish(run, "completed", body, keep=config.keep_completed))
+
+    def fail(self, run: Running, config: QueueConfig, payload: dict, exc: BaseException) -> None:
+        self.counts["failed"] += 1
+        error = dlq.describe_exception(exc)
+        body = json.dumps({**error, "attempt": run.attempt})
+        final = isinstance(exc, (PermanentFailure, WorkerLost)) or run.attempt >= config.attempts
+        if not final:
+            run_at = time.time() + config.retry_delay(run.attempt, random.random)
+            self._retrying(lambda: self._finish(run, "retry", body, keep=0, run_at=run_at))
+            return
+        fields = []
+        if config.routes_to_dlq(run.job_name):
+            job = {"id": run.job_id, "queue": run.queue, "job": run.job_name, "payload": payload}
+            record = dlq.record_fields(job, error, run.attempt, time.time())
+            fields = [item for pair in record.items() for item in pair]
+        self._retrying(lambda: self._finish(run, "dead", body, keep=config.keep_failed,
+                                            dlq_fields=fields))
+
+    def _finish(self, run: Running, outcome: str, body: str, *, keep: int,
+                run_at: float = 0.0, dlq_fields: list | None = None) -> None:
+        if self.abandoned and outcome != "requeue":
+            return
+        storage = huey_for(run.queue).storage
+        target = storage.schedule_key if outcome == "retry" else storage.queue_key
+        self.scripts.finish(
+            keys=[keys.job(run.job_id), keys.processing(self.id, run.queue),
+                  keys.queue_stats(run.queue), target, keys.dlq_record(run.job_id),
+                  keys.dlq_index(), keys.dlq_queue_index(run.queue), keys.dlq_counts()],
+            args=script_args(run.job_id, run.queue, run.job_name, run.message, time.time(),
+                             outcome, body, run.message, run_at, keep, run.attempt,
+                             *(dlq_fields or [])))
+
+    def _retrying(self, write, seconds: float = 120.0) -> None:
+        """Run a Redis write, retrying through a short outage so no outcome is lost."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                return write()
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    # ---- the helper loops ----
+    def beat(self) -> None:
+        """Publish this process's heartbeat: host, pid, queues, current jobs, counts."""
+        now = time.time()
+        with self.lock:
+            current = [{"job_id": r.job_id, "queue": r.queue, "job": r.job_name,
+                        "since": r.since} for r in self.running.values()]
+        info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
+                "queues": list(self.queues), "current": current, **self.counts,
+                "started_at": self.started_at, "last_beat": now}
+        pipe = self.r.pipeline()
+        pipe.set(keys.worker(self.id), json.dumps(info),
+                 ex=max(1, int(settings().float("worker_heartbeat_ttl"))))
+        pipe.zadd(keys.workers(), {self.id: now})
+        pipe.execute()
+
+    def reap(self) -> None:
+        """Return the jobs of workers whose heartbeat expired to their queues."""
+        lock = self.r.lock(keys.reaper_lock(), timeout=60, blocking=False)
+        if not lock.acquire():
+            return
+        try:
+            cutoff = time.time() - settings().float("worker_heartbeat_ttl")
+            for worker_id in self.r.zrangebyscore(keys.workers(), "-inf", cutoff):
+                if worker_id == self.id or self.r.exists(keys.worker(worker_id)):
+                    continue
+                for queue in QUEUES:
+                    self.return_orphans(worker_id, queue,
+                                        f"worker {worker_id} stopped beating; job returned")
+                self.r.zrem(keys.workers(), worker_id)
+        finally:
+            lock.release()
+
+    def return_orphans(self, worker_id: str, queue: str, detail: str) -> int:
+        huey = huey_for(queue)
+        processing = keys.processing(worker_id, queue)
+        returned = 0
+        for message in huey.storage.conn.lrange(processing, 0, -1):
+            try:
+                task = huey.deserialize_task(message)
+                job_name = task.args[0]
+            except Exception:
+                self.r.lmove(processing, keys.bad_messages(queue), "LEFT", "LEFT")
+                continue
+            returned += self.scripts.reap(
+                keys=[processing, huey.storage.queue_key, keys.job(task.id)],
+                args=script_args(task.id, queue, job_name, message, time.time(), detail))
+        if returned:
+            log.warning("returned %d job(s) of %s to queue %s", returned, worker_id, queue)
+        return returned
+
+    def refresh_paused(self) -> None:
+        self.paused = set(self.r.smembers(keys.paused()))
+
+    def promote_due(self) -> None:
+        """Move due delayed and retrying jobs from each schedule into its queue (atomically)."""
+        now = time.time()
+        for queue in self.queues:
+            storage = huey_for(queue).storage
+            self.scripts.promote(keys=[storage.schedule_key, storage.queue_key], args=[now, 1000])
+
+    def enforce_timeouts(self) -> None:
+        """Raise JobTimeout inside any job that ran past its queue's timeout."""
+        now = time.monotonic()
+        with self.lock:
+            for ident, run in self.running.items():
+                if not run.timed_out and now > run.deadline:
+                    run.timed_out = True
+                    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                        ctypes.c_ulong(ident), ctypes.py_object(JobTimeout))
