@@ -54,10 +54,6 @@ def workers() -> str:
     return _p("workers")
 
 
-def reaper_lock() -> str:
-    return _p("lock", "reaper")
-
-
 def events_stream() -> str:
     return _p("events")
 

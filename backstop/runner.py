@@ -112,6 +112,7 @@ class WorkerProcess:
         while (any(t.is_alive() for t in self.consumers) and not self.hurry.is_set()
                and time.monotonic() < deadline):
             time.sleep(0.05)
+        self._wait_for_idle_consumers()
         with self.lock:
             self.abandoned = True
             leftovers = list(self.running.values())
@@ -126,6 +127,13 @@ class WorkerProcess:
         log.info("worker %s stopped; %d running job(s) went back to their queue",
                  self.id, len(leftovers))
 
+    def _wait_for_idle_consumers(self) -> None:
+        """Let consumers blocked in BLMOVE return, so none takes a job we are requeueing."""
+        limit = time.monotonic() + huey_for(self.queues[0]).storage.read_timeout + 1
+        while time.monotonic() < limit and any(
+                t.is_alive() and t.ident not in self.running for t in self.consumers):
+            time.sleep(0.05)
+
     # ---- consuming ----
     def consume(self, queue: str) -> None:
         storage = huey_for(queue).storage
@@ -135,7 +143,7 @@ class WorkerProcess:
                 continue
             try:
                 message = storage.dequeue()
-                if message is not None:
+                if message is not None and not self.stop.is_set():
                     self.handle(queue, message)
             except redis.ConnectionError as exc:
                 log.warning("queue %s: Redis unreachable (%s); retrying", queue, exc)
@@ -263,21 +271,19 @@ class WorkerProcess:
         pipe.execute()
 
     def reap(self) -> None:
-        """Return the jobs of workers whose heartbeat expired to their queues."""
-        lock = self.r.lock(keys.reaper_lock(), timeout=60, blocking=False)
-        if not lock.acquire():
-            return
-        try:
-            cutoff = time.time() - settings().float("worker_heartbeat_ttl")
-            for worker_id in self.r.zrangebyscore(keys.workers(), "-inf", cutoff):
-                if worker_id == self.id or self.r.exists(keys.worker(worker_id)):
-                    continue
-                for queue in QUEUES:
-                    self.return_orphans(worker_id, queue,
-                                        f"worker {worker_id} stopped beating; job returned")
-                self.r.zrem(keys.workers(), worker_id)
-        finally:
-            lock.release()
+        """Return the jobs of workers whose heartbeat expired to their queues.
+
+        Needs no lock: the reap script moves a message only if it is still in the dead
+        worker's list, so concurrent reapers return each job once.
+        """
+        cutoff = time.time() - settings().float("worker_heartbeat_ttl")
+        for worker_id in self.r.zrangebyscore(keys.workers(), "-inf", cutoff):
+            if worker_id == self.id or self.r.exists(keys.worker(worker_id)):
+                continue
+            for queue in QUEUES:
+                self.return_orphans(worker_id, queue,
+                                    f"worker {worker_id} stopped beating; job returned")
+            self.r.zrem(keys.workers(), worker_id)
 
     def return_orphans(self, worker_id: str, queue: str, detail: str) -> int:
         huey = huey_for(queue)

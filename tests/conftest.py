@@ -42,3 +42,53 @@ def r(redis_url) -> redis.Redis:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushall()
     return client
+
+
+import json as _json  # noqa: E402
+import signal as _signal  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll predicate until it returns something truthy; fail the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Workers:
+    """Starts real `python worker.py` processes against the test Redis."""
+
+    def __init__(self, redis_url: str):
+        self.redis_url = redis_url
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, queues: str = "system", queue_config: dict | None = None,
+              **env: str) -> subprocess.Popen:
+        environ = {**os.environ, "REDIS_URL": self.redis_url, "PYTHONPATH": str(ROOT),
+                   "BACKSTOP_TASK_MODULES": "tests.jobs_for_tests",
+                   "BACKSTOP_QUEUES": _json.dumps(queue_config or {}),
+                   "WORKER_HEARTBEAT_SECONDS": "0.5", "WORKER_HEARTBEAT_TTL": "2",
+                   "WORKER_REAPER_SECONDS": "0.5", **env}
+        proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--queues", queues],
+                                cwd=ROOT, env=environ)
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(_signal.SIGKILL)
+                proc.wait(10)
+
+
+@pytest.fixture
+def workers(r, redis_url):
+    pool = Workers(redis_url)
+    yield pool
+    pool.stop_all()
