@@ -59,8 +59,8 @@ def _check_options(job_name: str, job_id: str, delay, priority) -> None:
         raise PayloadError(job_name, errors)
 
 
-def _push(target, prepared: Prepared, now: float) -> None:
-    """Queue the enqueue script on a client or pipeline."""
+def _push(target, prepared: Prepared, now: float):
+    """Run (or queue, on a pipeline) the enqueue script; it answers 1 if the job is new."""
     queue = prepared.queue
     storage = huey_for(queue).storage
     delayed = prepared.delay > 0
@@ -73,7 +73,7 @@ def _push(target, prepared: Prepared, now: float) -> None:
     if delayed:
         fields["run_at"] = now + prepared.delay
     flat = [item for pair in fields.items() for item in pair]
-    scripts_for(client()).enqueue(
+    return scripts_for(client()).enqueue(
         keys=[keys.job(prepared.job_id),
               storage.schedule_key if delayed else storage.queue_key, keys.queue_stats(queue)],
         args=script_args(prepared.job_id, queue, prepared.job_name, fields["state"],
@@ -90,9 +90,15 @@ def enqueue(job_name: str, payload: Any, *, job_id: str | None = None,
     delay: seconds before it may run. priority: > 0 jumps ahead of the queue's waiting jobs.
     Raises UnknownJob or PayloadError (naming each bad field) before anything touches Redis.
     """
+    return submit(job_name, payload, job_id=job_id, delay=delay, priority=priority)[0]
+
+
+def submit(job_name: str, payload: Any, *, job_id: str | None = None,
+           delay: float | None = None, priority: int | None = None) -> tuple[str, bool]:
+    """Like enqueue, but also say whether the job is new (False: the id existed already)."""
     prepared = prepare(job_name, payload, job_id, delay, priority)
-    _push(client(), prepared, time.time())
-    return prepared.job_id
+    created = _push(client(), prepared, time.time())
+    return prepared.job_id, bool(created)
 
 
 def enqueue_many(jobs: Iterable[dict]) -> list[str]:

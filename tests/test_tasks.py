@@ -367,6 +367,9 @@ def test_workflow_runs_its_steps_in_order_once_each(r):
     assert state["status"] == "completed"
     assert [s["result"] for s in state["steps"]] == [{"seen": {"n": 1}}, {"seen": {"n": 2}}]
     assert calls == [{"n": 1}, {"n": 2}]
+    _step("wf-1", 0, r, attempt=2)
+    again = workflows.get_run(r, "wf-1")
+    assert (again["status"], again["current"], len(calls)) == ("completed", 1, 2)
 
 
 def test_workflow_failed_step_is_recorded_and_retry_finishes_the_run(r):

@@ -120,7 +120,7 @@ def _headers(payload: PluginsWebhookDeliver, ctx: JobContext, secret, body: str,
 
 def _post(url: str, body: str, headers: dict, timeout: float) -> requests.Response:
     try:
-        return requests.post(url, data=body.encode(), headers=headers, timeout=30,
+        return requests.post(url, data=body.encode(), headers=headers, timeout=timeout,
                              allow_redirects=False)
     except requests.Timeout:
         raise WebhookError(f"webhook {url} did not answer within {timeout:.1f} s") from None

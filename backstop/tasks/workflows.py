@@ -164,15 +164,19 @@ def _record_failure(ctx: JobContext, run_id: str, index: int, exc: BaseException
     _save(ctx.redis, run_id, fields)
 
 
+def _enqueue_next(ctx: JobContext, run: dict, index: int) -> str | None:
+    if index + 1 >= len(run["steps"]):
+        return None
+    return ctx.enqueue("workflows.step.execute", {"run_id": run["id"], "step_index": index + 1},
+                       job_id=f"{run['id']}:step:{index + 1}")
+
+
 def _advance(ctx: JobContext, run: dict, index: int) -> dict:
-    run_id, nxt = run["id"], index + 1
-    if nxt >= len(run["steps"]):
-        _save(ctx.redis, run_id, {"status": "completed", "current": index})
-        return {"run_id": run_id, "step": index, "status": "completed"}
-    _save(ctx.redis, run_id, {"current": nxt})
-    job_id = ctx.enqueue("workflows.step.execute", {"run_id": run_id, "step_index": nxt},
-                         job_id=f"{run_id}:step:{nxt}")
-    return {"run_id": run_id, "step": index, "next": job_id}
+    if index + 1 >= len(run["steps"]):
+        _save(ctx.redis, run["id"], {"status": "completed", "current": index})
+        return {"run_id": run["id"], "step": index, "status": "completed"}
+    _save(ctx.redis, run["id"], {"current": index + 1})
+    return {"run_id": run["id"], "step": index, "next": _enqueue_next(ctx, run, index)}
 
 
 @handler("workflows.step.execute")
@@ -186,7 +190,8 @@ def step_execute(payload: WorkflowsStepExecute, ctx: JobContext) -> dict:
     run = _require_run(ctx.redis, run_id)
     step = _step_of(run, index)
     if step["status"] == "completed":
-        return {**_advance(ctx, run, index), "skipped": True}
+        return {"run_id": run_id, "step": index, "skipped": True,
+                "next": _enqueue_next(ctx, run, index)}
     _save(ctx.redis, run_id, {"status": "running", "current": index,
                               f"step:{index}:status": "running",
                               f"step:{index}:job_id": ctx.job_id,

@@ -1,0 +1,105 @@
+"""The HTTP API: bearer tokens with roles, 202 + Location, 422 field errors, job records."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from backstop import tokens
+
+MAIL = {"to": ["ops@example.com"], "subject": "Hello", "text": "Body"}
+
+
+@pytest.fixture
+def api(r):
+    from app import create_app
+
+    app = create_app()
+    app.testing = True
+    return app.test_client()
+
+
+def bearer(role: str) -> dict:
+    return {"Authorization": f"Bearer {tokens.create(f'{role}-test', role)}"}
+
+
+def test_enqueue_answers_202_with_location_and_the_record_reads_back(api):
+    headers = bearer("operator")
+    response = api.post("/api/v1/jobs", json={"job": "email.send", "payload": MAIL},
+                        headers=headers)
+    assert response.status_code == 202
+    job_id = response.json["id"]
+    assert response.headers["Location"] == f"/api/v1/jobs/{job_id}"
+    record = api.get(response.headers["Location"], headers=headers).json
+    assert record["state"] == "waiting" and record["payload"] == MAIL
+    assert record["timeline"][0]["event"] == "enqueued"
+
+
+def test_bad_payload_gets_422_naming_the_field_and_writes_nothing(api, r):
+    headers = bearer("operator")
+    before = r.dbsize()
+    response = api.post("/api/v1/jobs", json={"job": "email.send",
+                                              "payload": {**MAIL, "to": ["nobody"]}},
+                        headers=headers)
+    assert response.status_code == 422
+    assert response.json["fields"][0]["field"] == "to"
+    assert r.dbsize() == before
+    unknown = api.post("/api/v1/jobs", json={"job": "nope", "payload": {}}, headers=headers)
+    assert unknown.status_code == 422 and unknown.json["fields"][0]["field"] == "job"
+
+
+def test_idempotency_key_returns_the_first_job(api):
+    headers = {**bearer("operator"), "Idempotency-Key": "order-7"}
+    first = api.post("/api/v1/jobs", json={"job": "email.send", "payload": MAIL},
+                     headers=headers)
+    second = api.post("/api/v1/jobs", json={"job": "email.send", "payload": MAIL},
+                      headers=headers)
+    assert first.json["id"] == second.json["id"] == "order-7"
+    assert first.json["created"] is True and second.json["created"] is False
+
+
+def test_tokens_are_checked_and_roles_enforced(api):
+    body = {"job": "email.send", "payload": MAIL}
+    assert api.post("/api/v1/jobs", json=body).status_code == 401
+    wrong = {"Authorization": "Bearer bst_not-a-real-token"}
+    assert api.post("/api/v1/jobs", json=body, headers=wrong).status_code == 401
+    viewer = bearer("viewer")
+    assert api.post("/api/v1/jobs", json=body, headers=viewer).status_code == 403
+    assert api.get("/api/v1/jobs/missing", headers=viewer).status_code == 404
+    assert api.post("/api/v1/jobs", data="not json", headers=bearer("operator"),
+                    content_type="application/json").status_code == 400
+
+
+def test_tokens_are_stored_hashed(r):
+    token = tokens.create("ci", "operator")
+    stored = " ".join(str(v) for v in r.hgetall("backstop:api:tokens").items())
+    assert token not in stored and tokens.verify(token)["role"] == "operator"
+    assert tokens.revoke("ci") == 1 and tokens.verify(token) is None
+
+
+def test_cli_creates_a_working_token(r, redis_url):
+    made = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "tokens", "create",
+                           "deploy-bot", "--role", "operator"], cwd=ROOT, capture_output=True,
+                          text=True, env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"})
+    assert made.returncode == 0, made.stderr
+    assert tokens.verify(made.stdout.strip())["name"] == "deploy-bot"
+
+
+def test_redis_outage_is_a_503_not_a_crash(api):
+    from backstop import connection
+    from conftest import apply_env
+
+    apply_env(REDIS_URL="redis://127.0.0.1:1/0")
+    try:
+        response = api.get("/api/v1/jobs/x", headers={"Authorization": "Bearer bst_x"})
+        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+    finally:
+        connection.reset()
+
+
+def test_index_page_shows_the_queues(api):
+    page = api.get("/").get_data(as_text=True)
+    assert all(queue in page for queue in ("ai", "workflows", "email", "plugins", "system"))

@@ -1,0 +1,91 @@
+"""Producers against a real Redis: validation before writes, dedupe, batches, delays."""
+
+from __future__ import annotations
+
+import pytest
+
+from backstop import keys, producers, registry
+from backstop.errors import PayloadError, UnknownJob
+from backstop.hueys import huey_for
+
+MAIL = {"to": ["ops@example.com"], "subject": "Hello", "text": "Body"}
+
+
+def queued(queue: str) -> int:
+    return huey_for(queue).storage.queue_size()
+
+
+def test_bad_payload_names_each_field_and_writes_nothing(r):
+    with pytest.raises(PayloadError) as caught:
+        producers.enqueue("email.send", {"to": ["not-an-address"], "subject": "", "colour": 1})
+    fields = {e["field"] for e in caught.value.errors}
+    assert fields == {"to", "subject", "text", "colour"}
+    assert "to:" in str(caught.value) and "colour" in str(caught.value)
+    assert r.dbsize() == 0
+
+
+def test_unknown_job_name_is_refused_before_redis(r):
+    with pytest.raises(UnknownJob):
+        producers.enqueue("email.sned", MAIL)
+    assert r.dbsize() == 0
+
+
+def test_a_repeated_job_id_returns_the_first_job(r):
+    first = producers.enqueue("email.send", MAIL, job_id="welcome-42")
+    again = producers.enqueue("email.send", {**MAIL, "subject": "Other"}, job_id="welcome-42")
+    assert first == again == "welcome-42"
+    assert queued("email") == 1
+    assert registry.get_job("welcome-42")["payload"]["subject"] == "Hello"
+    assert registry.counts(("email",))["email"]["waiting"] == 1
+
+
+def test_record_timeline_and_event_are_written_with_the_push(r):
+    job_id = producers.enqueue("email.send", MAIL)
+    job = registry.get_job(job_id)
+    assert job["state"] == "waiting" and job["queue"] == "email" and job["max_attempts"] == 3
+    assert [e["event"] for e in job["timeline"]] == ["enqueued"]
+    events = registry.recent_events()
+    assert events[-1]["type"] == "queued" and events[-1]["job_id"] == job_id
+
+
+def test_events_resume_after_a_given_id(r):
+    ids = [producers.enqueue("email.send", MAIL) for _ in range(3)]
+    events = registry.recent_events()
+    later = registry.recent_events(after=events[0]["id"])
+    assert [e["job_id"] for e in later] == ids[1:]
+
+
+def test_batch_enqueue_is_all_or_nothing(r):
+    good = [{"job": "email.send", "payload": MAIL} for _ in range(50)]
+    bad = good[:3] + [{"job": "email.send", "payload": {**MAIL, "to": []}}]
+    with pytest.raises(PayloadError) as caught:
+        producers.enqueue_many(bad)
+    assert caught.value.errors[0]["field"] == "[3].to"
+    assert r.dbsize() == 0
+    ids = producers.enqueue_many(good)
+    assert len(set(ids)) == 50 and queued("email") == 50
+
+
+def test_typed_producer_and_delay(r):
+    job_id = producers.email_send(to=["a@example.com"], subject="Hi", text="x", delay=30)
+    job = registry.get_job(job_id)
+    assert job["state"] == "delayed" and job["run_at"] >= job["created_at"] + 29
+    assert huey_for("email").storage.schedule_size() == 1 and queued("email") == 0
+    with pytest.raises(AttributeError):
+        producers.email_sned
+
+
+def test_priority_jumps_the_queue(r):
+    producers.enqueue("email.send", MAIL, job_id="normal")
+    producers.enqueue("email.send", MAIL, job_id="urgent", priority=5)
+    storage = huey_for("email").storage
+    storage.processing_key = keys.processing("test", "email")
+    first = huey_for("email").deserialize_task(storage.dequeue())
+    assert first.id == "urgent"
+
+
+def test_bad_options_are_field_errors(r):
+    with pytest.raises(PayloadError) as caught:
+        producers.enqueue("email.send", MAIL, job_id="has spaces", delay=-1, priority=99)
+    assert {e["field"] for e in caught.value.errors} == {"job_id", "delay", "priority"}
+    assert r.dbsize() == 0
