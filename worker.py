@@ -22,7 +22,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
     unknown = set(args.queues) - set(QUEUES)
     if unknown:
-        parser.error(f"unknown queues: {', '.join(sorted(unknown))}; queues are {', '.join(QUEUES)}")
+        parser.error(f"unknown queues: {', '.join(sorted(unknown))}; "
+                     f"queues are {', '.join(QUEUES)}")
     return args
 
 

@@ -22,14 +22,16 @@ class Setting:
 
 
 SETTINGS = [
-    Setting("REDIS_URL", "", "Redis to use. Empty: `./run` starts an embedded Redis under var/."),
+    Setting("REDIS_URL", "",
+            "Redis to use. Empty: `./run` starts an embedded Redis under var/."),
     Setting("BACKSTOP_PREFIX", "backstop", "Prefix of every Redis key Backstop writes."),
     Setting("BACKSTOP_TASK_MODULES", "", "Comma-separated modules that define your own jobs."),
-    Setting("BACKSTOP_QUEUES", "", 'JSON overrides of queue configs, e.g. {"email": {"concurrency": 4}}.'),
+    Setting("BACKSTOP_QUEUES", "",
+            'JSON overrides of queue configs, e.g. {"email": {"concurrency": 4}}.'),
     Setting("BACKSTOP_EVENTS_MAXLEN", "10000", "Length of the recent-events stream (approximate)."),
     Setting("WORKER_HEARTBEAT_SECONDS", "2", "How often a worker process beats."),
     Setting("WORKER_HEARTBEAT_TTL", "15", "Seconds without a beat after which a worker is gone."),
-    Setting("WORKER_SHUTDOWN_TIMEOUT", "20", "Seconds running jobs get to finish on SIGTERM/SIGINT."),
+    Setting("WORKER_SHUTDOWN_TIMEOUT", "20", "Seconds running jobs get on SIGTERM/SIGINT."),
     Setting("WORKER_REAPER_SECONDS", "5", "How often a worker looks for orphaned jobs."),
     Setting("SMTP_URL", "smtp://localhost:25", "Mail server: smtp://user:pass@host:port or smtps://."),
     Setting("MAIL_FROM", "backstop@localhost", "Sender address of Backstop's mail."),

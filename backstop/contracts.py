@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from pydantic import (
     AnyHttpUrl,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import redis
 from huey import Huey
@@ -40,7 +40,7 @@ def run_job(job_name: str, payload: dict):
     return run_current_job(job_name, payload)
 
 
-@lru_cache(maxsize=None)
+@cache
 def huey_for(queue: str) -> Huey:
     """The Huey instance of a queue (one per process)."""
     huey = Huey(name=keys.huey_name(queue), results=False, utc=True,

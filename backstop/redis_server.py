@@ -41,8 +41,10 @@ def start(port: int, data_dir: Path, *, durable: bool) -> subprocess.Popen:
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [find_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
             "--save", "", "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]
-    args += ["--appendonly", "yes", "--appendfsync", "everysec"] if durable else ["--appendonly", "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args += (["--appendonly", "yes", "--appendfsync", "everysec"] if durable
+             else ["--appendonly", "no"])
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     wait_until_ready(f"redis://127.0.0.1:{port}/0", proc)
     return proc
 

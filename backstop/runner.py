@@ -155,7 +155,8 @@ class WorkerProcess:
             task = huey.deserialize_task(message)
             job_name, payload = task.args
         except Exception:
-            log.exception("queue %s: undecodable message kept in %s", queue, keys.bad_messages(queue))
+            log.exception("queue %s: undecodable message kept in %s", queue,
+                          keys.bad_messages(queue))
             self.r.lmove(huey.storage.processing_key, keys.bad_messages(queue), "LEFT", "LEFT")
             return
         config = queue_config(queue)

@@ -89,8 +89,9 @@ def test_cli_creates_a_working_token(r, redis_url):
 
 
 def test_redis_outage_is_a_503_not_a_crash(api):
-    from backstop import connection
     from conftest import apply_env
+
+    from backstop import connection
 
     apply_env(REDIS_URL="redis://127.0.0.1:1/0")
     try:

@@ -72,7 +72,7 @@ def test_typed_producer_and_delay(r):
     assert job["state"] == "delayed" and job["run_at"] >= job["created_at"] + 29
     assert huey_for("email").storage.schedule_size() == 1 and queued("email") == 0
     with pytest.raises(AttributeError):
-        producers.email_sned
+        producers.producer_for_a_typo = producers.email_sned
 
 
 def test_priority_jumps_the_queue(r):

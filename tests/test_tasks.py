@@ -223,7 +223,8 @@ def test_notification_fans_out_once_even_when_retried(r):
     assert r.zcard(keys.state_index("email", "waiting")) == 1
     assert r.zcard(keys.state_index("plugins", "waiting")) == 1
     inbox = [json.loads(item) for item in r.lrange(keys.notifications("u7"), 0, -1)]
-    assert [(n["id"], n["title"], n["body"]) for n in inbox] == [("n-1", "Build done", "All green.")]
+    assert [(n["id"], n["title"], n["body"]) for n in inbox] == [
+        ("n-1", "Build done", "All green.")]
 
 
 # ---- plugins: webhooks ----

@@ -67,7 +67,7 @@ def _as_int(value) -> int:
 
 
 def _queue_fields(queue: str, counts: list[int], stats: dict, previous: dict) -> dict:
-    fields = {f"{queue}:state:{state}": n for state, n in zip(STATES, counts)}
+    fields = {f"{queue}:state:{state}": n for state, n in zip(STATES, counts, strict=True)}
     for counter in COUNTERS:
         total = _as_int(stats.get(counter))
         fields[f"{queue}:total:{counter}"] = total

@@ -76,9 +76,9 @@ def _read_records(r: redis.Redis, record_keys: list[str]) -> list[tuple]:
     pipe = r.pipeline(transaction=False)
     for key in record_keys:
         pipe.hmget(key, "id", "queue", "state", "updated_at")
-    prefix = len(keys.job_prefix())
+    prefix, rows = len(keys.job_prefix()), pipe.execute()
     return [(job_id or key[prefix:], queue, state, updated_at)
-            for key, (job_id, queue, state, updated_at) in zip(record_keys, pipe.execute())]
+            for key, (job_id, queue, state, updated_at) in zip(record_keys, rows, strict=True)]
 
 
 def _score(value: str | None) -> float | None:
@@ -135,7 +135,7 @@ def _read_health(r: redis.Redis) -> tuple[dict, int, dict]:
     for queue in QUEUES:
         pipe.zcard(keys.state_index(queue, "waiting"))
     memory, clients, server, alive, *backlog = pipe.execute()
-    return {**memory, **clients, **server}, alive, dict(zip(QUEUES, backlog))
+    return {**memory, **clients, **server}, alive, dict(zip(QUEUES, backlog, strict=True))
 
 
 def _redis_summary(info: dict, ping_ms: float) -> dict:

@@ -179,6 +179,14 @@ def _advance(ctx: JobContext, run: dict, index: int) -> dict:
     return {"run_id": run["id"], "step": index, "next": _enqueue_next(ctx, run, index)}
 
 
+def _mark_running(ctx: JobContext, run: dict, index: int) -> None:
+    _save(ctx.redis, run["id"], {"status": "running", "current": index,
+                                 f"step:{index}:status": "running",
+                                 f"step:{index}:job_id": ctx.job_id,
+                                 f"step:{index}:attempt": ctx.attempt})
+    ctx.progress(100 * index // len(run["steps"]), f"step {index}: {run['steps'][index]['job']}")
+
+
 @handler("workflows.step.execute")
 def step_execute(payload: WorkflowsStepExecute, ctx: JobContext) -> dict:
     """Run step ``step_index`` of a run, record its result, then start the next step.
@@ -192,11 +200,7 @@ def step_execute(payload: WorkflowsStepExecute, ctx: JobContext) -> dict:
     if step["status"] == "completed":
         return {"run_id": run_id, "step": index, "skipped": True,
                 "next": _enqueue_next(ctx, run, index)}
-    _save(ctx.redis, run_id, {"status": "running", "current": index,
-                              f"step:{index}:status": "running",
-                              f"step:{index}:job_id": ctx.job_id,
-                              f"step:{index}:attempt": ctx.attempt})
-    ctx.progress(100 * index // len(run["steps"]), f"step {index}: {step['job']}")
+    _mark_running(ctx, run, index)
     try:
         result = run_step(step, ctx)
     except Exception as exc:

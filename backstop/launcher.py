@@ -1,0 +1,79 @@
+"""What `./run` starts: Redis (embedded unless REDIS_URL is set), one worker, the web app.
+
+Ctrl-C (or SIGTERM) stops them in order: web, worker (graceful), Redis (its AOF is kept).
+Children run in their own sessions so a terminal's Ctrl-C reaches only this launcher.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from . import redis_server
+from .config import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def start_embedded_redis() -> tuple[subprocess.Popen, str]:
+    """Redis with its data and AOF under var/redis, so a restart keeps the jobs."""
+    port = int(settings().redis_port)
+    if not port_is_free(port):
+        port = redis_server.free_port()
+    proc = redis_server.start(port, ROOT / "var" / "redis", durable=True)
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def start_roles(env: dict) -> list[subprocess.Popen]:
+    host, port = settings().host, settings().port
+    worker = subprocess.Popen([sys.executable, "worker.py"], cwd=ROOT, env=env,
+                              start_new_session=True)
+    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
+                            "--workers", "2", "--threads", "8", "--access-logfile", "-",
+                            "app:create_app()"], cwd=ROOT, env=env, start_new_session=True)
+    return [web, worker]
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    env = dict(os.environ)
+    procs: list[subprocess.Popen] = []
+    if not settings().redis_url:
+        redis_proc, env["REDIS_URL"] = start_embedded_redis()
+        print(f"embedded Redis at {env['REDIS_URL']} (data in var/redis)", flush=True)
+        procs.append(redis_proc)
+    procs = start_roles(env) + procs
+    print(f"Backstop is listening on http://{settings().host}:{settings().port}/", flush=True)
+    signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print("a process exited; stopping the others", flush=True)
+    except KeyboardInterrupt:
+        print("stopping ...", flush=True)
+    finally:
+        stop(procs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
