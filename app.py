@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 from functools import wraps
-from pathlib import Path
 
 import click
 import redis
 from flask import Flask, abort, g, jsonify, render_template, request, url_for
 
 from backstop import producers, registry, tokens
-from backstop.config import settings
+from backstop.config import secret_key
 from backstop.contracts import QUEUES, queue_configs
 from backstop.errors import PayloadError, UnknownJob
-
-ROOT = Path(__file__).resolve().parent
-
-
-def secret_key() -> str:
-    """SECRET_KEY, or one generated once and kept in var/secret_key."""
-    if settings().secret_key:
-        return settings().secret_key
-    path = ROOT / "var" / "secret_key"
-    if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(secrets.token_hex(32))
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def create_app() -> Flask:

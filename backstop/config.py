@@ -6,8 +6,10 @@ The README's settings table is generated from SETTINGS (``python -m backstop.con
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,19 @@ class Settings:
 
     def float(self, name: str) -> float:
         return float(getattr(self, name))
+
+
+@lru_cache(maxsize=1)
+def secret_key() -> str:
+    """SECRET_KEY, or one generated once and kept in var/secret_key (shared by both roles)."""
+    if settings().secret_key:
+        return settings().secret_key
+    path = Path(__file__).resolve().parent.parent / "var" / "secret_key"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 @lru_cache(maxsize=1)

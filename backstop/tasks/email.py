@@ -21,7 +21,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 
 from .. import keys
-from ..config import settings
+from ..config import secret_key, settings
 from ..contracts import EmailNotificationDispatch, EmailOtpSend, EmailSend
 from ..errors import PermanentFailure
 from ..jobs import JobContext, handler
@@ -127,7 +127,7 @@ def send(payload: EmailSend, ctx: JobContext) -> dict:
 
 
 def _otp_digest(purpose: str, recipient: str, code: str) -> str:
-    key = (settings().secret_key or "backstop-otp").encode()
+    key = secret_key().encode()
     message = f"{purpose}\0{recipient.lower()}\0{code}".encode()
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
