@@ -12,9 +12,11 @@ from backstop import producers, registry, tokens
 from backstop.config import secret_key
 from backstop.contracts import QUEUES, queue_configs
 from backstop.errors import PayloadError, UnknownJob
+from backstop.jobs import load_handlers
 
 
 def create_app() -> Flask:
+    load_handlers()
     app = Flask(__name__)
     app.config["SECRET_KEY"] = secret_key()
     app.register_error_handler(redis.ConnectionError, redis_unavailable)
