@@ -22,6 +22,15 @@ def job_prefix() -> str:
     return _p("job", "")
 
 
+def timeline(job_id: str) -> str:
+    """A job's timeline: a list of JSON entries beside its record."""
+    return _p("timeline", job_id)
+
+
+def timeline_prefix() -> str:
+    return _p("timeline", "")
+
+
 def state_index(queue: str, state: str) -> str:
     return _p("idx", queue, state)
 

@@ -19,7 +19,7 @@ from .connection import client
 from .contracts import JOBS, job_spec, queue_config, validate_payload
 from .errors import PayloadError
 from .hueys import huey_for, task_wrapper
-from .registry import script_args
+from .registry import entry, event, script_args
 from .scripts import scripts_for
 
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
@@ -71,15 +71,17 @@ def _push(target, prepared: Prepared, now: float):
         "attempts": 0, "max_attempts": queue_config(queue).attempts,
         "priority": prepared.priority, "created_at": now, "updated_at": now, "progress": 0,
     }
-    if delayed:
-        fields["run_at"] = now + prepared.delay
+    extra = {"run_at": now + prepared.delay} if delayed else {}
+    fields.update(extra)
     flat = [item for pair in fields.items() for item in pair]
+    queued = event("queued", prepared.job_id, queue, prepared.job_name, fields["state"], now)
     return scripts_for(client()).enqueue(
         keys=[keys.job(prepared.job_id),
-              storage.schedule_key if delayed else storage.queue_key, keys.queue_stats(queue)],
-        args=script_args(prepared.job_id, queue, prepared.job_name, fields["state"],
-                         prepared.message, now, now + prepared.delay,
-                         "1" if prepared.priority > 0 else "0", *flat),
+              storage.schedule_key if delayed else storage.queue_key, keys.queue_stats(queue),
+              keys.timeline(prepared.job_id)],
+        args=script_args(prepared.job_id, queue, fields["state"], prepared.message, now,
+                         now + prepared.delay, "1" if prepared.priority > 0 else "0", queued,
+                         entry("enqueued", now, **extra), *flat),
         client=target)
 
 

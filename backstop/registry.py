@@ -19,20 +19,41 @@ from .contracts import QUEUES
 from .scripts import scripts_for
 
 STATES = ("waiting", "delayed", "active", "completed", "failed", "dead", "cancelled")
-JSON_FIELDS = ("payload", "result", "error", "timeline")
+JSON_FIELDS = ("payload", "result", "error")
 NUMBER_FIELDS = ("attempts", "max_attempts", "priority", "progress")
 TIME_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "run_at")
 
 
 def script_args(*args) -> list:
     """The arguments every registry script starts with (see scripts.PRELUDE)."""
-    return [keys.state_index_prefix(), keys.job_prefix(), keys.events_stream(),
-            keys.events_channel(), settings().backstop_events_maxlen, *args]
+    return [keys.state_index_prefix(), keys.job_prefix(), keys.timeline_prefix(),
+            keys.events_stream(), keys.events_channel(), settings().backstop_events_maxlen,
+            *args]
 
 
-def decode_record(raw: dict) -> dict:
-    """A record hash as plain data: JSON fields parsed, numbers as numbers."""
-    record = dict(raw)
+def to_json(data: dict) -> str:
+    return json.dumps(data, separators=(",", ":"), default=str)
+
+
+def entry(name: str, t: float, **extra) -> str:
+    """A timeline entry as JSON: what happened and when, with details."""
+    return to_json({"t": t, "event": name, **extra})
+
+
+def event(kind: str, job_id: str, queue: str, job: str, state: str, t: float, **extra) -> str:
+    """An event as JSON, as published on the channel and the recent-events stream."""
+    return to_json({"type": kind, "job_id": job_id, "queue": queue, "job": job,
+                    "state": state, "t": t, **extra})
+
+
+def open_ended(json_text: str, field: str) -> str:
+    """JSON with its closing brace replaced by ',"field":' (the script appends value and brace)."""
+    return f'{json_text[:-1]},"{field}":'
+
+
+def decode_record(raw: dict, timeline: list[str]) -> dict:
+    """A record hash and its timeline as plain data: JSON parsed, numbers as numbers."""
+    record = dict(raw, timeline=[json.loads(item) for item in timeline])
     for name in JSON_FIELDS:
         if record.get(name):
             record[name] = json.loads(record[name])
@@ -47,8 +68,7 @@ def decode_record(raw: dict) -> dict:
 
 def get_job(job_id: str, r: redis.Redis | None = None) -> dict | None:
     """The record of a job, or None when there is none (never enqueued, or trimmed)."""
-    raw = (r or client()).hgetall(keys.job(job_id))
-    return decode_record(raw) if raw else None
+    return get_jobs([job_id], r)[0]
 
 
 def get_jobs(job_ids: list[str], r: redis.Redis | None = None) -> list[dict | None]:
@@ -56,7 +76,10 @@ def get_jobs(job_ids: list[str], r: redis.Redis | None = None) -> list[dict | No
     pipe = (r or client()).pipeline(transaction=False)
     for job_id in job_ids:
         pipe.hgetall(keys.job(job_id))
-    return [decode_record(raw) if raw else None for raw in pipe.execute()]
+        pipe.lrange(keys.timeline(job_id), 0, -1)
+    replies = pipe.execute()
+    return [decode_record(raw, timeline) if raw else None
+            for raw, timeline in zip(replies[::2], replies[1::2], strict=True)]
 
 
 def list_jobs(queue: str, state: str, offset: int = 0, limit: int = 50) -> list[dict]:
@@ -77,9 +100,11 @@ def counts(queues: tuple[str, ...] = QUEUES) -> dict[str, dict[str, int]]:
 
 def report_progress(job_id: str, queue: str, job: str, percent: int, message: str) -> None:
     """Store a running job's progress and publish it as an event."""
-    r = client()
-    scripts_for(r).progress(keys=[keys.job(job_id)], args=script_args(
-        job_id, queue, job, percent, message, time.time()))
+    now = time.time()
+    body = event("progress", job_id, queue, job, "active", now, progress=percent,
+                 message=message)
+    scripts_for(client()).progress(keys=[keys.job(job_id)],
+                                   args=script_args(percent, message, now, body))
 
 
 def cancel_job(job_id: str, detail: str = "cancelled") -> bool:
@@ -87,9 +112,11 @@ def cancel_job(job_id: str, detail: str = "cancelled") -> bool:
     job = get_job(job_id)
     if job is None:
         return False
-    r = client()
-    outcome = scripts_for(r).set_state(keys=[keys.job(job_id)], args=script_args(
-        job_id, job["queue"], job["job"], time.time(), "cancelled", detail, "cancelled"))
+    now, queue = time.time(), job["queue"]
+    outcome = scripts_for(client()).set_state(keys=[keys.job(job_id), keys.timeline(job_id)],
+                                              args=script_args(
+        job_id, queue, now, "cancelled", entry("cancelled", now, detail=detail),
+        event("cancelled", job_id, queue, job["job"], "cancelled", now)))
     return outcome == "ok"
 
 

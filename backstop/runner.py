@@ -31,10 +31,18 @@ from .errors import JobTimeout, PermanentFailure, WorkerLost
 from .execution import set_context
 from .hueys import huey_for
 from .jobs import JobContext, load_handlers
-from .registry import report_progress, script_args
+from .registry import entry, event, open_ended, report_progress, script_args
 from .scripts import scripts_for
 
 log = logging.getLogger("backstop.worker")
+
+# outcome -> (timeline entry, event type, state)
+OUTCOMES = {
+    "completed": ("completed", "completed", "completed"),
+    "retry": ("failed", "retrying", "failed"),
+    "requeue": ("requeued", "stalled", "waiting"),
+    "dead": ("dead", "dead", "dead"),
+}
 
 
 @dataclass
@@ -118,7 +126,7 @@ class WorkerProcess:
             leftovers = list(self.running.values())
         for run in leftovers:
             self._retrying(lambda run=run: self._finish(
-                run, "requeue", "worker shut down before the job finished", keep=0))
+                run, "requeue", "", keep=0, note="worker shut down before the job finished"))
         for queue in self.queues:
             self.return_orphans(self.id, queue, "returned to the queue at worker shutdown")
         self.done.set()
@@ -162,9 +170,8 @@ class WorkerProcess:
         config = queue_config(queue)
         kind, value = self.scripts.start(
             keys=[keys.job(task.id), huey.storage.processing_key, huey.storage.queue_key,
-                  keys.paused(), keys.rate_window(queue)],
-            args=script_args(task.id, queue, job_name, message, time.time(), config.rate_limit,
-                             self.id, config.attempts))
+                  keys.paused(), keys.rate_window(queue), keys.timeline(task.id)],
+            args=self._start_args(task.id, queue, job_name, message, config))
         run = Running(task.id, queue, job_name, message, int(value),
                       time.monotonic() + config.timeout)
         if kind == "paused":
@@ -176,6 +183,15 @@ class WorkerProcess:
                 f"the worker running this job died {run.attempt} time(s); attempts exhausted"))
         elif kind == "run":
             self.execute(run, config, task, payload)
+
+    def _start_args(self, job_id: str, queue: str, job_name: str, message: bytes,
+                    config: QueueConfig) -> list:
+        now = time.time()
+        started = entry("started", now, worker=self.id)
+        event_text = event("started", job_id, queue, job_name, "active", now)
+        return script_args(job_id, queue, job_name, message, now, config.rate_limit, self.id,
+                           config.attempts, open_ended(started, "attempt"),
+                           open_ended(event_text, "attempt"))
 
     def execute(self, run: Running, config: QueueConfig, task, payload: dict) -> None:
         ident = threading.get_ident()
@@ -220,7 +236,8 @@ class WorkerProcess:
         final = isinstance(exc, (PermanentFailure, WorkerLost)) or run.attempt >= config.attempts
         if not final:
             run_at = time.time() + config.retry_delay(run.attempt, random.random)
-            self._retrying(lambda: self._finish(run, "retry", body, keep=0, run_at=run_at))
+            self._retrying(lambda: self._finish(run, "retry", body, keep=0, run_at=run_at,
+                                                note=error["message"]))
             return
         fields = []
         if config.routes_to_dlq(run.job_name):
@@ -228,21 +245,39 @@ class WorkerProcess:
             record = dlq.record_fields(job, error, run.attempt, time.time())
             fields = [item for pair in record.items() for item in pair]
         self._retrying(lambda: self._finish(run, "dead", body, keep=config.keep_failed,
-                                            dlq_fields=fields))
+                                            dlq_fields=fields, note=error["message"]))
 
-    def _finish(self, run: Running, outcome: str, body: str, *, keep: int,
-                run_at: float = 0.0, dlq_fields: list | None = None) -> None:
+    def _finish(self, run: Running, outcome: str, body: str, *, keep: int, run_at: float = 0.0,
+                dlq_fields: list | None = None, note: str = "") -> None:
+        """Acknowledge the message and record the outcome, in one script."""
         if self.abandoned and outcome != "requeue":
             return
         storage = huey_for(run.queue).storage
         target = storage.schedule_key if outcome == "retry" else storage.queue_key
+        now = time.time()
+        timeline, event_text = self._outcome_json(run, outcome, now, run_at, dlq_fields, note)
         self.scripts.finish(
             keys=[keys.job(run.job_id), keys.processing(self.id, run.queue),
                   keys.queue_stats(run.queue), target, keys.dlq_record(run.job_id),
-                  keys.dlq_index(), keys.dlq_queue_index(run.queue), keys.dlq_counts()],
-            args=script_args(run.job_id, run.queue, run.job_name, run.message, time.time(),
-                             outcome, body, run.message, run_at, keep, run.attempt,
-                             *(dlq_fields or [])))
+                  keys.dlq_index(), keys.dlq_queue_index(run.queue), keys.dlq_counts(),
+                  keys.timeline(run.job_id)],
+            args=script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at,
+                             keep, timeline, event_text, *(dlq_fields or [])))
+
+    @staticmethod
+    def _outcome_json(run: Running, outcome: str, now: float, run_at: float,
+                      dlq_fields: list | None, note: str) -> tuple[str, str]:
+        name, kind, state = OUTCOMES[outcome]
+        extra: dict = {"attempt": run.attempt}
+        if outcome == "retry":
+            extra.update(retry_at=run_at, error=note)
+        elif outcome == "dead":
+            extra.update(error=note, detail="moved to the dead-letter queue" if dlq_fields
+                         else "dropped: this job opts out of the dead-letter queue")
+        elif outcome == "requeue":
+            extra.update(detail=note)
+        return (entry(name, now, **extra),
+                event(kind, run.job_id, run.queue, run.job_name, state, now, **extra))
 
     def _retrying(self, write, seconds: float = 120.0) -> None:
         """Run a Redis write, retrying through a short outage so no outcome is lost."""
@@ -297,9 +332,13 @@ class WorkerProcess:
             except Exception:
                 self.r.lmove(processing, keys.bad_messages(queue), "LEFT", "LEFT")
                 continue
+            now = time.time()
             returned += self.scripts.reap(
-                keys=[processing, huey.storage.queue_key, keys.job(task.id)],
-                args=script_args(task.id, queue, job_name, message, time.time(), detail))
+                keys=[processing, huey.storage.queue_key, keys.job(task.id),
+                      keys.timeline(task.id)],
+                args=script_args(task.id, queue, message, now, entry("stalled", now, detail=detail),
+                                 event("stalled", task.id, queue, job_name, "waiting", now,
+                                       detail=detail)))
         if returned:
             log.warning("returned %d job(s) of %s to queue %s", returned, worker_id, queue)
         return returned
