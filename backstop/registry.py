@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from functools import lru_cache
 
 import redis
 
 from . import keys
-from .config import settings
+from .config import Settings, settings
 from .connection import client
 from .contracts import QUEUES
 from .scripts import scripts_for
@@ -25,10 +26,14 @@ TIME_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "run_at"
 
 
 def script_args(*args) -> list:
-    """The arguments every registry script starts with (see scripts.PRELUDE)."""
-    return [keys.state_index_prefix(), keys.job_prefix(), keys.timeline_prefix(),
-            keys.events_stream(), keys.events_channel(), settings().backstop_events_maxlen,
-            *args]
+    """The arguments every registry script starts with (see scripts.PRELUDE), then args."""
+    return [*_common_args(settings()), *args]
+
+
+@lru_cache(maxsize=4)
+def _common_args(current: Settings) -> tuple:
+    return (keys.state_index_prefix(), keys.job_prefix(), keys.timeline_prefix(),
+            keys.events_stream(), keys.events_channel(), current.backstop_events_maxlen)
 
 
 def to_json(data: dict) -> str:

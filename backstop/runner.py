@@ -57,6 +57,24 @@ class Running:
     timed_out: bool = False
 
 
+@dataclass(frozen=True)
+class QueueKeys:
+    """The fixed keys one queue's hot path uses, built once per process."""
+
+    processing: str
+    queue: str
+    schedule: str
+    rate: str
+    stats: str
+    dlq_queue_index: str
+
+    @classmethod
+    def build(cls, worker_id: str, queue: str) -> QueueKeys:
+        storage = huey_for(queue).storage
+        return cls(keys.processing(worker_id, queue), storage.queue_key, storage.schedule_key,
+                   keys.rate_window(queue), keys.queue_stats(queue), keys.dlq_queue_index(queue))
+
+
 def new_worker_id() -> str:
     host = re.sub(r"[^A-Za-z0-9.\-]", "-", socket.gethostname())[:60]
     return f"{host}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -81,13 +99,15 @@ class WorkerProcess:
         self.counts = {"processed": 0, "failed": 0}
         self.consumers: list[threading.Thread] = []
         self.started_at = time.time()
+        self.keys = {queue: QueueKeys.build(self.id, queue) for queue in QUEUES}
+        self.shared_keys = (keys.paused(), keys.dlq_index(), keys.dlq_counts())
 
     # ---- lifecycle ----
     def start(self) -> None:
         """Beat once, reap once, then start every thread."""
         load_handlers()
         for queue in self.queues:
-            huey_for(queue).storage.processing_key = keys.processing(self.id, queue)
+            huey_for(queue).storage.processing_key = self.keys[queue].processing
         self.beat()
         self.reap()
         for queue in self.queues:
@@ -167,10 +187,10 @@ class WorkerProcess:
                           keys.bad_messages(queue))
             self.r.lmove(huey.storage.processing_key, keys.bad_messages(queue), "LEFT", "LEFT")
             return
-        config = queue_config(queue)
+        config, qk = queue_config(queue), self.keys[queue]
         kind, value = self.scripts.start(
-            keys=[keys.job(task.id), huey.storage.processing_key, huey.storage.queue_key,
-                  keys.paused(), keys.rate_window(queue), keys.timeline(task.id)],
+            keys=[keys.job(task.id), qk.processing, qk.queue, self.shared_keys[0], qk.rate,
+                  keys.timeline(task.id)],
             args=self._start_args(task.id, queue, job_name, message, config))
         run = Running(task.id, queue, job_name, message, int(value),
                       time.monotonic() + config.timeout)
@@ -252,15 +272,13 @@ class WorkerProcess:
         """Acknowledge the message and record the outcome, in one script."""
         if self.abandoned and outcome != "requeue":
             return
-        storage = huey_for(run.queue).storage
-        target = storage.schedule_key if outcome == "retry" else storage.queue_key
+        qk, (_, dlq_index, dlq_counts) = self.keys[run.queue], self.shared_keys
         now = time.time()
         timeline, event_text = self._outcome_json(run, outcome, now, run_at, dlq_fields, note)
         self.scripts.finish(
-            keys=[keys.job(run.job_id), keys.processing(self.id, run.queue),
-                  keys.queue_stats(run.queue), target, keys.dlq_record(run.job_id),
-                  keys.dlq_index(), keys.dlq_queue_index(run.queue), keys.dlq_counts(),
-                  keys.timeline(run.job_id)],
+            keys=[keys.job(run.job_id), qk.processing, qk.stats,
+                  qk.schedule if outcome == "retry" else qk.queue, keys.dlq_record(run.job_id),
+                  dlq_index, qk.dlq_queue_index, dlq_counts, keys.timeline(run.job_id)],
             args=script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at,
                              keep, timeline, event_text, *(dlq_fields or [])))
 

@@ -160,7 +160,7 @@ def test_rate_limit_spaces_job_starts(r, workers):
     workers.start("system", {"system": {"rate_limit": 5, "concurrency": 4}})
     wait_for(lambda: states(ids) == ["completed"] * 10, timeout=20, what="all 10")
     starts = sorted(m[3] for m in marks(r) if m[2] == "start")
-    assert starts[-1] - starts[0] >= 1.6, "10 jobs at 5/s take about 2 s"
+    assert starts[-1] - starts[0] >= 1.5, "10 jobs at 5/s take about 2 s (unlimited: ~50 ms)"
 
 
 def test_progress_and_heartbeat_are_published(r, workers):
