@@ -6,16 +6,24 @@ so nothing falls between a final failure and its record.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import time
 import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from cryptography.fernet import Fernet, InvalidToken
 
 from . import keys
+from .config import secret_key
 from .connection import client
+from .errors import BackstopError
 
 SECRET_KEY_PATTERN = re.compile(
     r"pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key|cookie",
@@ -72,35 +80,422 @@ def describe_exception(exc: BaseException) -> dict:
             "stack": stack[-20_000:], "code": str(getattr(exc, "code", "") or "")}
 
 
-def record_fields(job: dict, error: dict, attempts: int, now: float) -> dict:
-    """The DLQ hash fields for a job's final failure."""
+def reason_of(error_type: str, message: str) -> str:
+    """The error reason analytics group by: type and normalised message."""
+    return f"{error_type}: {normalise_message(message)}"[:160]
+
+
+def hour_bucket(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y%m%d%H")
+
+
+# ---- sealed payloads: shown redacted, replayed exact ----
+def _fernet() -> Fernet:
+    digest = hashlib.sha256(secret_key().encode() + b"backstop-dlq-payload").digest()
+    return Fernet(base64.urlsafe_b64encode(digest))
+
+
+def seal(payload: dict) -> str:
+    """The exact payload, encrypted with the secret key, for replays."""
+    return _fernet().encrypt(json.dumps(payload).encode()).decode()
+
+
+def unseal(token: str) -> dict:
+    """Decrypt a sealed payload. Raises DlqError if the secret key changed."""
+    try:
+        return json.loads(_fernet().decrypt(token.encode()))
+    except InvalidToken:
+        raise DlqError("the stored payload cannot be decrypted: SECRET_KEY differs from the "
+                       "one it was sealed with", code="sealed") from None
+
+
+class DlqError(BackstopError):
+    """A DLQ operation that was refused; ``code`` says why (missing, limit, busy, ...)."""
+
+    def __init__(self, message: str, code: str = "refused", status: int = 409):
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+def record_fields(job: dict, error: dict, attempts: int, *, existing: bool) -> dict:
+    """The DLQ hash fields for a job's final failure.
+
+    existing: the job replayed a record that already exists; keep that record's identity,
+    replay count and lineage, update the rest.
+    """
     payload = job.get("payload") or {}
-    return {
-        "id": job["id"], "queue": job["queue"], "job": job["job"],
-        "original_job_id": job.get("original_job_id") or job["id"],
-        "payload": json.dumps(redact(payload)), "error_type": error["type"],
+    fields_ = {
+        "queue": job["queue"], "job": job["job"], "payload": json.dumps(redact(payload)),
+        "payload_sealed": seal(payload), "error_type": error["type"],
         "error_message": error["message"], "stack": error["stack"], "code": error["code"],
         "fingerprint": fingerprint(error["type"], error["message"], error["stack"]),
-        "attempts": attempts, "last_failed_at": now, "replay_count": 0,
-        "tenant_id": payload.get("tenant_id", ""), "actor_id": payload.get("actor_id", ""),
+        "reason": reason_of(error["type"], error["message"]), "attempts": attempts,
+        "tenant_id": str(payload.get("tenant_id", "")),
+        "actor_id": str(payload.get("actor_id", "")),
     }
+    if not existing:
+        fields_.update(id=job["id"], original_job_id=job["id"], replay_count=0,
+                       current_attempt="")
+    return fields_
 
 
-def get_record(job_id: str, r: redis.Redis | None = None) -> dict | None:
+# ---- reading ----
+NUMBERS = ("attempts", "replay_count")
+TIMES = ("first_failed_at", "last_failed_at", "last_replayed_at", "resolved_at")
+
+
+def decode(raw: dict) -> dict:
+    """A record hash as plain data (the sealed payload is never returned)."""
+    record = {k: v for k, v in raw.items() if k != "payload_sealed"}
+    record["payload"] = json.loads(raw.get("payload") or "{}")
+    for name in NUMBERS:
+        record[name] = int(raw.get(name) or 0)
+    for name in TIMES:
+        record[name] = float(raw[name]) if raw.get(name) else None
+    return record
+
+
+def get_record(record_id: str, r: redis.Redis | None = None) -> dict | None:
     """One DLQ record as plain data, or None."""
-    raw = (r or client()).hgetall(keys.dlq_record(job_id))
-    if not raw:
-        return None
-    raw["payload"] = json.loads(raw.get("payload") or "{}")
-    for name in ("attempts", "replay_count"):
-        raw[name] = int(raw.get(name) or 0)
-    return raw
+    raw = (r or client()).hgetall(keys.dlq_record(record_id))
+    return decode(raw) if raw else None
+
+
+def get_records(ids: list[str]) -> list[dict | None]:
+    pipe = client().pipeline(transaction=False)
+    for record_id in ids:
+        pipe.hgetall(keys.dlq_record(record_id))
+    return [decode(raw) if raw else None for raw in pipe.execute()]
+
+
+def lineage(record_id: str) -> list[dict]:
+    """Every replay attempt of a record, oldest first, with its outcome and current state."""
+    items = [json.loads(v) for v in client().hgetall(keys.dlq_lineage(record_id)).values()]
+    items.sort(key=lambda item: item["replayed_at"])
+    pipe = client().pipeline(transaction=False)
+    for item in items:
+        pipe.hget(keys.job(item["attempt_id"]), "state")
+    for item, state in zip(items, pipe.execute(), strict=True):
+        item["state"] = state
+    return items
+
+
+def detail(record_id: str) -> dict | None:
+    """A record with its stack, payload (redacted) and lineage: the original job and every
+    replay attempt with its outcome."""
+    record = get_record(record_id)
+    if record is not None:
+        record["lineage"] = lineage(record_id)
+    return record
 
 
 def count(r: redis.Redis | None = None) -> int:
     return (r or client()).zcard(keys.dlq_index())
 
 
-def list_ids(offset: int = 0, limit: int = 50) -> list[str]:
-    """Newest DLQ record ids first."""
-    return client().zrevrange(keys.dlq_index(), offset, offset + limit - 1)
+# ---- filters, paging, search ----
+@dataclass(frozen=True)
+class Filters:
+    """What a listing, export or bulk action selects. Empty fields select everything."""
+
+    queue: str = ""
+    job: str = ""
+    error_type: str = ""
+    fingerprint: str = ""
+    min_replays: int | None = None
+    max_replays: int | None = None
+    since: float | None = None
+    until: float | None = None
+    status: str = ""
+    q: str = ""
+
+    DIMS = {"queue": "queue", "job": "job", "error_type": "type", "fingerprint": "fp"}
+
+    @classmethod
+    def parse(cls, args: dict) -> Filters:
+        """Filters from request arguments. Raises FilterError naming each bad field."""
+        known = {f.name for f in fields(cls)}
+        errors = [{"field": k, "message": "unknown filter"} for k in args if k not in known]
+        values = {}
+        for name in known & set(args):
+            try:
+                values[name] = _parse_filter_value(name, args[name])
+            except ValueError as exc:
+                errors.append({"field": name, "message": str(exc)})
+        if errors:
+            raise FilterError(errors)
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v not in ("", None)}
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()
+
+    def dims(self) -> list[tuple[str, str]]:
+        return [(dim, getattr(self, name)) for name, dim in self.DIMS.items()
+                if getattr(self, name)]
+
+    def needs_record(self) -> bool:
+        """Whether matching needs the record's fields beyond the index it is read from."""
+        return (len(self.dims()) > 1 or self.q != "" or self.status != ""
+                or self.min_replays is not None or self.max_replays is not None)
+
+
+class FilterError(BackstopError):
+    def __init__(self, errors: list[dict]):
+        super().__init__("bad filter: " + ", ".join(f"{e['field']}: {e['message']}"
+                                                    for e in errors))
+        self.errors = errors
+
+
+def _parse_filter_value(name: str, value: Any):
+    if value in ("", None):
+        return None if name in ("min_replays", "max_replays", "since", "until") else ""
+    if name in ("min_replays", "max_replays"):
+        number = int(value)
+        if not 0 <= number <= 5:
+            raise ValueError("a replay count from 0 to 5")
+        return number
+    if name in ("since", "until"):
+        return _parse_time(value)
+    if name == "status" and value not in ("open", "replaying", "resolved"):
+        raise ValueError("one of open, replaying, resolved")
+    if len(str(value)) > 500:
+        raise ValueError("at most 500 characters")
+    return str(value)
+
+
+def _parse_time(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+
+
+def matches(record: dict, flt: Filters) -> bool:
+    """Whether a decoded record passes every filter (used after an index narrowed it)."""
+    checks = [
+        (flt.queue, record.get("queue")), (flt.job, record.get("job")),
+        (flt.error_type, record.get("error_type")), (flt.fingerprint, record.get("fingerprint")),
+        (flt.status, record.get("status")),
+    ]
+    if any(want and want != have for want, have in checks):
+        return False
+    replays = record.get("replay_count") or 0
+    if flt.min_replays is not None and replays < flt.min_replays:
+        return False
+    if flt.max_replays is not None and replays > flt.max_replays:
+        return False
+    return not flt.q or _search_hit(record, flt.q.lower())
+
+
+def _search_hit(record: dict, needle: str) -> bool:
+    haystack = (record.get("id", ""), record.get("original_job_id", ""),
+                record.get("error_message", ""), record.get("error_type", ""),
+                json.dumps(record.get("payload", {}), ensure_ascii=False))
+    return any(needle in text.lower() for text in haystack)
+
+
+def base_index(flt: Filters) -> str:
+    """The index to read: the smallest of the filter's dimensions, else the main index."""
+    dims = flt.dims()
+    if not dims:
+        return keys.dlq_index()
+    pipe = client().pipeline(transaction=False)
+    for dim, value in dims:
+        pipe.zcard(keys.dlq_dim_index(dim, value))
+    sizes = pipe.execute()
+    dim, value = dims[sizes.index(min(sizes))]
+    return keys.dlq_dim_index(dim, value)
+
+
+@dataclass
+class Page:
+    items: list[dict]
+    next_cursor: str | None
+    scanned: int
+    total: int | None = None
+    complete: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def _score_range(flt: Filters, cursor: str | None) -> tuple[str, str, tuple | None]:
+    high = f"{flt.until}" if flt.until is not None else "+inf"
+    after = None
+    if cursor:
+        score, _, record_id = cursor.partition(":")
+        high, after = score, (float(score), record_id)
+    low = f"{flt.since}" if flt.since is not None else "-inf"
+    return high, low, after
+
+
+def _chunks(index: str, flt: Filters, cursor: str | None, size: int) -> Iterator[list]:
+    """(id, score) pairs newest first, after the cursor, in chunks.
+
+    Continues by score (O(log N) per chunk at any depth); ties at one score are ordered by id.
+    """
+    high, low, after = _score_range(flt, cursor)
+    offset = 0
+    while True:
+        rows = client().zrevrangebyscore(index, high, low, start=offset, num=size,
+                                         withscores=True)
+        kept = [(i, s) for i, s in rows
+                if after is None or s < after[0] or (s == after[0] and i < after[1])]
+        if kept:
+            yield kept
+            after, high, offset = (kept[-1][1], kept[-1][0]), repr(kept[-1][1]), 0
+        else:
+            offset += len(rows)
+        if len(rows) < size:
+            return
+
+
+def _cursor(record_id: str, score: float) -> str:
+    return f"{score!r}:{record_id}"
+
+
+def page(flt: Filters = Filters(), cursor: str | None = None, limit: int = 50,
+         budget_seconds: float = 0.25) -> Page:
+    """A page of records newest first. Filters use write-time indexes; search and combined
+    filters scan within a time budget and return a cursor to continue from."""
+    limit = max(1, min(limit, 500))
+    index = base_index(flt)
+    deadline = time.monotonic() + budget_seconds
+    found, scanned, last = [], 0, None
+    for rows in _chunks(index, flt, cursor, limit if not flt.needs_record() else 500):
+        records = get_records([i for i, _ in rows])
+        for (record_id, score), record in zip(rows, records, strict=True):
+            scanned += 1
+            last = (record_id, score)
+            if record is not None and matches(record, flt):
+                found.append(record)
+                if len(found) == limit:
+                    return Page(found, _cursor(*last), scanned, _total(index, flt))
+        if time.monotonic() > deadline:
+            return Page(found, _cursor(*last), scanned, _total(index, flt), complete=False)
+    return Page(found, None, scanned, _total(index, flt))
+
+
+def _total(index: str, flt: Filters) -> int | None:
+    """The number of matches when an index answers it in O(log N), else None."""
+    if flt.needs_record():
+        return None
+    low = f"{flt.since}" if flt.since is not None else "-inf"
+    high = f"{flt.until}" if flt.until is not None else "+inf"
+    return client().zcount(index, low, high)
+
+
+def iter_records(flt: Filters = Filters(), chunk: int = 500) -> Iterator[dict]:
+    """Every matching record, newest first, read in pipelined chunks (no time budget)."""
+    for rows in _chunks(base_index(flt), flt, None, chunk):
+        for record in get_records([i for i, _ in rows]):
+            if record is not None and matches(record, flt):
+                yield record
+
+
+def iter_ids(flt: Filters = Filters(), chunk: int = 500) -> Iterator[str]:
+    """Every matching record id; reads records only when a filter needs them."""
+    if not flt.needs_record():
+        for rows in _chunks(base_index(flt), flt, None, chunk):
+            yield from (i for i, _ in rows)
+        return
+    yield from (record["id"] for record in iter_records(flt, chunk))
+
+
+def count_matching(flt: Filters = Filters()) -> int:
+    """How many records a filter selects (O(log N) for one dimension, else a scan)."""
+    total = _total(base_index(flt), flt)
+    return total if total is not None else sum(1 for _ in iter_ids(flt))
+
+
+# ---- fingerprints and analytics, from counters kept at write time ----
+def _hours_back(hours: int, now: float) -> list[str]:
+    return [hour_bucket(now - 3600 * n) for n in range(hours - 1, -1, -1)]
+
+
+def fingerprints(limit: int = 50, hours: int = 48) -> list[dict]:
+    """Failure groups, largest first: count, first and last seen, sample, counts per hour."""
+    now = time.time()
+    top = client().zrevrange(keys.dlq_fingerprints(), 0, limit - 1, withscores=True)
+    buckets = _hours_back(hours, now)
+    pipe = client().pipeline(transaction=False)
+    for fp, _ in top:
+        pipe.hgetall(keys.dlq_fingerprint(fp))
+        pipe.hmget(keys.dlq_fingerprint_hours(fp), buckets)
+    replies = pipe.execute()
+    return [_group(fp, info, per_hour, buckets)
+            for (fp, _), info, per_hour in zip(top, replies[::2], replies[1::2], strict=True)]
+
+
+def _group(fp: str, info: dict, per_hour: list, buckets: list[str]) -> dict:
+    return {"fingerprint": fp, "count": int(info.get("count") or 0),
+            "error_type": info.get("error_type", ""), "reason": info.get("reason", ""),
+            "queue": info.get("queue", ""), "job": info.get("job", ""),
+            "sample_id": info.get("sample_id", ""),
+            "first_seen": float(info.get("first_seen") or 0),
+            "last_seen": float(info.get("last_seen") or 0),
+            "hourly": [{"hour": h, "count": int(n or 0)}
+                       for h, n in zip(buckets, per_hour, strict=True)]}
+
+
+def _split_counts(raw: dict) -> dict[str, dict[str, int]]:
+    groups: dict[str, dict[str, int]] = {}
+    for name, value in raw.items():
+        dim, sep, key = name.partition(":")
+        if sep and int(value) > 0:
+            groups.setdefault(dim, {})[key] = int(value)
+    return groups
+
+
+def analytics(top: int = 10) -> dict:
+    """Totals by queue, job, error type, reason, code, status and replay status, top failing
+    jobs and the average age, from counters (O(1) in the number of records)."""
+    raw = client().hgetall(keys.dlq_counts())
+    groups = _split_counts(raw)
+    total = int(raw.get("total") or 0)
+    first_sum = float(raw.get("first_failed_sum") or 0)
+    ranked = sorted(groups.get("job", {}).items(), key=lambda kv: -kv[1])
+    return {
+        "total": total,
+        "by_queue": groups.get("queue", {}), "by_job": groups.get("job", {}),
+        "by_error_type": groups.get("type", {}), "by_code": groups.get("code", {}),
+        "by_reason": dict(sorted(groups.get("reason", {}).items(), key=lambda kv: -kv[1])[:50]),
+        "by_status": groups.get("status", {}),
+        "replay_status": {b: groups.get("replays", {}).get(b, 0)
+                          for b in ("never", "once", "several", "limit")},
+        "top_jobs": [{"job": job, "count": n} for job, n in ranked[:top]],
+        "average_age_seconds": (time.time() - first_sum / total) if total else 0.0,
+        "capacity": capacity(total),
+    }
+
+
+TREND_WINDOWS = (1, 6, 12, 24, 48)
+
+
+def trends(hours: int = 24) -> dict:
+    """Failures arriving per hour over the last ``hours`` (1-48): counts, average, peak."""
+    if hours not in TREND_WINDOWS:
+        raise FilterError([{"field": "hours", "message": "one of 1, 6, 12, 24, 48"}])
+    buckets = _hours_back(hours, time.time())
+    values = [int(v or 0) for v in client().hmget(keys.dlq_hours(), buckets)]
+    peak = max(range(len(values)), key=lambda i: values[i])
+    return {"hours": hours, "series": [{"hour": h, "count": n}
+                                       for h, n in zip(buckets, values, strict=True)],
+            "total": sum(values), "average_per_hour": sum(values) / hours,
+            "peak_hour": buckets[peak] if values[peak] else None, "peak_count": values[peak]}
+
+
+# ---- capacity: nothing is removed silently ----
+def capacity(total: int | None = None) -> dict:
+    """How full the DLQ is against DLQ_MAX_RECORDS."""
+    from .config import settings
+
+    cap = settings().int("dlq_max_records")
+    total = count() if total is None else total
+    return {"count": total, "cap": cap, "percent": round(100.0 * total / cap, 1) if cap else 0.0,
+            "retention_days": settings().float("dlq_retention_days")}

@@ -71,16 +71,17 @@ def events_channel() -> str:
     return _p("events", "live")
 
 
+def dlq_prefix() -> str:
+    """Prefix of the dead-letter keys; scripts.DLQ_FUNCS builds the same shapes in Lua."""
+    return _p("dlq", "")
+
+
 def dlq_record(job_id: str) -> str:
     return _p("dlq", "rec", job_id)
 
 
 def dlq_index() -> str:
     return _p("dlq", "idx")
-
-
-def dlq_queue_index(queue: str) -> str:
-    return _p("dlq", "idx", "queue", queue)
 
 
 def dlq_counts() -> str:
@@ -130,3 +131,50 @@ def notifications(user: str) -> str:
 def bad_messages(queue: str) -> str:
     """Messages that could not be decoded, kept for a person to inspect."""
     return _p("bad", queue)
+
+
+def audit_log() -> str:
+    """The audit log: a stream of HMAC-chained entries (see backstop.audit)."""
+    return _p("audit", "log")
+
+
+def audit_head() -> str:
+    """The mac of the audit log's newest entry, moved in the same EXEC as each append."""
+    return _p("audit", "head")
+
+
+def dlq_dim_index(dim: str, value: str) -> str:
+    """Records with one value of a dimension (queue, job, type, fp), scored by last failure."""
+    return _p("dlq", "by", dim, value)
+
+
+def dlq_hours() -> str:
+    return _p("dlq", "hours")
+
+
+def dlq_fingerprint(fp: str) -> str:
+    return _p("dlq", "fp", fp)
+
+
+def dlq_fingerprint_hours(fp: str) -> str:
+    return _p("dlq", "fp", fp, "hours")
+
+
+def dlq_fingerprints() -> str:
+    return _p("dlq", "fps")
+
+
+def dlq_lineage(record_id: str) -> str:
+    return _p("dlq", "lineage", record_id)
+
+
+def dlq_lock(record_id: str) -> str:
+    return _p("dlq", "lock", record_id)
+
+
+def dlq_clear_token(token: str) -> str:
+    return _p("dlq", "clear", token)
+
+
+def dlq_alert_level() -> str:
+    return _p("dlq", "alert-level")

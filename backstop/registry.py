@@ -33,7 +33,8 @@ def script_args(*args) -> list:
 @lru_cache(maxsize=4)
 def _common_args(current: Settings) -> tuple:
     return (keys.state_index_prefix(), keys.job_prefix(), keys.timeline_prefix(),
-            keys.events_stream(), keys.events_channel(), current.backstop_events_maxlen)
+            keys.events_stream(), keys.events_channel(), current.backstop_events_maxlen,
+            keys.dlq_prefix())
 
 
 def to_json(data: dict) -> str:

@@ -66,13 +66,12 @@ class QueueKeys:
     schedule: str
     rate: str
     stats: str
-    dlq_queue_index: str
 
     @classmethod
     def build(cls, worker_id: str, queue: str) -> QueueKeys:
         storage = huey_for(queue).storage
         return cls(keys.processing(worker_id, queue), storage.queue_key, storage.schedule_key,
-                   keys.rate_window(queue), keys.queue_stats(queue), keys.dlq_queue_index(queue))
+                   keys.rate_window(queue), keys.queue_stats(queue))
 
 
 def new_worker_id() -> str:
@@ -100,7 +99,7 @@ class WorkerProcess:
         self.consumers: list[threading.Thread] = []
         self.started_at = time.time()
         self.keys = {queue: QueueKeys.build(self.id, queue) for queue in QUEUES}
-        self.shared_keys = (keys.paused(), keys.dlq_index(), keys.dlq_counts())
+        self.paused_key = keys.paused()
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -189,7 +188,7 @@ class WorkerProcess:
             return
         config, qk = queue_config(queue), self.keys[queue]
         kind, value = self.scripts.start(
-            keys=[keys.job(task.id), qk.processing, qk.queue, self.shared_keys[0], qk.rate,
+            keys=[keys.job(task.id), qk.processing, qk.queue, self.paused_key, qk.rate,
                   keys.timeline(task.id)],
             args=self._start_args(task.id, queue, job_name, message, config))
         run = Running(task.id, queue, job_name, message, int(value),
@@ -259,26 +258,30 @@ class WorkerProcess:
             self._retrying(lambda: self._finish(run, "retry", body, keep=0, run_at=run_at,
                                                 note=error["message"]))
             return
-        fields = []
-        if config.routes_to_dlq(run.job_name):
-            job = {"id": run.job_id, "queue": run.queue, "job": run.job_name, "payload": payload}
-            record = dlq.record_fields(job, error, run.attempt, time.time())
-            fields = [item for pair in record.items() for item in pair]
+        fields = self._dead_letter_args(run, payload, error) if config.routes_to_dlq(
+            run.job_name) else []
         self._retrying(lambda: self._finish(run, "dead", body, keep=config.keep_failed,
                                             dlq_fields=fields, note=error["message"]))
+
+    def _dead_letter_args(self, run: Running, payload: dict, error: dict) -> list:
+        """[record id, hour, field pairs...]: a replay's failure updates its original record."""
+        replay_of = self._retrying(lambda: self.r.hget(keys.job(run.job_id), "dlq_id"))
+        job = {"id": run.job_id, "queue": run.queue, "job": run.job_name, "payload": payload}
+        record = dlq.record_fields(job, error, run.attempt, existing=bool(replay_of))
+        pairs = [item for pair in record.items() for item in pair]
+        return [replay_of or run.job_id, dlq.hour_bucket(time.time()), *pairs]
 
     def _finish(self, run: Running, outcome: str, body: str, *, keep: int, run_at: float = 0.0,
                 dlq_fields: list | None = None, note: str = "") -> None:
         """Acknowledge the message and record the outcome, in one script."""
         if self.abandoned and outcome != "requeue":
             return
-        qk, (_, dlq_index, dlq_counts) = self.keys[run.queue], self.shared_keys
+        qk = self.keys[run.queue]
         now = time.time()
         timeline, event_text = self._outcome_json(run, outcome, now, run_at, dlq_fields, note)
         self.scripts.finish(
             keys=[keys.job(run.job_id), qk.processing, qk.stats,
-                  qk.schedule if outcome == "retry" else qk.queue, keys.dlq_record(run.job_id),
-                  dlq_index, qk.dlq_queue_index, dlq_counts, keys.timeline(run.job_id)],
+                  qk.schedule if outcome == "retry" else qk.queue, keys.timeline(run.job_id)],
             args=script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at,
                              keep, timeline, event_text, *(dlq_fields or [])))
 

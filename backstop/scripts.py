@@ -11,7 +11,8 @@ from functools import lru_cache
 import redis
 
 PRELUDE = r"""
-local IDX, JOBP, TLP, STREAM, CHANNEL, MAXLEN = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local IDX, JOBP, TLP, STREAM, CHANNEL = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local MAXLEN, DLQ = ARGV[6], ARGV[7]
 local function idx(queue, state) return IDX .. queue .. ':' .. state end
 local function move_state(id, queue, old, new, score)
   if old and old ~= new then redis.call('zrem', idx(queue, old), id) end
@@ -35,27 +36,27 @@ end
 # A job's timeline is a list (RPUSH) beside its record hash.
 
 # KEYS: record, target (queue list or schedule zset), stats, timeline
-# ARGV[7..]: id, queue, state, message, now, target_score, front, event, entry, record fields
+# ARGV[8..]: id, queue, state, message, now, target_score, front, event, entry, record fields
 ENQUEUE = PRELUDE + r"""
-local id, queue, state, msg = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local id, queue, state, msg = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
-redis.call('hset', KEYS[1], unpack(ARGV, 16))
-if state == 'delayed' then redis.call('zadd', KEYS[2], ARGV[12], msg)
-elseif ARGV[13] == '1' then redis.call('rpush', KEYS[2], msg)
+redis.call('hset', KEYS[1], unpack(ARGV, 17))
+if state == 'delayed' then redis.call('zadd', KEYS[2], ARGV[13], msg)
+elseif ARGV[14] == '1' then redis.call('rpush', KEYS[2], msg)
 else redis.call('lpush', KEYS[2], msg) end
-redis.call('zadd', idx(queue, state), ARGV[11], id)
+redis.call('zadd', idx(queue, state), ARGV[12], id)
 redis.call('hincrby', KEYS[3], 'enqueued', 1)
-redis.call('rpush', KEYS[4], ARGV[15])
-emit(ARGV[14])
+redis.call('rpush', KEYS[4], ARGV[16])
+emit(ARGV[15])
 return 1
 """
 
 # KEYS: record, processing list, queue list, paused set, rate key prefix, timeline
-# ARGV[7..]: id, queue, job, message, now, rate_limit, worker, default_max_attempts,
+# ARGV[8..]: id, queue, job, message, now, rate_limit, worker, default_max_attempts,
 #            timeline entry up to the attempt, event up to the attempt
 START = PRELUDE + r"""
-local id, queue, job, msg = ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local now, limit = tonumber(ARGV[11]), tonumber(ARGV[12])
+local id, queue, job, msg = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local now, limit = tonumber(ARGV[12]), tonumber(ARGV[13])
 local function put_back()
   redis.call('lrem', KEYS[2], 1, msg)
   redis.call('rpush', KEYS[3], msg)
@@ -78,41 +79,142 @@ if state == 'cancelled' or state == 'completed' or state == 'dead' then
   return {'skip', state}
 end
 local attempts = tonumber(rec[2] or '0') + 1
-if attempts > tonumber(rec[3] or ARGV[14]) then
+if attempts > tonumber(rec[3] or ARGV[15]) then
   redis.call('hset', KEYS[1], 'attempts', attempts)
   return {'exhausted', tostring(attempts - 1)}
 end
 redis.call('hset', KEYS[1], 'state', 'active', 'attempts', attempts, 'started_at', now,
-  'updated_at', now, 'worker', ARGV[13], 'progress', 0, 'progress_message', '')
+  'updated_at', now, 'worker', ARGV[14], 'progress', 0, 'progress_message', '')
 if not state then
   redis.call('hset', KEYS[1], 'id', id, 'queue', queue, 'job', job, 'created_at', now,
-    'max_attempts', ARGV[14], 'payload', '{}')
+    'max_attempts', ARGV[15], 'payload', '{}')
 end
 move_state(id, queue, state, 'active', now)
-redis.call('rpush', KEYS[6], ARGV[15] .. attempts .. '}')
-emit(ARGV[16] .. attempts .. '}')
+redis.call('rpush', KEYS[6], ARGV[16] .. attempts .. '}')
+emit(ARGV[17] .. attempts .. '}')
 return {'run', tostring(attempts)}
 """
 
-# KEYS: record, processing list, stats, target (schedule zset / queue list), dlq record,
-#       dlq index, dlq queue index, dlq counts, timeline
-# ARGV[7..]: id, queue, message, now, outcome, body, run_at, keep, timeline entry, event,
-#            dlq field pairs...
-FINISH = PRELUDE + r"""
-local id, queue, msg = ARGV[7], ARGV[8], ARGV[9]
-local now, outcome, body, keep = tonumber(ARGV[10]), ARGV[11], ARGV[12], tonumber(ARGV[14])
+# Dead-letter bookkeeping shared by the scripts that write, replay, resolve or delete records.
+# Key shapes match keys.dlq_*: rec:<id>, idx, by:<dim>:<value>, counts, hours, fp:<fp>,
+# fp:<fp>:hours, fps, lineage:<id>. Counters are kept at write time so analytics stay O(1).
+DLQ_FUNCS = r"""
+local FIELDS = {'queue', 'job', 'error_type', 'fingerprint', 'code', 'reason', 'status',
+  'replay_count', 'first_failed_at', 'last_failed_at', 'current_attempt'}
+local DIMS = {{'queue', 'queue'}, {'job', 'job'}, {'type', 'error_type'}, {'fp', 'fingerprint'}}
+local function count(field, by) redis.call('hincrby', DLQ .. 'counts', field, by) end
+local function bucket(n)
+  n = tonumber(n) or 0
+  if n == 0 then return 'never' elseif n == 1 then return 'once'
+  elseif n < MAX_REPLAYS then return 'several' end
+  return 'limit'
+end
+local function load(id)
+  local v = redis.call('hmget', DLQ .. 'rec:' .. id, unpack(FIELDS))
+  if not v[1] then return nil end
+  local r = {}
+  for i, f in ipairs(FIELDS) do r[f] = v[i] or '' end
+  return r
+end
+local function index_record(id, r, score, sign)
+  for _, dim in ipairs(DIMS) do
+    local key = DLQ .. 'by:' .. dim[1] .. ':' .. r[dim[2]]
+    if sign > 0 then redis.call('zadd', key, score, id) else redis.call('zrem', key, id) end
+    count(dim[1] .. ':' .. r[dim[2]], sign)
+  end
+  if sign > 0 then redis.call('zadd', DLQ .. 'idx', score, id)
+  else redis.call('zrem', DLQ .. 'idx', id) end
+  count('code:' .. r.code, sign)
+  count('reason:' .. r.reason, sign)
+  count('status:' .. r.status, sign)
+  count('replays:' .. bucket(r.replay_count), sign)
+  count('total', sign)
+  redis.call('hincrbyfloat', DLQ .. 'counts', 'first_failed_sum',
+    sign * tonumber(r.first_failed_at))
+  local n = redis.call('hincrby', DLQ .. 'fp:' .. r.fingerprint, 'count', sign)
+  redis.call('zadd', DLQ .. 'fps', n, r.fingerprint)
+end
+local function cleanup_fingerprint(fp)
+  local n = tonumber(redis.call('hget', DLQ .. 'fp:' .. fp, 'count') or '0')
+  if n <= 0 then
+    redis.call('del', DLQ .. 'fp:' .. fp, DLQ .. 'fp:' .. fp .. ':hours')
+    redis.call('zrem', DLQ .. 'fps', fp)
+  end
+end
+local function set_status(id, r, status)
+  count('status:' .. r.status, -1)
+  count('status:' .. status, 1)
+  redis.call('hset', DLQ .. 'rec:' .. id, 'status', status)
+end
+local function lineage_outcome(dlq_id, attempt_id, outcome, now)
+  local key = DLQ .. 'lineage:' .. dlq_id
+  local raw = redis.call('hget', key, attempt_id)
+  if raw then
+    local item = cjson.decode(raw)
+    item.outcome, item.finished_at = outcome, now
+    redis.call('hset', key, attempt_id, cjson.encode(item))
+  end
+end
+-- Write (or, for a replay that failed again, update) a record from ARGV pairs at `from`.
+local function dlq_upsert(id, hour, from, now)
+  local old = load(id)
+  local first = now
+  if old then
+    index_record(id, old, 0, -1)
+    first = tonumber(old.first_failed_at) or now
+  end
+  local key = DLQ .. 'rec:' .. id
+  redis.call('hset', key, unpack(ARGV, from))
+  redis.call('hset', key, 'first_failed_at', first, 'last_failed_at', now, 'status', 'open')
+  local r = load(id)
+  index_record(id, r, now, 1)
+  if old and old.fingerprint ~= r.fingerprint then cleanup_fingerprint(old.fingerprint) end
+  redis.call('hincrby', DLQ .. 'hours', hour, 1)
+  local fp = DLQ .. 'fp:' .. r.fingerprint
+  redis.call('hsetnx', fp, 'first_seen', now)
+  redis.call('hset', fp, 'last_seen', now, 'error_type', r.error_type, 'reason', r.reason,
+    'queue', r.queue, 'job', r.job)
+  redis.call('hsetnx', fp, 'sample_id', id)
+  redis.call('hincrby', fp .. ':hours', hour, 1)
+  redis.call('expire', fp .. ':hours', 49 * 3600)
+end
+local function dlq_delete(id)
+  local r = load(id)
+  if not r then return 0 end
+  index_record(id, r, 0, -1)
+  cleanup_fingerprint(r.fingerprint)
+  redis.call('del', DLQ .. 'rec:' .. id, DLQ .. 'lineage:' .. id)
+  return 1
+end
+""".replace("MAX_REPLAYS", "5")
+
+# KEYS: record, processing list, stats, target (schedule zset / queue list), timeline
+# ARGV[8..]: id, queue, message, now, outcome, body, run_at, keep, timeline entry, event,
+#            then, for a dead job routed to the DLQ: dlq record id, hour, field pairs...
+FINISH = PRELUDE + DLQ_FUNCS + r"""
+local id, queue, msg = ARGV[8], ARGV[9], ARGV[10]
+local now, outcome, body, keep = tonumber(ARGV[11]), ARGV[12], ARGV[13], tonumber(ARGV[15])
 local rec = KEYS[1]
 redis.call('lrem', KEYS[2], 1, msg)
-local old = redis.call('hget', rec, 'state')
+local current = redis.call('hmget', rec, 'state', 'dlq_id')
+local old, dlq_id = current[1], current[2]
 local state
 if outcome == 'completed' then
   state = 'completed'
   redis.call('hset', rec, 'state', state, 'updated_at', now, 'result', body, 'progress', 100,
     'finished_at', now)
+  if dlq_id then
+    local r = load(dlq_id)
+    if r and r.current_attempt == id then
+      set_status(dlq_id, r, 'resolved')
+      redis.call('hset', DLQ .. 'rec:' .. dlq_id, 'resolved_at', now, 'resolved_by', id)
+    end
+    lineage_outcome(dlq_id, id, 'completed', now)
+  end
 elseif outcome == 'retry' then
   state = 'failed'
-  redis.call('zadd', KEYS[4], ARGV[13], msg)
-  redis.call('hset', rec, 'state', state, 'updated_at', now, 'error', body, 'run_at', ARGV[13])
+  redis.call('zadd', KEYS[4], ARGV[14], msg)
+  redis.call('hset', rec, 'state', state, 'updated_at', now, 'error', body, 'run_at', ARGV[14])
 elseif outcome == 'requeue' then
   state = 'waiting'
   redis.call('rpush', KEYS[4], msg)
@@ -121,28 +223,61 @@ elseif outcome == 'requeue' then
 else
   state = 'dead'
   redis.call('hset', rec, 'state', state, 'updated_at', now, 'error', body, 'finished_at', now)
-  if #ARGV > 16 then
-    redis.call('hset', KEYS[5], unpack(ARGV, 17))
-    redis.call('hsetnx', KEYS[5], 'first_failed_at', now)
-    redis.call('zadd', KEYS[6], now, id)
-    redis.call('zadd', KEYS[7], now, id)
-    redis.call('hincrby', KEYS[8], 'total', 1)
-  end
+  if #ARGV > 17 then dlq_upsert(ARGV[18], ARGV[19], 20, now) end
+  if dlq_id then lineage_outcome(dlq_id, id, 'dead', now) end
 end
 move_state(id, queue, old, state, now)
-redis.call('rpush', KEYS[9], ARGV[15])
+redis.call('rpush', KEYS[5], ARGV[16])
 local counter = {completed = 'completed', failed = 'failed', dead = 'dead', waiting = 'requeued'}
 local total = redis.call('hincrby', KEYS[3], counter[state], 1)
-emit(ARGV[16])
+emit(ARGV[17])
 -- Retention is enforced in batches: every 16th completion (or death) trims the index.
 if total % 16 == 0 and (state == 'completed' or state == 'dead') then trim(queue, state, keep) end
 return state
 """
 
+# KEYS: new job record, target queue list, target queue stats, new timeline
+# ARGV[8..]: dlq id, attempt id, queue, message, now, event, timeline entry, lineage entry,
+#            job record field pairs...
+DLQ_REPLAY = PRELUDE + DLQ_FUNCS + r"""
+local dlq_id, attempt, queue, msg = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local now = tonumber(ARGV[12])
+local r = load(dlq_id)
+if not r then return {'missing', ''} end
+if r.status == 'resolved' then return {'resolved', r.current_attempt} end
+if r.status == 'replaying' and r.current_attempt ~= '' then
+  local st = redis.call('hget', JOBP .. r.current_attempt, 'state')
+  if st and st ~= 'cancelled' and st ~= 'dead' then return {'busy', r.current_attempt} end
+end
+local n = tonumber(r.replay_count) or 0
+if n >= MAX_REPLAYS then return {'limit', tostring(n)} end
+if redis.call('exists', KEYS[1]) == 1 then return {'busy', attempt} end
+count('replays:' .. bucket(n), -1)
+count('replays:' .. bucket(n + 1), 1)
+set_status(dlq_id, r, 'replaying')
+redis.call('hset', DLQ .. 'rec:' .. dlq_id, 'replay_count', n + 1, 'last_replayed_at', now,
+  'current_attempt', attempt)
+redis.call('hset', DLQ .. 'lineage:' .. dlq_id, attempt, ARGV[15])
+redis.call('hset', KEYS[1], unpack(ARGV, 16))
+redis.call('lpush', KEYS[2], msg)
+redis.call('zadd', idx(queue, 'waiting'), now, attempt)
+redis.call('hincrby', KEYS[3], 'enqueued', 1)
+redis.call('rpush', KEYS[4], ARGV[14])
+emit(ARGV[13])
+return {'ok', tostring(n + 1)}
+""".replace("MAX_REPLAYS", "5")
+
+# ARGV[8..]: ids to delete. Returns how many existed.
+DLQ_DELETE = PRELUDE + DLQ_FUNCS + r"""
+local deleted = 0
+for i = 8, #ARGV do deleted = deleted + dlq_delete(ARGV[i]) end
+return deleted
+"""
+
 # KEYS: processing list, queue list, record, timeline
-# ARGV[7..]: id, queue, message, now, timeline entry, event
+# ARGV[8..]: id, queue, message, now, timeline entry, event
 REAP = PRELUDE + r"""
-local id, queue, msg, now = ARGV[7], ARGV[8], ARGV[9], tonumber(ARGV[10])
+local id, queue, msg, now = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
 if redis.call('lrem', KEYS[1], 1, msg) == 0 then return 0 end
 redis.call('rpush', KEYS[2], msg)
 local old = redis.call('hget', KEYS[3], 'state')
@@ -150,16 +285,16 @@ if old == 'active' then
   redis.call('hset', KEYS[3], 'state', 'waiting', 'updated_at', now)
   move_state(id, queue, old, 'waiting', now)
 end
-redis.call('rpush', KEYS[4], ARGV[11])
-emit(ARGV[12])
+redis.call('rpush', KEYS[4], ARGV[12])
+emit(ARGV[13])
 return 1
 """
 
-# KEYS: record.  ARGV[7..]: percent, message, now, event
+# KEYS: record.  ARGV[8..]: percent, message, now, event
 PROGRESS = PRELUDE + r"""
-redis.call('hset', KEYS[1], 'progress', ARGV[7], 'progress_message', ARGV[8],
-  'updated_at', ARGV[9])
-emit(ARGV[10])
+redis.call('hset', KEYS[1], 'progress', ARGV[8], 'progress_message', ARGV[9],
+  'updated_at', ARGV[10])
+emit(ARGV[11])
 return 1
 """
 
@@ -172,22 +307,23 @@ end
 return #due
 """
 
-# KEYS: record, timeline. ARGV[7..]: id, queue, now, new state, timeline entry, event
+# KEYS: record, timeline. ARGV[8..]: id, queue, now, new state, timeline entry, event
 # Moves a job that has not started (waiting, delayed, failed) to a new state (cancel).
 SET_STATE = PRELUDE + r"""
-local id, queue, now = ARGV[7], ARGV[8], tonumber(ARGV[9])
+local id, queue, now = ARGV[8], ARGV[9], tonumber(ARGV[10])
 local old = redis.call('hget', KEYS[1], 'state')
 if old ~= 'waiting' and old ~= 'delayed' and old ~= 'failed' then return old or '' end
-redis.call('hset', KEYS[1], 'state', ARGV[10], 'updated_at', now)
-move_state(id, queue, old, ARGV[10], now)
-redis.call('rpush', KEYS[2], ARGV[11])
-emit(ARGV[12])
+redis.call('hset', KEYS[1], 'state', ARGV[11], 'updated_at', now)
+move_state(id, queue, old, ARGV[11], now)
+redis.call('rpush', KEYS[2], ARGV[12])
+emit(ARGV[13])
 return 'ok'
 """
 
 SOURCES = {
     "enqueue": ENQUEUE, "start": START, "finish": FINISH, "reap": REAP,
     "progress": PROGRESS, "promote": PROMOTE, "set_state": SET_STATE,
+    "dlq_replay": DLQ_REPLAY, "dlq_delete": DLQ_DELETE,
 }
 
 

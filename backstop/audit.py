@@ -1,0 +1,303 @@
+"""The audit log: who did what to which target, chained with an HMAC (SPEC section 8).
+
+Each entry is one stream entry (keys.audit_log()) with the fields t, actor, action, target,
+summary, ip, user_agent, result, prev and mac, where
+
+    mac = HMAC-SHA256(audit key, prev + canonical JSON of every field but mac)
+
+and prev is the mac of the entry before it ("genesis" for the first). keys.audit_head()
+holds the newest mac; it moves in the same EXEC as each append, so every writer in every
+process extends one chain, and `verify` can tell an edited, removed or reordered entry,
+and a removed tail, from an intact log.
+
+What the chain cannot tell: someone with write access to Redis who deletes the newest
+entries *and* resets the head to the mac of the entry now last. Catching that needs the
+head copied somewhere Redis writers cannot reach. Changing SECRET_KEY makes every older
+entry fail verification.
+
+`summary` is stored as JSON: an object for a dict summary, a string otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import random
+import re
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from . import keys
+from .config import secret_key
+from .connection import client
+from .dlq import redact
+from .errors import BackstopError
+
+GENESIS = "genesis"
+SUMMARY_LIMIT = 2000
+FIELD_LIMIT = 500
+APPEND_ATTEMPTS = 100
+SCAN_CHUNK = 500
+SCAN_LIMIT = 20_000
+VERIFY_CHUNK = 1000
+PUBLIC_FIELDS = ("actor", "action", "target", "ip", "user_agent", "result")
+STREAM_ID = re.compile(r"^\d+-\d+$")
+
+ALTERED = "entry altered"
+CHAIN_BROKEN = "chain broken: an entry before this one was removed or reordered"
+HEAD_MISMATCH = "head does not match the last entry: entries were removed from the end"
+
+
+class AuditError(BackstopError):
+    """The audit log could not be appended to."""
+
+
+@dataclass
+class Page:
+    """One page of entries, newest first. Pass next_before as `before` for the next (older)
+    page; None when the log has no older entries."""
+
+    items: list[dict]
+    next_before: str | None
+
+
+@dataclass
+class Verification:
+    """The outcome of `verify`: ok, entries checked, and problems as {id, reason}."""
+
+    ok: bool
+    checked: int
+    problems: list[dict] = field(default_factory=list)
+
+
+def record(actor: str, action: str, target: str = "", *, summary: dict | str = "",
+           ip: str = "", user_agent: str = "", result: str = "ok", r=None) -> str:
+    """Append an entry to the audit log and return its id (a stream id).
+
+    actor: who (a user name, "api:<token name>", "system"); action: what, dotted by area
+    ("dlq.replay"); target: what it touched (a job id, a queue); summary: the request in
+    brief, a dict (secrets redacted) or text, cut to 2,000 characters; ip, user_agent: of
+    the request; result: "ok", "denied", an error text. Text fields are cut to 500
+    characters and text that is not valid Unicode is replaced, so recording never fails
+    on input. r: a Redis client (default: connection.client()).
+    Raises redis.RedisError when Redis fails, AuditError when the head kept moving under
+    100 attempts in a row.
+    """
+    given = {"actor": actor, "action": action, "target": target, "ip": ip,
+             "user_agent": user_agent, "result": result}
+    fields = {name: _clean(value, FIELD_LIMIT) for name, value in given.items()}
+    fields.update(t=f"{time.time():.6f}", summary=_summary_field(summary))
+    return _append(r or client(), fields)
+
+
+def _append(r, fields: dict) -> str:
+    key = _mac_key()
+    with r.pipeline() as pipe:
+        for attempt in range(APPEND_ATTEMPTS):
+            try:
+                pipe.watch(keys.audit_head())
+                chained = {**fields, "prev": _text(pipe.get(keys.audit_head())) or GENESIS}
+                chained["mac"] = _mac(key, chained)
+                pipe.multi()
+                pipe.xadd(keys.audit_log(), chained)
+                pipe.set(keys.audit_head(), chained["mac"])
+                return _text(pipe.execute()[0])
+            except redis.WatchError:
+                # Another writer moved the head first; jitter so the losers don't collide again.
+                time.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
+    raise AuditError(f"audit entry {fields['action']!r} not written: the log's head changed "
+                     f"{APPEND_ATTEMPTS} times in a row under concurrent writers; retry")
+
+
+def entries(*, actor: str | None = None, action: str | None = None, target: str | None = None,
+            since: float | None = None, until: float | None = None, before: str | None = None,
+            limit: int = 50, r=None) -> Page:
+    """Audit entries, newest first, as dicts {id, t, actor, action, target, summary, ip,
+    user_agent, result}.
+
+    actor, target: exact matches; action: exact, or a prefix when it ends with "."
+    ("dlq." matches "dlq.replay"); since, until: unix times, inclusive, compared with the
+    time in the entry's stream id (the Redis server's clock, to the millisecond); before:
+    a stream id, exclusive (a previous Page's next_before); limit: entries per page.
+    Scans at most 20,000 entries per call; a page may then hold fewer than limit entries
+    and still have a next_before.
+    Raises ValueError for a before that is not a stream id or a limit below 1.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    r = r or client()
+    upper = _upper_bound(before, until)
+    lower = "-" if since is None else str(int(since * 1000))
+    items: list[dict] = []
+    for scanned, (entry_id, fields) in enumerate(_scan_back(r, upper, lower), start=1):
+        if _matches(fields, actor, action, target):
+            items.append(_public(entry_id, fields))
+        if len(items) == limit or scanned == SCAN_LIMIT:
+            return Page(items, entry_id)
+    return Page(items, None)
+
+
+def _scan_back(r, upper: str, lower: str):
+    """Entries from upper down to lower, read in chunks of SCAN_CHUNK."""
+    while True:
+        batch = _read(r, "XREVRANGE", keys.audit_log(), upper, lower, "COUNT", SCAN_CHUNK,
+                      errors="replace")
+        yield from batch
+        if len(batch) < SCAN_CHUNK:
+            return
+        upper = "(" + batch[-1][0]
+
+
+def _upper_bound(before: str | None, until: float | None) -> str:
+    if before is not None and not STREAM_ID.match(before):
+        raise ValueError(f"before must be a stream id like 1700000000000-0, not {before!r}")
+    until_ms = None if until is None else int(until * 1000)
+    if before is None:
+        return "+" if until_ms is None else str(until_ms)
+    if until_ms is not None and until_ms < int(before.split("-")[0]):
+        return str(until_ms)
+    return "(" + before
+
+
+def _matches(fields: dict, actor: str | None, action: str | None, target: str | None) -> bool:
+    if actor is not None and fields.get("actor") != actor:
+        return False
+    if target is not None and fields.get("target") != target:
+        return False
+    if action is None or fields.get("action") == action:
+        return True
+    return action.endswith(".") and fields.get("action", "").startswith(action)
+
+
+def _public(entry_id: str, fields: dict) -> dict:
+    try:
+        t = float(fields.get("t", 0))
+    except ValueError:
+        t = 0.0
+    return {"id": entry_id, "t": t, **{name: fields.get(name, "") for name in PUBLIC_FIELDS},
+            "summary": _parse_summary(fields.get("summary", '""'))}
+
+
+def verify(r=None) -> Verification:
+    """Walk the whole audit log oldest first and check its chain.
+
+    Every mac must match its entry, every prev the mac before it, and the head the last
+    mac. Entries appended while this runs are checked too. Reads raw bytes, so an entry a
+    tamperer made invalid UTF-8 is reported, not raised. r: a Redis client (default:
+    connection.client()). Raises redis.RedisError when Redis fails.
+    """
+    r = r or client()
+    chain = _Chain(_mac_key())
+    chain.walk(r)
+    # A head ahead of the walk is a writer that appended meanwhile; walk on until they agree.
+    while _head(r) != chain.last_mac:
+        if not chain.walk(r):
+            chain.problem(chain.last_id or "", HEAD_MISMATCH)
+            break
+    return Verification(not chain.problems, chain.checked, chain.problems)
+
+
+class _Chain:
+    """The state of a walk along the log: where it is and what it found."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self.last_id: str | None = None
+        self.last_mac = GENESIS
+        self.checked = 0
+        self.problems: list[dict] = []
+
+    def walk(self, r) -> int:
+        """Check every entry after the last one checked; return how many there were."""
+        lower, count = "-" if self.last_id is None else "(" + self.last_id, 0
+        while True:
+            batch = _read(r, "XRANGE", keys.audit_log(), lower, "+", "COUNT", VERIFY_CHUNK,
+                          errors="surrogateescape")
+            for entry_id, fields in batch:
+                self.check(entry_id, fields)
+            count += len(batch)
+            if len(batch) < VERIFY_CHUNK:
+                return count
+            lower = "(" + batch[-1][0]
+
+    def check(self, entry_id: str, fields: dict) -> None:
+        stored = fields.get("mac", "")
+        if not hmac.compare_digest(_bytes(stored), _bytes(_mac(self.key, fields))):
+            self.problem(entry_id, ALTERED)
+        elif fields.get("prev") != self.last_mac:
+            self.problem(entry_id, CHAIN_BROKEN)
+        self.last_id, self.last_mac = entry_id, stored
+        self.checked += 1
+
+    def problem(self, entry_id: str, reason: str) -> None:
+        self.problems.append({"id": entry_id, "reason": reason})
+
+
+def _mac_key() -> bytes:
+    return hmac.new(secret_key().encode(), b"audit", hashlib.sha256).digest()
+
+
+def _mac(key: bytes, fields: dict) -> str:
+    body = {name: value for name, value in fields.items() if name != "mac"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(key, _bytes(body.get("prev", "") + canonical), hashlib.sha256).hexdigest()
+
+
+def _bytes(text: str) -> bytes:
+    # surrogateescape gives back the exact bytes a raw read decoded, valid UTF-8 or not.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _read(r, *command, errors: str) -> list[tuple[str, dict]]:
+    """A stream range read as raw bytes, decoded with the given error handler."""
+    rows = r.execute_command(*command, NEVER_DECODE=True)
+    return [(_text(entry_id), {_text(k, errors): _text(v, errors) for k, v in fields.items()})
+            for entry_id, fields in rows]
+
+
+def _head(r) -> str:
+    return _text(r.execute_command("GET", keys.audit_head(), NEVER_DECODE=True),
+                 "surrogateescape") or GENESIS
+
+
+def _text(value, errors: str = "strict") -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else value
+
+
+def _clean(value, limit: int) -> str:
+    """Text cut to limit characters, lone surrogates replaced so it encodes as UTF-8."""
+    return _utf8(_clip(str(value), limit))
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def _summary_field(summary) -> str:
+    value = redact(summary)
+    if isinstance(value, str):
+        return _dumps(_clean(value, SUMMARY_LIMIT))
+    text = _utf8(_dumps(value))
+    # Too long as an object: keep its first 2,000 characters as text rather than drop it.
+    return text if len(text) <= SUMMARY_LIMIT else _dumps(_clip(text, SUMMARY_LIMIT))
+
+
+def _dumps(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str)
+
+
+def _parse_summary(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
