@@ -186,7 +186,7 @@ class SystemCacheInvalidate(Payload):
 
 
 class SystemIndexRebuild(Payload):
-    target: Literal["jobs", "all"] = "all"
+    target: Literal["jobs", "dlq", "all"] = "all"
 
 
 class SystemHealthCheck(Payload):

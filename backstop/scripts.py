@@ -267,6 +267,27 @@ emit(ARGV[13])
 return {'ok', tostring(n + 1)}
 """.replace("MAX_REPLAYS", "5")
 
+# ARGV[8..]: ids whose records are indexed again (repair). Returns how many exist.
+DLQ_REINDEX = PRELUDE + DLQ_FUNCS + r"""
+local n = 0
+for i = 8, #ARGV do
+  local r = load(ARGV[i])
+  if r then
+    local last = tonumber(r.last_failed_at) or 0
+    index_record(ARGV[i], r, last, 1)
+    local fp = DLQ .. 'fp:' .. r.fingerprint
+    local first = tonumber(redis.call('hget', fp, 'first_seen') or last)
+    local seen = tonumber(redis.call('hget', fp, 'last_seen') or 0)
+    redis.call('hset', fp, 'first_seen', math.min(first, tonumber(r.first_failed_at) or last),
+      'last_seen', math.max(seen, last), 'error_type', r.error_type, 'reason', r.reason,
+      'queue', r.queue, 'job', r.job)
+    redis.call('hsetnx', fp, 'sample_id', ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
 # ARGV[8..]: ids to delete. Returns how many existed.
 DLQ_DELETE = PRELUDE + DLQ_FUNCS + r"""
 local deleted = 0
@@ -323,7 +344,7 @@ return 'ok'
 SOURCES = {
     "enqueue": ENQUEUE, "start": START, "finish": FINISH, "reap": REAP,
     "progress": PROGRESS, "promote": PROMOTE, "set_state": SET_STATE,
-    "dlq_replay": DLQ_REPLAY, "dlq_delete": DLQ_DELETE,
+    "dlq_replay": DLQ_REPLAY, "dlq_delete": DLQ_DELETE, "dlq_reindex": DLQ_REINDEX,
 }
 
 

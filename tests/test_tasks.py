@@ -501,7 +501,7 @@ def test_index_rebuild_restores_indexes_from_records(r):
     pipe.zadd(keys.state_index("email", "waiting"), {"ghost": 1})
     pipe.zadd(keys.state_index("email", "active"), {"j1": 1})
     pipe.execute()
-    result = run(r, "system.index.rebuild", {})
+    result = run(r, "system.index.rebuild", {"target": "jobs"})["jobs"]
     assert result["by_state"]["waiting"] == 310 and result["by_state"]["dead"] == 310
     assert (result["indexed"], result["skipped"]) == (620, 1)
     waiting = r.zrange(keys.state_index("email", "waiting"), 0, -1, withscores=True)

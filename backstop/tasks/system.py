@@ -8,45 +8,24 @@ quiet (paused), since jobs changing state during the rebuild can be indexed twic
 from __future__ import annotations
 
 import json
-import re
 import time
-from collections.abc import Iterable, Iterator
-from itertools import islice
 
 import redis
 
-from .. import keys
+from .. import dlq_maintenance, keys
 from ..config import settings
 from ..contracts import QUEUES, SystemCacheInvalidate, SystemHealthCheck, SystemIndexRebuild
 from ..errors import PermanentFailure
 from ..jobs import JobContext, handler
 from ..registry import STATES
+from ..scanning import chunks, scan_prefix
 
-CHUNK = 500
 HEALTH_LOG_LIMIT = 1_000
 SLOW_PING_MS = 100.0
 MEMORY_HIGH = 0.9
 SEVERITY = {"healthy": 0, "warning": 1, "critical": 2}
 
 
-def glob_escape(text: str) -> str:
-    """``text`` with the glob metacharacters of SCAN MATCH escaped."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def chunks(items: Iterable, size: int = CHUNK) -> Iterator[list]:
-    """Consecutive lists of at most ``size`` items."""
-    iterator = iter(items)
-    while batch := list(islice(iterator, size)):
-        yield batch
-
-
-def scan_prefix(r: redis.Redis, prefix: str, type_: str | None = None) -> Iterator[str]:
-    """Every key starting with ``prefix`` (SCAN, optionally of one Redis type)."""
-    return r.scan_iter(match=glob_escape(prefix) + "*", count=CHUNK, _type=type_)
-
-
-# ---- cache ----
 def invalidate_all(r: redis.Redis) -> int:
     """Unlink every key under ``keys.cache_prefix()``; return how many went."""
     deleted = 0
@@ -115,8 +94,13 @@ def rebuild_indexes(r: redis.Redis) -> dict:
 
 @handler("system.index.rebuild")
 def index_rebuild(payload: SystemIndexRebuild, ctx: JobContext) -> dict:
-    """Rebuild the job state indexes from the job records (a repair tool)."""
-    return rebuild_indexes(ctx.redis)
+    """Rebuild the job state indexes and/or the DLQ's indexes and counters from the records."""
+    done = {}
+    if payload.target in ("jobs", "all"):
+        done["jobs"] = rebuild_indexes(ctx.redis)
+    if payload.target in ("dlq", "all"):
+        done["dlq"] = dlq_maintenance.rebuild()
+    return done
 
 
 # ---- health ----
