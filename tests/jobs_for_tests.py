@@ -44,3 +44,31 @@ def crash(payload: Mark, ctx):
     """Kills its own worker process, every time (a poison job)."""
     _mark(payload, ctx, "crash")
     os._exit(13)
+
+
+class Cause(Payload):
+    cause: int = Field(default=0, ge=0, le=3)
+    n: int = Field(default=0, ge=0)
+    note: str = Field(default="", max_length=10_000)
+    api_token: str = Field(default="", max_length=100)
+
+
+def _charge(n: int):
+    raise ValueError(f"order {n} could not be charged: card 4{n:03d} declined")
+
+
+def _lookup(n: int):
+    raise KeyError(f"customer {n:08x}-1f2e-4d3c-9b8a-{n:012x} not found")
+
+
+def _call_upstream(n: int):
+    raise TimeoutError(f"upstream 10.0.0.{n % 250} timed out after {n} ms")
+
+
+@define_job("test.flaky", queue="system", model=Cause)
+def flaky(payload: Cause, ctx):
+    """Fails with one of three root causes (cause 1-3) whose messages vary; 0 succeeds."""
+    causes = {1: _charge, 2: _lookup, 3: _call_upstream}
+    if payload.cause:
+        causes[payload.cause](payload.n)
+    return {"ok": True, "api_token_seen": bool(payload.api_token)}
