@@ -30,6 +30,7 @@ SECRET_KEY_PATTERN = re.compile(
     re.IGNORECASE)
 URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@", re.IGNORECASE)
 REDACTED = "[REDACTED]"
+LONE_SURROGATES = re.compile("[\ud800-\udfff]")
 VOLATILE = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "<uuid>"),
     (re.compile(r"\b0x[0-9a-f]+\b|\b[0-9a-f]{12,}\b", re.I), "<hex>"),
@@ -74,10 +75,11 @@ def fingerprint(error_type: str, message: str, stack: str) -> str:
 
 
 def describe_exception(exc: BaseException) -> dict:
-    """The error of a failed attempt: type, message, stack and code."""
+    """The error of a failed attempt: type, message, stack and code (valid UTF-8 text)."""
     stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return {"type": type(exc).__name__, "message": str(exc)[:2000] or type(exc).__name__,
-            "stack": stack[-20_000:], "code": str(getattr(exc, "code", "") or "")}
+    error = {"type": type(exc).__name__, "message": str(exc)[:2000] or type(exc).__name__,
+             "stack": stack[-20_000:], "code": str(getattr(exc, "code", "") or "")}
+    return {k: LONE_SURROGATES.sub("\ufffd", v) for k, v in error.items()}
 
 
 def reason_of(error_type: str, message: str) -> str:

@@ -175,6 +175,10 @@ class WorkerProcess:
             except redis.ConnectionError as exc:
                 log.warning("queue %s: Redis unreachable (%s); retrying", queue, exc)
                 self.stop.wait(1)
+            except Exception:
+                # A bug must not kill the consumer; the message stays in the processing list.
+                log.exception("queue %s: unexpected error handling a message", queue)
+                self.stop.wait(1)
 
     def handle(self, queue: str, message: bytes) -> None:
         huey = huey_for(queue)

@@ -69,6 +69,8 @@ def _call_upstream(n: int):
 def flaky(payload: Cause, ctx):
     """Fails with one of three root causes (cause 1-3) whose messages vary; 0 succeeds."""
     causes = {1: _charge, 2: _lookup, 3: _call_upstream}
+    if payload.note.startswith("error:"):
+        raise ValueError(payload.note[6:] + b" \xff\xfe".decode("utf-8", "surrogateescape"))
     if payload.cause:
         causes[payload.cause](payload.n)
     return {"ok": True, "api_token_seen": bool(payload.api_token)}
