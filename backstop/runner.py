@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import dlq, keys
+from . import dlq, dlq_maintenance, keys
 from .config import settings
 from .connection import client
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -115,7 +115,7 @@ class WorkerProcess:
         for loop, seconds in ((self.beat, settings().float("worker_heartbeat_seconds")),
                               (self.reap, settings().float("worker_reaper_seconds")),
                               (self.refresh_paused, 0.25), (self.promote_due, 0.5),
-                              (self.enforce_timeouts, 0.1)):
+                              (self.enforce_timeouts, 0.1), (dlq_maintenance.maintain, 30)):
             self._thread(self.every, loop.__name__, loop, seconds)
         log.info("worker %s consuming %s", self.id, ", ".join(self.queues))
 
