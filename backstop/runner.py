@@ -130,6 +130,8 @@ class WorkerProcess:
                 action()
             except redis.RedisError as exc:
                 log.warning("%s failed: %s", action.__name__, exc)
+            except Exception:
+                log.exception("%s failed", action.__name__)
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop taking jobs; let running ones finish within the timeout, else requeue them."""
