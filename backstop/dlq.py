@@ -501,3 +501,20 @@ def capacity(total: int | None = None) -> dict:
     total = count() if total is None else total
     return {"count": total, "cap": cap, "percent": round(100.0 * total / cap, 1) if cap else 0.0,
             "retention_days": settings().float("dlq_retention_days")}
+
+
+def write_records(items: list[tuple[dict, dict, int, float]]) -> int:
+    """Write records as final failures would, in one pipelined round trip (imports, restores
+    and benchmarks). Each item is (job {id, queue, job, payload}, error, attempts, failed_at).
+    """
+    from .registry import script_args
+    from .scripts import scripts_for
+
+    r = client()
+    pipe = r.pipeline(transaction=False)
+    for job, error, attempts, failed_at in items:
+        fields_ = record_fields(job, error, attempts, existing=False)
+        pairs = [item for pair in fields_.items() for item in pair]
+        scripts_for(r).dlq_write(args=script_args(job["id"], failed_at, hour_bucket(failed_at),
+                                                  *pairs), client=pipe)
+    return len(pipe.execute())

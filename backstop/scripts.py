@@ -267,6 +267,12 @@ emit(ARGV[13])
 return {'ok', tostring(n + 1)}
 """.replace("MAX_REPLAYS", "5")
 
+# ARGV[8..]: record id, failed-at time, hour, field pairs... (imports and restores)
+DLQ_WRITE = PRELUDE + DLQ_FUNCS + r"""
+dlq_upsert(ARGV[8], ARGV[10], 11, tonumber(ARGV[9]))
+return 1
+"""
+
 # ARGV[8..]: ids whose records are indexed again (repair). Returns how many exist.
 DLQ_REINDEX = PRELUDE + DLQ_FUNCS + r"""
 local n = 0
@@ -345,6 +351,7 @@ SOURCES = {
     "enqueue": ENQUEUE, "start": START, "finish": FINISH, "reap": REAP,
     "progress": PROGRESS, "promote": PROMOTE, "set_state": SET_STATE,
     "dlq_replay": DLQ_REPLAY, "dlq_delete": DLQ_DELETE, "dlq_reindex": DLQ_REINDEX,
+    "dlq_write": DLQ_WRITE,
 }
 
 

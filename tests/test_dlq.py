@@ -149,3 +149,16 @@ def test_filters_name_bad_fields():
         assert {e["field"] for e in exc.errors} == {"min_replays", "since", "colour"}
     else:
         raise AssertionError("bad filters must be refused")
+
+
+def test_written_records_are_indexed_like_final_failures(r):
+    error = {"type": "OSError", "message": "disk 3 full", "stack": "", "code": "E3"}
+    old = time.time() - 7200
+    items = [({"id": f"imp-{n}", "queue": "email", "job": "email.send",
+               "payload": {"to": ["a@example.com"]}}, error, 3, old + n / 1000) for n in range(5)]
+    assert dlq.write_records(items) == 5
+    stats = dlq.analytics()
+    assert stats["total"] == 5 and stats["by_code"] == {"E3": 5}
+    series = {s["hour"]: s["count"] for s in dlq.trends(6)["series"]}
+    assert series[dlq.hour_bucket(old)] == 5 and sum(series.values()) == 5
+    assert [i["id"] for i in dlq.page(Filters(queue="email")).items][0] == "imp-4"
