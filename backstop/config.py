@@ -47,7 +47,9 @@ SETTINGS = [
     Setting("AI_API_URL", "", "OpenAI-compatible base URL. Empty: AI jobs fail permanently."),
     Setting("AI_API_KEY", "", "Bearer key for AI_API_URL."),
     Setting("AI_MODEL", "gpt-4o-mini", "Model name sent to AI_API_URL."),
-    Setting("SECRET_KEY", "", "Flask secret. Empty: one is generated and kept in var/secret_key."),
+    Setting("SECRET_KEY", "",
+            "Signs sessions, OTP hashes, the audit chain; seals DLQ payloads. "
+            "Empty: generated once into var/secret_key."),
     Setting("HOST", "127.0.0.1", "Address `./run` binds the web app to."),
     Setting("PORT", "8000", "Port `./run` binds the web app to."),
     Setting("REDIS_PORT", "6380", "Port of the embedded Redis that `./run` starts."),
