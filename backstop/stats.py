@@ -1,0 +1,64 @@
+"""Read-only numbers for the panel and the API: queue overview, workers, Redis health.
+
+Plain dicts; each function is a bounded number of commands in one or two round trips.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from . import keys
+from .config import settings
+from .connection import client
+from .contracts import QUEUES, queue_configs
+from .registry import STATES, counts
+
+
+def queue_overview() -> list[dict]:
+    """One row per queue: counts by state, processed/failed totals, paused flag, config."""
+    by_queue = counts()
+    pipe = client().pipeline(transaction=False)
+    pipe.smembers(keys.paused())
+    for queue in QUEUES:
+        pipe.hgetall(keys.queue_stats(queue))
+    paused, *totals = pipe.execute()
+    configs = queue_configs()
+    return [{"queue": q, "counts": by_queue[q], "paused": q in paused,
+             "totals": {k: int(v) for k, v in stats.items()},
+             "config": configs[q].model_dump()}
+            for q, stats in zip(QUEUES, totals, strict=True)]
+
+
+def summary(rows: list[dict]) -> dict[str, int]:
+    """Counts by state over every queue."""
+    return {state: sum(row["counts"][state] for row in rows) for state in STATES}
+
+
+def workers() -> list[dict]:
+    """Every worker process that beat recently or is listed: alive ones first."""
+    now = time.time()
+    listed = client().zrevrange(keys.workers(), 0, 199, withscores=True)
+    beats = client().mget([keys.worker(w) for w, _ in listed]) if listed else []
+    ttl = settings().float("worker_heartbeat_ttl")
+    rows = []
+    for (worker_id, last), beat in zip(listed, beats, strict=True):
+        info = json.loads(beat) if beat else {"id": worker_id}
+        rows.append({**info, "id": worker_id, "last_beat": last,
+                     "alive": beat is not None and now - last <= ttl})
+    return sorted(rows, key=lambda w: (not w["alive"], -w["last_beat"]))
+
+
+def redis_health() -> dict:
+    """Ping latency, memory, clients, uptime and eviction policy of Redis."""
+    started = time.perf_counter()
+    client().ping()
+    ping_ms = (time.perf_counter() - started) * 1000
+    info = client().info()
+    return {"ok": True, "ping_ms": round(ping_ms, 2), "version": info.get("redis_version"),
+            "used_memory": info.get("used_memory_human"),
+            "max_memory": info.get("maxmemory_human"),
+            "clients": info.get("connected_clients"),
+            "uptime_seconds": info.get("uptime_in_seconds"),
+            "eviction_policy": info.get("maxmemory_policy"),
+            "aof": bool(info.get("aof_enabled"))}
