@@ -178,3 +178,47 @@ def dlq_clear_token(token: str) -> str:
 
 def dlq_alert_level() -> str:
     return _p("dlq", "alert-level")
+
+
+def redrive(redrive_id: str) -> str:
+    """A redrive's state: a hash of its settings, status, counters and timestamps."""
+    return _p("redrive", redrive_id)
+
+
+def redrive_pending(redrive_id: str) -> str:
+    """The record ids a redrive has still to replay, snapshotted when it started (a list)."""
+    return _p("redrive", redrive_id, "pending")
+
+
+def redrive_inflight(redrive_id: str) -> str:
+    """Ids taken from the pending list whose outcome is not counted yet (a list)."""
+    return _p("redrive", redrive_id, "inflight")
+
+
+def redrive_lease(redrive_id: str) -> str:
+    """The id of the worker process driving a redrive (a string with a short TTL)."""
+    return _p("redrive", redrive_id, "lease")
+
+
+def redrive_slot(scope: str) -> str:
+    """The redrive active for a queue ("*": all queues); one at a time per queue."""
+    return _p("redrive-slot", scope)
+
+
+def redrives() -> str:
+    """Every recent redrive, scored by creation time (a sorted set)."""
+    return _p("redrives")
+
+
+def redrives_live() -> str:
+    """Redrives a driver still has work on: running, paused, or cancelled with leftovers."""
+    return _p("redrives", "live")
+
+
+def users() -> str:
+    """Panel users: name -> JSON {name, role, password (argon2), created_at}."""
+    return _p("users")
+
+
+def user_sessions(name: str) -> str:
+    return _p("sessions", name)
