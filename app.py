@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from functools import wraps
+from urllib.parse import urlparse
+from zoneinfo import ZoneInfo
 
 import click
 import redis
@@ -10,37 +14,164 @@ from flask import (
     Flask,
     Response,
     abort,
+    flash,
     g,
     jsonify,
     make_response,
+    redirect,
     render_template,
     request,
+    session,
     stream_with_context,
     url_for,
 )
+from flask_babel import Babel, format_datetime
+from flask_babel import gettext as _
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from flask_sock import Sock
+from flask_wtf import CSRFProtect, FlaskForm
+from wtforms import PasswordField, StringField
+from wtforms.validators import DataRequired
 
-from backstop import audit, dlq, export, producers, registry, replay, tokens
-from backstop.config import secret_key
+from backstop import (
+    audit,
+    confirm,
+    dlq,
+    export,
+    panel,
+    producers,
+    queues,
+    registry,
+    replay,
+    tokens,
+    users,
+)
+from backstop.config import secret_key, settings
+from backstop.connection import redis_url
 from backstop.contracts import QUEUES, queue_configs
 from backstop.dlq import DlqError, FilterError, Filters
 from backstop.errors import BackstopError, PayloadError, UnknownJob
 from backstop.jobs import load_handlers
 
+LANGUAGES = {"en": "English", "fa": "فارسی"}
+RTL = {"fa"}
+login_manager = LoginManager()
+csrf = CSRFProtect()
+limiter = Limiter(key_func=get_remote_address, default_limits=["600 per minute"])
+sock = Sock()
+babel = Babel()
+
 
 def create_app() -> Flask:
     load_handlers()
     app = Flask(__name__)
-    app.config["SECRET_KEY"] = secret_key()
+    app.config.update(
+        SECRET_KEY=secret_key(), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings().cookie_secure == "1",
+        WTF_CSRF_HEADERS=["X-CSRFToken"], WTF_CSRF_TIME_LIMIT=None,
+        RATELIMIT_STORAGE_URI=redis_url(), RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_HEADERS_ENABLED=True,
+        RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
+        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
+    )
+    bind_extensions(app)
     app.register_error_handler(redis.ConnectionError, redis_unavailable)
     app.register_error_handler(redis.TimeoutError, redis_unavailable)
     for code in (400, 401, 403, 404, 405):
         app.register_error_handler(code, json_error)
     app.register_error_handler(BackstopError, api_error)
+    app.register_error_handler(429, too_many_requests)
     register_routes(app)
     register_dlq_routes(app)
+    register_panel_routes(app)
     app.cli.add_command(tokens_cli)
     app.cli.add_command(audit_cli)
+    app.cli.add_command(users_cli)
     return app
+
+
+def bind_extensions(app: Flask) -> None:
+    login_manager.init_app(app)
+    login_manager.login_view = "login"
+    csrf.init_app(app)
+    limiter.init_app(app)
+    sock.init_app(app)
+    babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
+    app.after_request(security_headers)
+    app.context_processor(page_globals)
+    app.add_template_filter(when)
+    app.add_template_filter(pretty_json)
+
+
+def select_locale() -> str:
+    chosen = request.cookies.get("lang")
+    return chosen if chosen in LANGUAGES else request.accept_languages.best_match(
+        list(LANGUAGES)) or "en"
+
+
+def select_timezone() -> str:
+    zone = request.cookies.get("tz", "UTC")
+    try:
+        ZoneInfo(zone)
+    except (ValueError, KeyError, OSError):
+        return "UTC"
+    return zone
+
+
+def when(ts) -> str:
+    """A unix time in the viewer's zone and language."""
+    if not ts:
+        return "—"
+    return format_datetime(datetime.fromtimestamp(float(ts), UTC), "medium")
+
+
+def pretty_json(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def page_globals() -> dict:
+    locale = select_locale()
+    return {"languages": LANGUAGES, "locale": locale, "rtl": locale in RTL,
+            "poll_seconds": settings().int("poll_seconds"),
+            "htmx_url": settings().htmx_url or url_for("static",
+                                                        filename="vendor/htmx-2.0.11.min.js"),
+            "role": getattr(current_user, "role", None), "can": can}
+
+
+def can(role: str) -> bool:
+    """Whether the signed-in user has at least this role (templates hide what it cannot do)."""
+    return current_user.is_authenticated and tokens.allows(current_user.role, role)
+
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; "
+       "form-action 'self'; object-src 'none'")
+
+
+def security_headers(response):
+    csp = CSP
+    if settings().htmx_url:
+        host = urlparse(settings().htmx_url)
+        csp = CSP.replace("script-src 'self'", f"script-src 'self' {host.scheme}://{host.netloc}")
+    response.headers.setdefault("Content-Security-Policy", csp)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    return response
+
+
+def too_many_requests(exc):
+    retry_after = getattr(exc, "retry_after", None) or 60
+    message = _("Too many requests; try again in %(seconds)s s.", seconds=retry_after)
+    if request.path.startswith("/api/"):
+        response = jsonify(error=message)
+    else:
+        response = make_response(render_template("error.html", message=message))
+    response.status_code = 429
+    response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def api_error(exc: BackstopError):
@@ -122,7 +253,7 @@ def request_summary() -> dict:
 
 def register_routes(app: Flask) -> None:
     app.add_url_rule("/", view_func=index)
-    app.add_url_rule("/api/v1/jobs", view_func=create_job, methods=["POST"])
+    app.add_url_rule("/api/v1/jobs", view_func=csrf.exempt(create_job), methods=["POST"])
     app.add_url_rule("/api/v1/jobs/<job_id>", view_func=show_job)
 
 
@@ -203,7 +334,7 @@ def register_dlq_routes(app: Flask) -> None:
         ("/api/v1/dlq/<record_id>/preview", preview_dead_letter_edit, ["POST"]),
     ]
     for rule, view, methods in rules:
-        app.add_url_rule(rule, view_func=view, methods=methods,
+        app.add_url_rule(rule, view_func=csrf.exempt(view), methods=methods,
                          endpoint=f"{view.__name__}")
 
 
@@ -354,3 +485,446 @@ def verify_audit():
         click.echo(f"{problem['id']}: {problem['reason']}")
     click.echo(f"{'ok' if report.ok else 'TAMPERED'}: {report.checked} entries checked")
     raise SystemExit(0 if report.ok else 1)
+
+
+# ---- the owner panel: sign-in, pages, actions ----
+class PanelUser(UserMixin):
+    def __init__(self, info: dict, session_id: str):
+        self.name, self.role, self.session_id = info["name"], info["role"], session_id
+
+    def get_id(self) -> str:
+        return f"{self.name}:{self.session_id}"
+
+
+@login_manager.user_loader
+def load_user(key: str):
+    name, _, session_id = key.partition(":")
+    info = users.get(name)
+    return PanelUser(info, session_id) if info and users.session_valid(name, session_id) else None
+
+
+class LoginForm(FlaskForm):
+    name = StringField("name", validators=[DataRequired()])
+    password = PasswordField("password", validators=[DataRequired()])
+
+
+def require_role(role: str):
+    """Decorator for panel views: signed in, with at least this role."""
+
+    def decorate(view):
+        @wraps(view)
+        def wrapped(*args, **kwargs):
+            if not current_user.is_authenticated:
+                return login_manager.unauthorized()
+            if not tokens.allows(current_user.role, role):
+                abort(403, _("This needs the %(role)s role.", role=role))
+            g.actor = f"user:{current_user.name}"
+            return view(*args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+def user_key() -> str:
+    return f"user:{current_user.name}" if current_user.is_authenticated else get_remote_address()
+
+
+def login_name_key() -> str:
+    return "login:" + (request.form.get("name") or "").lower()[:64]
+
+
+MUTATE = limiter.shared_limit("60 per minute", scope="mutate", key_func=user_key)
+DESTROY = limiter.shared_limit("10 per minute", scope="destroy", key_func=user_key)
+
+
+def register_panel_routes(app: Flask) -> None:
+    pages = [
+        ("/login", login, ["GET", "POST"]), ("/logout", logout, ["POST"]),
+        ("/lang", set_language, ["POST"]),
+        ("/overview", overview_page, ["GET"]), ("/queues", queues_page, ["GET"]),
+        ("/queues/<queue>", queue_page, ["GET"]), ("/jobs/<job_id>", job_page, ["GET"]),
+        ("/dlq", dlq_page, ["GET"]), ("/dlq/analytics", dlq_analytics_page, ["GET"]),
+        ("/dlq/records/<record_id>", dlq_record_page, ["GET"]),
+        ("/system", system_page, ["GET"]), ("/audit", audit_page, ["GET"]),
+        ("/queues/<queue>/pause", pause_queue, ["POST"]),
+        ("/queues/<queue>/resume", resume_queue, ["POST"]),
+        ("/queues/<queue>/purge", purge_queue, ["POST"]),
+        ("/queues/<queue>/bulk", bulk_jobs, ["POST"]),
+        ("/jobs/<job_id>/cancel", cancel_job, ["POST"]),
+        ("/jobs/<job_id>/retry", retry_job, ["POST"]),
+        ("/dlq/records/<record_id>/replay", replay_record, ["POST"]),
+        ("/dlq/records/<record_id>/edit", edit_record, ["POST"]),
+        ("/dlq/records/<record_id>/delete", delete_record, ["POST"]),
+        ("/dlq/bulk", bulk_records, ["POST"]), ("/dlq/clear", clear_records, ["POST"]),
+    ]
+    for rule, view, methods in pages:
+        app.add_url_rule(rule, view_func=view, methods=methods, endpoint=view.__name__)
+
+
+def page_or_partial(template: str, context: dict, partials: tuple[str, ...] = ()):
+    """The full page, or one of its partials when htmx asks for ?partial=<name>."""
+    partial = request.args.get("partial")
+    if partial in partials:
+        return render_template(f"_{partial}.html", **context)
+    return render_template(template, **context)
+
+
+@limiter.limit("10 per minute", methods=["POST"])
+@limiter.limit("5 per minute", methods=["POST"], key_func=login_name_key)
+def login():
+    """Sign in; a failure says only that the name or password is wrong."""
+    form = LoginForm()
+    if form.validate_on_submit():
+        info = users.authenticate(form.name.data, form.password.data)
+        audit.record(f"user:{form.name.data}", "auth.login", form.name.data,
+                     ip=request.remote_addr or "", user_agent=request.user_agent.string,
+                     result="ok" if info else "refused")
+        if info:
+            login_user(PanelUser(info, users.open_session(info["name"])))
+            return redirect(safe_next(request.args.get("next")))
+        flash(_("Wrong user name or password."), "error")
+    return render_template("login.html", form=form)
+
+
+def safe_next(target: str | None) -> str:
+    parts = urlparse(target or "")
+    return target if target and not parts.netloc and not parts.scheme \
+        and target.startswith("/") else url_for("overview_page")
+
+
+def logout():
+    """Sign out and revoke this session on the server."""
+    if current_user.is_authenticated:
+        users.close_session(current_user.name, current_user.session_id)
+        audit.record(f"user:{current_user.name}", "auth.logout", current_user.name,
+                     ip=request.remote_addr or "", user_agent=request.user_agent.string)
+        logout_user()
+    session.clear()
+    return redirect(url_for("login"))
+
+
+def set_language():
+    """Remember the chosen language (it wins over the browser's)."""
+    lang = request.form.get("lang", "en")
+    response = redirect(safe_next(request.form.get("next")))
+    if lang in LANGUAGES:
+        response.set_cookie("lang", lang, max_age=365 * 86400, samesite="Lax",
+                            secure=settings().cookie_secure == "1", httponly=True)
+    return response
+
+
+@require_role("viewer")
+def overview_page():
+    """Health cards, the queue overview and the live event feed."""
+    context = panel.overview(level=request.args.get("level", ""))
+    return page_or_partial("overview.html", context, ("health", "queue_rows", "events"))
+
+
+@require_role("viewer")
+def queues_page():
+    """Summary cards and one row per queue."""
+    return page_or_partial("queues.html", panel.queues_page(), ("summary", "queue_rows"))
+
+
+@require_role("viewer")
+def queue_page(queue: str):
+    """A queue's jobs by state, with search and paging, and its config."""
+    if queue not in QUEUES:
+        abort(404)
+    context = panel.queue_page(queue, request.args.get("state", "waiting"),
+                               request.args.get("q", ""),
+                               max(0, request.args.get("offset", 0, type=int)))
+    return page_or_partial("queue.html", context, ("jobs",))
+
+
+@require_role("viewer")
+def job_page(job_id: str):
+    """A job: payload, timeline, progress, error, attempts."""
+    context = panel.job_page(job_id)
+    if context is None:
+        abort(404)
+    return page_or_partial("job.html", context, ("job",))
+
+
+@require_role("viewer")
+def dlq_page():
+    """The DLQ with filters, search and paging."""
+    args = {k: v for k, v in request.args.items() if k not in ("cursor", "partial") and v}
+    try:
+        flt = Filters.parse(args)
+    except FilterError as exc:
+        flash(str(exc), "error")
+        flt = Filters()
+    context = panel.dlq_page(flt, request.args.get("cursor"))
+    return page_or_partial("dlq.html", {**context, "args": args}, ("dlq_rows",))
+
+
+@require_role("viewer")
+@audited("dlq.view")
+def dlq_record_page(record_id: str):
+    """A DLQ record: payload, error, stack, lineage (a sensitive read: audited)."""
+    context = panel.dlq_record_page(record_id)
+    if context is None:
+        abort(404)
+    return page_or_partial("dlq_record.html", context, ("dlq_record",))
+
+
+@require_role("viewer")
+def dlq_analytics_page():
+    """DLQ analytics: overview, failures, trends and replays."""
+    context = panel.dlq_analytics_page(request.args.get("tab", "overview"),
+                                       request.args.get("hours", 24, type=int))
+    return render_template("dlq_analytics.html", **context)
+
+
+@require_role("viewer")
+def system_page():
+    """Workers, Redis and the settings in effect."""
+    return page_or_partial("system.html", panel.system_page(), ("workers",))
+
+
+@require_role("viewer")
+def audit_page():
+    """The audit log, filterable."""
+    context = panel.audit_page(request.args.get("actor", ""), request.args.get("action", ""),
+                               request.args.get("target", ""), request.args.get("before"))
+    return render_template("audit.html", **context)
+
+
+# ---- panel actions: POST only, CSRF-checked, role-checked, rate-limited, audited ----
+def back(default: str):
+    return redirect(safe_next(request.form.get("next")) if request.form.get("next") else default)
+
+
+def confirm_step(action: str, scope: dict, count: int, text: str, **hidden):
+    """The first of two steps: say what this touches and carry a single-use token."""
+    token = confirm.issue(g.actor, action, scope)
+    return render_template("confirm.html", text=text, count=count, token=token,
+                           action_url=request.path, hidden=hidden, next=request.form.get("next"))
+
+
+def confirmed(action: str, scope: dict) -> bool:
+    return confirm.consume(request.form.get("confirm", ""), g.actor, action, scope)
+
+
+@require_role("operator")
+@MUTATE
+@audited("queue.pause")
+def pause_queue(queue: str):
+    """Pause a queue in every worker."""
+    queues.pause(queue, actor=g.actor)
+    flash(_("Queue %(queue)s paused.", queue=queue), "ok")
+    return back(url_for("queues_page"))
+
+
+@require_role("operator")
+@MUTATE
+@audited("queue.resume")
+def resume_queue(queue: str):
+    """Resume a queue."""
+    queues.resume(queue, actor=g.actor)
+    flash(_("Queue %(queue)s resumed.", queue=queue), "ok")
+    return back(url_for("queues_page"))
+
+
+@require_role("owner")
+@DESTROY
+@audited("queue.purge")
+def purge_queue(queue: str):
+    """Cancel every waiting job of a queue, after a second confirmation."""
+    if queue not in QUEUES:
+        abort(404)
+    waiting = registry.counts((queue,))[queue]["waiting"]
+    if not confirmed("queue.purge", {"queue": queue}):
+        return confirm_step("queue.purge", {"queue": queue}, waiting,
+                            _("Purge queue %(queue)s: cancel its waiting jobs.", queue=queue))
+    done = registry.purge_waiting(queue, g.actor)
+    flash(_("%(count)s jobs cancelled.", count=done), "ok")
+    return redirect(url_for("queue_page", queue=queue))
+
+
+@require_role("operator")
+@MUTATE
+@audited("job.bulk")
+def bulk_jobs(queue: str):
+    """Retry (dead jobs, through the DLQ) or remove (cancel) the selected jobs."""
+    ids = request.form.getlist("ids")
+    action = request.form.get("action")
+    if action not in ("retry", "cancel") or not ids:
+        flash(_("Select jobs and an action."), "error")
+        return back(url_for("queue_page", queue=queue))
+    if not confirmed(f"job.{action}", {"ids": sorted(ids)}):
+        return confirm_step(f"job.{action}", {"ids": sorted(ids)}, len(ids),
+                            _("%(action)s the selected jobs.", action=action), ids=ids,
+                            action=action)
+    done = sum(_job_action(action, job_id) for job_id in ids)
+    flash(_("%(done)s of %(count)s jobs done.", done=done, count=len(ids)), "ok")
+    return redirect(url_for("queue_page", queue=queue))
+
+
+def _job_action(action: str, job_id: str) -> bool:
+    if action == "cancel":
+        return registry.cancel_job(job_id, detail=f"cancelled by {g.actor}")
+    job = registry.get_job(job_id)
+    if not job or job["state"] != "dead":
+        return False
+    try:
+        replay.replay(job.get("dlq_id") or job_id, actor=g.actor)
+    except BackstopError:
+        return False
+    return True
+
+
+@require_role("operator")
+@MUTATE
+@audited("job.cancel")
+def cancel_job(job_id: str):
+    """Cancel a job that has not started."""
+    ok = registry.cancel_job(job_id, detail=f"cancelled by {g.actor}")
+    flash(_("Job cancelled.") if ok else _("Only a job that has not started can be cancelled."),
+          "ok" if ok else "error")
+    return redirect(url_for("job_page", job_id=job_id))
+
+
+@require_role("operator")
+@MUTATE
+@audited("job.retry")
+def retry_job(job_id: str):
+    """Retry a dead job by replaying its DLQ record."""
+    ok = _job_action("retry", job_id)
+    flash(_("Job retried.") if ok else _("Only a dead job can be retried."),
+          "ok" if ok else "error")
+    return redirect(url_for("job_page", job_id=job_id))
+
+
+@require_role("operator")
+@MUTATE
+@audited("dlq.replay")
+def replay_record(record_id: str):
+    """Replay one DLQ record, after a confirmation."""
+    if not confirmed("dlq.replay", {"id": record_id}):
+        return confirm_step("dlq.replay", {"id": record_id}, 1,
+                            _("Replay dead-letter record %(id)s.", id=record_id))
+    try:
+        done = replay.replay(record_id, actor=g.actor)
+    except BackstopError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("dlq_record_page", record_id=record_id))
+    flash(_("Replayed as %(attempt)s.", attempt=done["attempt_id"]), "ok")
+    return redirect(url_for("job_page", job_id=done["attempt_id"]))
+
+
+@require_role("operator")
+@MUTATE
+@audited("dlq.edit_replay")
+def edit_record(record_id: str):
+    """Edit-then-replay: show the diff first, replay on confirmation."""
+    try:
+        payload = json.loads(request.form.get("payload", ""))
+        preview = replay.preview_edit(record_id, payload if isinstance(payload, dict) else None)
+    except (ValueError, TypeError, BackstopError) as exc:
+        message = getattr(exc, "errors", None) or str(exc)
+        return render_template("dlq_edit.html", record_id=record_id, error=message,
+                               payload=request.form.get("payload", "")), 422
+    scope = {"id": record_id, "payload": preview["payload"]}
+    if not confirmed("dlq.edit_replay", scope):
+        token = confirm.issue(g.actor, "dlq.edit_replay", scope)
+        return render_template("dlq_edit.html", record_id=record_id, preview=preview,
+                               token=token, payload=request.form.get("payload", ""))
+    done = replay.replay(record_id, actor=g.actor, payload=payload)
+    flash(_("Replayed with the edited payload as %(attempt)s.", attempt=done["attempt_id"]), "ok")
+    return redirect(url_for("job_page", job_id=done["attempt_id"]))
+
+
+@require_role("owner")
+@DESTROY
+@audited("dlq.delete")
+def delete_record(record_id: str):
+    """Delete one DLQ record, after a confirmation."""
+    if not confirmed("dlq.delete", {"id": record_id}):
+        return confirm_step("dlq.delete", {"id": record_id}, 1,
+                            _("Delete dead-letter record %(id)s.", id=record_id))
+    replay.delete([record_id])
+    flash(_("Record deleted."), "ok")
+    return redirect(url_for("dlq_page"))
+
+
+@require_role("operator")
+@MUTATE
+@audited("dlq.bulk")
+def bulk_records():
+    """Replay or delete the selected records, or everything matching the filter."""
+    action = request.form.get("action")
+    ids = request.form.getlist("ids") or None
+    if action not in ("replay", "delete") or (action == "delete" and not can("owner")):
+        abort(403)
+    flt = Filters.parse(json.loads(request.form.get("filter") or "{}")) if not ids else None
+    scope = {"action": action, "ids": sorted(ids or []), "filter": flt and flt.as_dict()}
+    count = len(ids) if ids else dlq.count_matching(flt)
+    if not confirmed("dlq.bulk", scope):
+        return confirm_step("dlq.bulk", scope, count, _("%(action)s dead-letter records.",
+                                                       action=action),
+                            ids=ids or [], action=action, filter=request.form.get("filter", ""))
+    results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
+    done = sum(1 for r in results if r["outcome"] in ("replayed", "deleted"))
+    flash(_("%(done)s of %(count)s records done.", done=done, count=len(results)), "ok")
+    return redirect(url_for("dlq_page"))
+
+
+@require_role("owner")
+@DESTROY
+@audited("dlq.clear")
+def clear_records():
+    """Clear the DLQ (all, or what the filter selects), after a confirmation."""
+    flt = Filters.parse(json.loads(request.form.get("filter") or "{}"))
+    token = request.form.get("confirm")
+    if not token:
+        preview = replay.clear_preview(g.actor, flt)
+        return render_template("confirm.html", text=_("Clear the dead-letter queue."),
+                               count=preview["count"], token=preview["token"],
+                               action_url=request.path,
+                               hidden={"filter": request.form.get("filter", "")}, next=None)
+    try:
+        done = replay.clear(g.actor, flt, token)
+    except BackstopError as exc:
+        flash(str(exc), "error")
+        return redirect(url_for("dlq_page"))
+    flash(_("%(count)s records deleted.", count=done["deleted"]), "ok")
+    return redirect(url_for("dlq_page"))
+
+
+@click.group("users")
+def users_cli():
+    """Manage panel users."""
+
+
+@users_cli.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(tokens.ROLES), required=True)
+@click.password_option(prompt="Password")
+def create_user(name: str, role: str, password: str):
+    """Create a user; the password is read from stdin (or a prompt)."""
+    try:
+        users.create(name, role, password)
+    except BackstopError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"created {name} ({role})")
+
+
+@users_cli.command("passwd")
+@click.argument("name")
+@click.password_option(prompt="New password")
+def change_password(name: str, password: str):
+    """Change a password; every session of the user is revoked."""
+    try:
+        users.set_password(name, password)
+    except BackstopError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"password changed; {name} is signed out everywhere")
+
+
+@users_cli.command("list")
+def list_users():
+    for info in users.listing():
+        click.echo(f"{info['name']}\t{info['role']}")

@@ -50,6 +50,11 @@ SETTINGS = [
     Setting("SECRET_KEY", "",
             "Signs sessions, OTP hashes, the audit chain; seals DLQ payloads. "
             "Empty: generated once into var/secret_key."),
+    Setting("COOKIE_SECURE", "1", "1: session cookie only over HTTPS (browsers allow localhost)."),
+    Setting("PANEL_ORIGINS", "",
+            "Origins allowed to open the live socket (comma-separated). Empty: the panel's own."),
+    Setting("HTMX_URL", "", "Load htmx from this URL (a CDN) instead of static/vendor/."),
+    Setting("POLL_SECONDS", "5", "How often pages poll while the live socket is down."),
     Setting("HOST", "127.0.0.1", "Address `./run` binds the web app to."),
     Setting("PORT", "8000", "Port `./run` binds the web app to."),
     Setting("REDIS_PORT", "6380", "Port of the embedded Redis that `./run` starts."),

@@ -222,3 +222,7 @@ def users() -> str:
 
 def user_sessions(name: str) -> str:
     return _p("sessions", name)
+
+
+def confirmation(token: str) -> str:
+    return _p("confirm", token)

@@ -126,8 +126,21 @@ def cancel_job(job_id: str, detail: str = "cancelled") -> bool:
     return outcome == "ok"
 
 
+def latest_events(count: int = 50) -> list[dict]:
+    """The newest events, newest first, each with its stream ``id``."""
+    entries = client().xrevrange(keys.events_stream(), count=count)
+    return [{"id": xid, **json.loads(fields["e"])} for xid, fields in entries]
+
+
 def recent_events(after: str = "0", count: int = 100) -> list[dict]:
     """Events after a stream id (exclusive), oldest first; each carries its ``id``."""
     entries = client().xrange(keys.events_stream(), min=f"({after}" if after != "0" else "-",
                               count=count)
     return [{"id": xid, **json.loads(fields["e"])} for xid, fields in entries]
+
+
+def purge_waiting(queue: str, actor: str) -> int:
+    """Cancel every waiting job of a queue; return how many. Workers skip cancelled messages,
+    so nothing enqueued meanwhile is lost with them."""
+    ids = client().zrange(keys.state_index(queue, "waiting"), 0, -1)
+    return sum(cancel_job(job_id, detail=f"purged by {actor}") for job_id in ids)

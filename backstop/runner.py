@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import dlq, dlq_maintenance, keys
+from . import dlq, dlq_maintenance, keys, redrive
 from .config import settings
 from .connection import client
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -115,7 +115,8 @@ class WorkerProcess:
         for loop, seconds in ((self.beat, settings().float("worker_heartbeat_seconds")),
                               (self.reap, settings().float("worker_reaper_seconds")),
                               (self.refresh_paused, 0.25), (self.promote_due, 0.5),
-                              (self.enforce_timeouts, 0.1), (dlq_maintenance.maintain, 30)):
+                              (self.enforce_timeouts, 0.1), (dlq_maintenance.maintain, 30),
+                              (self.drive_redrives, 0.05)):
             self._thread(self.every, loop.__name__, loop, seconds)
         log.info("worker %s consuming %s", self.id, ", ".join(self.queues))
 
@@ -379,6 +380,10 @@ class WorkerProcess:
         for queue in self.queues:
             storage = huey_for(queue).storage
             self.scripts.promote(keys=[storage.schedule_key, storage.queue_key], args=[now, 1000])
+
+    def drive_redrives(self) -> None:
+        """Replay records of the DLQ redrives whose lease this process holds (or takes)."""
+        redrive.drive(self.id)
 
     def enforce_timeouts(self) -> None:
         """Raise JobTimeout inside any job that ran past its queue's timeout."""

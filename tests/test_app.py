@@ -22,6 +22,11 @@ def api(r):
     return app.test_client()
 
 
+def backstop_keys(r) -> set[str]:
+    """Backstop's keys, leaving out the rate limiter's counters."""
+    return {k for k in r.keys("*") if not k.startswith("backstop-limits")}
+
+
 def bearer(role: str) -> dict:
     return {"Authorization": f"Bearer {tokens.create(f'{role}-test', role)}"}
 
@@ -40,13 +45,13 @@ def test_enqueue_answers_202_with_location_and_the_record_reads_back(api):
 
 def test_bad_payload_gets_422_naming_the_field_and_writes_nothing(api, r):
     headers = bearer("operator")
-    before = r.dbsize()
+    before = backstop_keys(r)
     response = api.post("/api/v1/jobs", json={"job": "email.send",
                                               "payload": {**MAIL, "to": ["nobody"]}},
                         headers=headers)
     assert response.status_code == 422
     assert response.json["fields"][0]["field"] == "to"
-    assert r.dbsize() == before
+    assert backstop_keys(r) == before
     unknown = api.post("/api/v1/jobs", json={"job": "nope", "payload": {}}, headers=headers)
     assert unknown.status_code == 422 and unknown.json["fields"][0]["field"] == "job"
 
@@ -96,7 +101,7 @@ def test_redis_outage_is_a_503_not_a_crash(api):
     apply_env(REDIS_URL="redis://127.0.0.1:1/0")
     try:
         response = api.get("/api/v1/jobs/x", headers={"Authorization": "Bearer bst_x"})
-        assert response.status_code == 503 and response.headers["Retry-After"] == "5"
+        assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 5
     finally:
         connection.reset()
 

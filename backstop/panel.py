@@ -1,0 +1,107 @@
+"""Context builders for the owner panel: one per page, shared by the full page, its polled
+fragment and its websocket push. Plain data only; no Flask here."""
+
+from __future__ import annotations
+
+import json
+
+from . import audit, dlq, registry, stats
+from .config import SETTINGS, settings
+from .contracts import QUEUES, queue_config
+from .dlq import Filters
+from .registry import STATES
+
+SEVERITY = {"dead": "error", "alert": "error", "retrying": "warning", "stalled": "warning",
+            "paused": "warning", "failed": "warning", "cancelled": "info"}
+SECRET_SETTINGS = ("SECRET_KEY", "AI_API_KEY", "WEBHOOK_SECRET", "REDIS_URL", "SMTP_URL")
+
+
+def severity(event: dict) -> str:
+    if event.get("type") == "alert":
+        return event.get("severity", "error")
+    return SEVERITY.get(event.get("type", ""), "info")
+
+
+def recent_feed(level: str = "", count: int = 50) -> list[dict]:
+    """The newest events first, each with its severity; level filters (info/warning/error)."""
+    rows = [{**e, "severity": severity(e)} for e in registry.latest_events(count)]
+    return [e for e in rows if not level or e["severity"] == level]
+
+
+def overview(level: str = "") -> dict:
+    rows = stats.queue_overview()
+    workers = stats.workers()
+    return {"queues": rows, "summary": stats.summary(rows), "redis": _redis_or_error(),
+            "workers_alive": sum(1 for w in workers if w["alive"]),
+            "workers_gone": sum(1 for w in workers if not w["alive"]),
+            "dlq": dlq.capacity(), "paused": [r["queue"] for r in rows if r["paused"]],
+            "events": recent_feed(level), "level": level}
+
+
+def _redis_or_error() -> dict:
+    try:
+        return stats.redis_health()
+    except Exception as exc:  # the panel shows Redis trouble instead of failing
+        return {"ok": False, "error": str(exc)}
+
+
+def queues_page() -> dict:
+    rows = stats.queue_overview()
+    return {"queues": rows, "summary": stats.summary(rows), "states": STATES}
+
+
+def queue_page(queue: str, state: str = "waiting", q: str = "", offset: int = 0,
+               limit: int = 25) -> dict:
+    """A queue's jobs in one state (newest first), optionally searched by id or payload."""
+    state = state if state in STATES else "waiting"
+    jobs = registry.list_jobs(queue, state, offset, limit if not q else 500)
+    if q:
+        needle = q.lower()
+        jobs = [j for j in jobs if needle in j["id"].lower()
+                or needle in json.dumps(j.get("payload", {})).lower()][:limit]
+    row = next(r for r in stats.queue_overview() if r["queue"] == queue)
+    return {"queue": queue, "state": state, "q": q, "jobs": jobs, "offset": offset,
+            "limit": limit, "row": row, "states": STATES,
+            "config": queue_config(queue).model_dump(), "more": len(jobs) == limit}
+
+
+def job_page(job_id: str) -> dict | None:
+    job = registry.get_job(job_id)
+    if job is None:
+        return None
+    record = dlq.get_record(job.get("dlq_id") or job_id) if job["state"] == "dead" else None
+    return {"job": job, "dlq_record": record}
+
+
+def dlq_page(flt: Filters, cursor: str | None = None) -> dict:
+    page = dlq.page(flt, cursor=cursor, limit=50)
+    return {"page": page, "filters": flt, "capacity": dlq.capacity(), "queues": QUEUES}
+
+
+def dlq_record_page(record_id: str) -> dict | None:
+    record = dlq.detail(record_id)
+    return None if record is None else {"record": record}
+
+
+def dlq_analytics_page(tab: str = "overview", hours: int = 24) -> dict:
+    hours = hours if hours in dlq.TREND_WINDOWS else 24
+    return {"tab": tab, "hours": hours, "analytics": dlq.analytics(),
+            "trends": dlq.trends(hours), "fingerprints": dlq.fingerprints(20),
+            "windows": dlq.TREND_WINDOWS}
+
+
+def system_page() -> dict:
+    shown = {s.name: ("(set)" if getattr(settings(), s.name.lower()) else "(empty)")
+             if s.name in SECRET_SETTINGS else getattr(settings(), s.name.lower())
+             for s in SETTINGS}
+    return {"workers": stats.workers(), "redis": _redis_or_error(), "settings": shown,
+            "help": {s.name: s.help for s in SETTINGS},
+            "configs": {q: queue_config(q).model_dump() for q in QUEUES}}
+
+
+def audit_page(actor: str = "", action: str = "", target: str = "",
+               before: str | None = None) -> dict:
+    page = audit.entries(actor=actor or None, action=action or None, target=target or None,
+                         before=before, limit=50)
+    return {"entries": page.items, "next_before": page.next_before,
+            "filters": {"actor": actor, "action": action, "target": target}}
