@@ -50,7 +50,7 @@ from backstop import (
 )
 from backstop.config import secret_key, settings
 from backstop.connection import redis_url
-from backstop.contracts import QUEUES, queue_configs
+from backstop.contracts import QUEUES
 from backstop.dlq import DlqError, FilterError, Filters
 from backstop.errors import BackstopError, PayloadError, UnknownJob
 from backstop.jobs import load_handlers
@@ -100,6 +100,7 @@ def bind_extensions(app: Flask) -> None:
     sock.init_app(app)
     babel.init_app(app, locale_selector=select_locale, timezone_selector=select_timezone)
     app.after_request(security_headers)
+    app.before_request(check_socket_request)
     app.context_processor(page_globals)
     app.add_template_filter(when)
     app.add_template_filter(pretty_json)
@@ -137,7 +138,12 @@ def page_globals() -> dict:
             "poll_seconds": settings().int("poll_seconds"),
             "htmx_url": settings().htmx_url or url_for("static",
                                                         filename="vendor/htmx-2.0.11.min.js"),
-            "role": getattr(current_user, "role", None), "can": can}
+            "role": getattr(current_user, "role", None), "can": can, "live_url": live_url}
+
+
+def live_url(**params) -> str:
+    """The live socket's URL for a page (flask-sock names its endpoint itself)."""
+    return url_for("__flask_sock.live_socket", **params)
 
 
 def can(role: str) -> bool:
@@ -258,9 +264,8 @@ def register_routes(app: Flask) -> None:
 
 
 def index():
-    """A plain status page until the owner panel lands."""
-    return render_template("index.html", counts=registry.counts(), queues=QUEUES,
-                           configs=queue_configs())
+    """The panel's overview for a signed-in user; the sign-in page otherwise."""
+    return redirect(url_for("overview_page" if current_user.is_authenticated else "login"))
 
 
 @require_token("operator")
@@ -557,6 +562,7 @@ def register_panel_routes(app: Flask) -> None:
         ("/dlq/records/<record_id>/edit", edit_record, ["POST"]),
         ("/dlq/records/<record_id>/delete", delete_record, ["POST"]),
         ("/dlq/bulk", bulk_records, ["POST"]), ("/dlq/clear", clear_records, ["POST"]),
+        ("/dlq/export.<fmt>", export_dead_letters_panel, ["GET"]),
     ]
     for rule, view, methods in pages:
         app.add_url_rule(rule, view_func=view, methods=methods, endpoint=view.__name__)
@@ -565,6 +571,7 @@ def register_panel_routes(app: Flask) -> None:
 def page_or_partial(template: str, context: dict, partials: tuple[str, ...] = ()):
     """The full page, or one of its partials when htmx asks for ?partial=<name>."""
     partial = request.args.get("partial")
+    context = {**context, "page_endpoint": request.endpoint}
     if partial in partials:
         return render_template(f"_{partial}.html", **context)
     return render_template(template, **context)
@@ -928,3 +935,98 @@ def change_password(name: str, password: str):
 def list_users():
     for info in users.listing():
         click.echo(f"{info['name']}\t{info['role']}")
+
+
+# ---- live updates: one socket per open page, pushing the page's partials ----
+LIVE_PAGES = {
+    "overview": ("overview_page", ("health", "queue_rows", "events")),
+    "queues": ("queues_page", ("summary", "queue_rows")),
+    "queue": ("queue_page", ("jobs",)),
+    "job": ("job_page", ("job",)),
+    "dlq": ("dlq_page", ("dlq_rows",)),
+    "dlq_record": ("dlq_record_page", ("dlq_record",)),
+}
+SOCKET_ARGS = ("topic", "page", "last_id")
+
+
+def live_context(page: str, args: dict) -> dict | None:
+    """The context of a page's live partials (the same builders the pages use)."""
+    builders = {
+        "overview": lambda: panel.overview(level=args.get("level", "")),
+        "queues": panel.queues_page,
+        "queue": lambda: panel.queue_page(args.get("queue", ""), args.get("state", "waiting"),
+                                          args.get("q", "")),
+        "job": lambda: panel.job_page(args.get("job_id", "")),
+        "dlq": lambda: {**panel.dlq_page(Filters.parse(args)), "args": args},
+        "dlq_record": lambda: panel.dlq_record_page(args.get("record_id", "")),
+    }
+    return builders[page]()
+
+
+def check_socket_request() -> None:
+    """Before the upgrade: a signed-in viewer, from an allowed Origin."""
+    if request.path != "/ws":
+        return
+    if not current_user.is_authenticated:
+        abort(401, "sign in first")
+    allowed = [o.strip() for o in settings().panel_origins.split(",") if o.strip()]
+    allowed = allowed or [request.host_url.rstrip("/")]
+    if request.headers.get("Origin") not in allowed:
+        abort(403, "this origin may not open the live socket")
+
+
+@sock.route("/ws", endpoint="live_socket")
+def live_socket(ws):
+    """Push the page's partials whenever a matching event arrives; ping when idle."""
+    from backstop.live import hub
+
+    args = {k: v for k, v in request.args.items() if k not in SOCKET_ARGS}
+    page = request.args.get("page", "overview")
+    if page not in LIVE_PAGES:
+        ws.close(reason=1008, message="unknown page")
+        return
+    subscription = hub().subscribe(socket_topic(request.args.get("topic", "all")),
+                                   request.args.get("last_id"))
+    try:
+        while True:
+            event = subscription.get(timeout=20)
+            if event is None:
+                ws.send("<!-- ping -->")
+                continue
+            _drain(subscription)
+            ws.send(render_live(page, args))
+    finally:
+        subscription.close()
+
+
+def socket_topic(topic: str):
+    from backstop.live import Topic
+
+    kind, _, value = topic.partition(":")
+    if kind == "queue" and value:
+        return Topic(queue=value)
+    if kind == "job" and value:
+        return Topic(job_id=value)
+    return Topic()
+
+
+def _drain(subscription, seconds: float = 0.05) -> None:
+    """Fold a burst of events into one push."""
+    while subscription.get(timeout=seconds) is not None:
+        pass
+
+
+def render_live(page: str, args: dict) -> str:
+    context = live_context(page, args)
+    if context is None:
+        return ""
+    endpoint, partials = LIVE_PAGES[page]
+    context = {**context, "page_endpoint": endpoint}
+    return "".join(render_template(f"_{name}.html", **context) for name in partials)
+
+
+@require_role("viewer")
+@audited("dlq.export")
+def export_dead_letters_panel(fmt: str):
+    """The panel's export buttons: the API export, with the session's user (audited)."""
+    return export_dead_letters.__wrapped__.__wrapped__(fmt)

@@ -1,0 +1,53 @@
+// Backstop's panel script: CSRF header for htmx, the viewer's time zone, the live-connection
+// indicator, and polling while the live socket is down. Everything else lives in markup.
+(function () {
+  "use strict";
+
+  function csrfToken() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
+  }
+
+  function rememberTimeZone() {
+    const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+    if (!document.cookie.includes("tz=" + zone)) {
+      document.cookie = "tz=" + encodeURIComponent(zone) + "; path=/; max-age=31536000; samesite=lax";
+    }
+  }
+
+  let live = false;
+
+  function showMode(isLive) {
+    live = isLive;
+    const status = document.getElementById("live-status");
+    if (!status) return;
+    status.dataset.state = isLive ? "live" : "polling";
+    const label = status.querySelector(".live-label");
+    label.textContent = isLive ? label.dataset.live : label.dataset.polling;
+  }
+
+  function pollOnce() {
+    if (live || document.hidden || !window.htmx) return;
+    document.querySelectorAll("[data-poll]").forEach(function (el) {
+      if (el.closest("form:focus-within") || el.querySelector("input:checked")) return;
+      htmx.ajax("GET", el.dataset.poll, { target: el, swap: "outerHTML" });
+    });
+  }
+
+  function autoSubmit(event) {
+    if (event.target.matches("[data-autosubmit]")) event.target.form.requestSubmit();
+  }
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    event.detail.headers["X-CSRFToken"] = csrfToken();
+  });
+  document.addEventListener("htmx:wsOpen", function () { showMode(true); });
+  document.addEventListener("htmx:wsClose", function () { showMode(false); });
+  document.addEventListener("htmx:wsError", function () { showMode(false); });
+  document.addEventListener("change", autoSubmit);
+  document.addEventListener("DOMContentLoaded", function () {
+    rememberTimeZone();
+    const seconds = Number(document.body.dataset.pollSeconds || 5);
+    window.setInterval(pollOnce, seconds * 1000);
+  });
+})();

@@ -1,0 +1,147 @@
+"""Fixtures for real-browser tests: Debian's chromium driven by Playwright against a live server.
+
+Use them from a test module with::
+
+    from browser_support import *  # noqa: F403  (the fixtures)
+    from browser_support import shot
+
+The star import puts the fixtures in the module's namespace, where pytest finds them; naming them
+instead trips ruff's F811 when a test takes them as arguments. Other test modules are not
+affected, and nothing here starts until a test requests a fixture.
+
+- ``chromium_path`` (session): the chromium to drive; skips when there is none.
+- ``live_server`` (function): base URL of create_app() served over real HTTP on 127.0.0.1.
+- ``browser`` (session): a headless chromium launched by Playwright.
+- ``page`` (function): a page in a fresh 1280x900 context; ``page.console_errors`` lists its
+  console errors, uncaught exceptions and CSP violations.
+- ``shot(page, name)``: saves artifacts/screenshots/<name>.png under the repo root.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from tools.browser import find_chromium, works
+
+ROOT = Path(__file__).resolve().parent.parent
+SCREENSHOTS = ROOT / "artifacts" / "screenshots"
+VIEWPORT = {"width": 1280, "height": 900}
+# The machine has no network and runs as root: no sandbox, and nothing that phones home.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# Generous for a local server on a busy 2-core machine, yet well under pytest's 180 s timeout.
+ACTION_TIMEOUT_MS = 15_000
+
+__all__ = ["browser", "chromium_path", "live_server", "page", "shot"]
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    """Path of the chromium to drive: $BACKSTOP_CHROMIUM, else the usual places; never installs."""
+    override = os.environ.get("BACKSTOP_CHROMIUM")
+    if override:
+        if not works(override):
+            pytest.skip(f"BACKSTOP_CHROMIUM={override} does not run `--version`")
+        return override
+    path = find_chromium()
+    if path is None:
+        pytest.skip("no chromium found (python3 tools/browser.py installs Debian's package)")
+    return path
+
+
+@pytest.fixture
+def live_server(r) -> Iterator[str]:
+    """Base URL of create_app() on a free port of 127.0.0.1, served from a background thread.
+
+    Function scope: the app is built after ``r`` has flushed Redis and reset the settings, so a
+    test that changes the environment (conftest.apply_env) before asking for it gets an app that
+    sees the change. Building and serving costs a few milliseconds.
+    """
+    from werkzeug.serving import make_server
+
+    from app import create_app
+
+    server = make_server("127.0.0.1", 0, create_app(), threaded=True)
+    # A short poll interval so that shutdown() returns in ~50 ms rather than 500 ms per test.
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              name="live_server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    """Headless chromium, launched once per session by Playwright from chromium_path."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=chromium_path, headless=True,
+                                              args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    """A page in a fresh context (no cookies or storage from other tests), 1280x900.
+
+    ``page.console_errors`` collects what a person would see as red in the devtools console.
+    """
+    context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(ACTION_TIMEOUT_MS)
+    new_page = context.new_page()
+    new_page.console_errors = []
+    watch_console(new_page, new_page.console_errors)
+    yield new_page
+    context.close()
+
+
+def watch_console(page, errors: list[str]) -> None:
+    """Append console errors, CSP violations and uncaught exceptions of page to errors."""
+
+    def on_console(message) -> None:
+        where = message.location.get("url", "")
+        if is_automatic_favicon_miss(message.text, where):
+            return
+        # Chromium logs report-only CSP violations at level info, enforced ones at error.
+        if message.type == "error" or "Content Security Policy" in message.text:
+            errors.append(f"console {message.type}: {message.text} ({where})")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda exc: errors.append(f"uncaught exception: {exc}"))
+
+
+def is_automatic_favicon_miss(text: str, url: str) -> bool:
+    """True for the 404 of /favicon.ico, which chromium asks for itself when a page names no icon.
+
+    The page did nothing wrong there, so a test should not fail over it; an icon that the page
+    names at any other path and that fails to load is still reported.
+    """
+    return text.startswith("Failed to load resource") and urlsplit(url).path == "/favicon.ico"
+
+
+def shot(page, name: str) -> Path:
+    """Save a full-page screenshot as artifacts/screenshots/<name>.png and return its path."""
+    if not name or Path(name).name != name:
+        raise ValueError(f"screenshot name must be a plain file name, not {name!r}")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    return path

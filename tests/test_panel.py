@@ -1,0 +1,150 @@
+"""The owner panel through Flask's test client: sign-in, sessions, roles, CSRF, limits,
+headers and escaping. (Real-browser checks are in test_panel_browser.py.)"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import apply_env
+
+from backstop import audit, producers, queues, users
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def app(r):
+    apply_env(COOKIE_SECURE="0")
+    from app import create_app
+
+    application = create_app()
+    application.testing = True
+    for name, role in (("olga", "owner"), ("oscar", "operator"), ("vera", "viewer")):
+        users.create(name, role, PASSWORD)
+    return application
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
+
+
+def signed_in(app, name: str):
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    response = client.post("/login", data={"name": name, "password": PASSWORD,
+                                           "csrf_token": token})
+    assert response.status_code == 302, response.get_data(as_text=True)[:500]
+    client.csrf = csrf_of(client.get("/overview").get_data(as_text=True))
+    return client
+
+
+def test_pages_need_a_session(app):
+    client = app.test_client()
+    for path in ("/overview", "/queues", "/dlq", "/system", "/audit", "/jobs/x"):
+        response = client.get(path)
+        assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_a_failed_sign_in_reveals_nothing_and_is_audited(app):
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    wrong_user = client.post("/login", data={"name": "nobody", "password": PASSWORD,
+                                             "csrf_token": token}).get_data(as_text=True)
+    wrong_password = client.post("/login", data={"name": "vera", "password": "nope-nope-nope",
+                                                 "csrf_token": token}).get_data(as_text=True)
+    assert "Wrong user name or password." in wrong_user and "Wrong user name or password." in \
+        wrong_password
+    results = [e["result"] for e in audit.entries(action="auth.login").items]
+    assert results == ["refused", "refused"]
+
+
+def test_sign_in_is_throttled_per_user_name(app):
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    codes = [client.post("/login", data={"name": "vera", "password": "x" * 12,
+                                         "csrf_token": token}).status_code for _ in range(7)]
+    assert codes[:5] == [200] * 5 and codes[5] == 429
+    limited = client.post("/login", data={"name": "vera", "password": "x" * 12,
+                                          "csrf_token": token})
+    assert int(limited.headers["Retry-After"]) > 0
+
+
+def test_logout_and_password_change_revoke_sessions_on_the_server(app):
+    first = signed_in(app, "oscar")
+    second = signed_in(app, "oscar")
+    first.post("/logout", data={"csrf_token": first.csrf})
+    assert first.get("/overview").status_code == 302
+    assert second.get("/overview").status_code == 200
+    users.set_password("oscar", "a brand new password")
+    assert second.get("/overview").status_code == 302
+
+
+def test_viewer_sees_no_mutating_buttons_and_gets_403(app):
+    producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s", "text": "t"})
+    viewer = signed_in(app, "vera")
+    page = viewer.get("/queues").get_data(as_text=True)
+    assert "/pause" not in page and "Purge" not in page
+    assert viewer.post("/queues/email/pause", data={"csrf_token": viewer.csrf}).status_code \
+        == 403
+    assert "email" not in queues.paused_queues()
+    operator = signed_in(app, "oscar")
+    assert "/pause" in operator.get("/queues").get_data(as_text=True)
+    assert "Purge" not in operator.get("/queues/email").get_data(as_text=True)
+
+
+def test_a_mutation_without_the_csrf_token_is_refused(app):
+    owner = signed_in(app, "olga")
+    assert owner.post("/queues/email/pause").status_code == 400
+    assert owner.post("/queues/email/pause", headers={"X-CSRFToken": "forged"}).status_code \
+        == 400
+    assert "email" not in queues.paused_queues()
+    ok = owner.post("/queues/email/pause", headers={"X-CSRFToken": owner.csrf})
+    assert ok.status_code == 302 and "email" in queues.paused_queues()
+    assert owner.get("/queues/email/pause").status_code == 405
+
+
+def test_purge_asks_twice_and_says_how_many_jobs(app):
+    for n in range(3):
+        producers.enqueue("email.send", {"to": ["a@example.com"], "subject": f"s{n}",
+                                         "text": "t"})
+    owner = signed_in(app, "olga")
+    first = owner.post("/queues/email/purge", data={"csrf_token": owner.csrf})
+    page = first.get_data(as_text=True)
+    assert "This touches 3 jobs." in page
+    token = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
+    done = owner.post("/queues/email/purge", data={"csrf_token": owner.csrf, "confirm": token})
+    assert done.status_code == 302
+    assert owner.post("/queues/email/purge", data={"csrf_token": owner.csrf,
+                                                   "confirm": token}).status_code == 200
+    from backstop import registry
+
+    assert registry.counts(("email",))["email"]["cancelled"] == 3
+
+
+def test_security_headers_and_a_strict_csp(app):
+    response = signed_in(app, "vera").get("/overview")
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert "<script>" not in response.get_data(as_text=True).split("</head>")[1]
+
+
+def test_hostile_payloads_render_as_inert_text(app):
+    hostile = '<script>alert(1)</script><b hx-get="/logout" hx-trigger="load">x</b>{{7*7}}'
+    job_id = producers.enqueue("email.send", {"to": ["a@example.com"], "subject": hostile,
+                                              "text": "t"})
+    page = signed_in(app, "vera").get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in page and "hx-get=\"/logout\"" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "{{7*7}}" in page
+    assert "49" not in page
+
+
+def test_persian_is_right_to_left(app):
+    client = signed_in(app, "vera")
+    client.post("/lang", data={"lang": "fa", "csrf_token": client.csrf, "next": "/overview"})
+    page = client.get("/overview").get_data(as_text=True)
+    assert '<html lang="fa" dir="rtl">' in page
