@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from functools import wraps
+from pathlib import Path
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
@@ -92,7 +93,23 @@ def create_app() -> Flask:
     return app
 
 
+TRANSLATIONS = Path(__file__).resolve().parent / "translations"
+
+
+def compile_translations() -> None:
+    """Compile each language's .po into the .mo Flask-Babel reads, when the .po is newer."""
+    from babel.messages.mofile import write_mo
+    from babel.messages.pofile import read_po
+
+    for po in TRANSLATIONS.glob("*/LC_MESSAGES/messages.po"):
+        mo = po.with_suffix(".mo")
+        if not mo.exists() or mo.stat().st_mtime < po.stat().st_mtime:
+            with po.open("rb") as source, mo.open("wb") as target:
+                write_mo(target, read_po(source))
+
+
 def bind_extensions(app: Flask) -> None:
+    compile_translations()
     login_manager.init_app(app)
     login_manager.login_view = "login"
     csrf.init_app(app)

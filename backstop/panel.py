@@ -105,3 +105,18 @@ def audit_page(actor: str = "", action: str = "", target: str = "",
                          before=before, limit=50)
     return {"entries": page.items, "next_before": page.next_before,
             "filters": {"actor": actor, "action": action, "target": target}}
+
+
+def N_(text: str) -> str:
+    """Marks a word for translation that templates pass to _() at run time."""
+    return text
+
+
+STATE_WORDS = [
+    N_("waiting"), N_("delayed"), N_("active"), N_("completed"), N_("failed"), N_("dead"),
+    N_("cancelled"), N_("queued"), N_("started"), N_("progress"), N_("retrying"), N_("replayed"),
+    N_("stalled"), N_("paused"), N_("resumed"), N_("alert"), N_("enqueued"), N_("requeued"),
+    N_("open"), N_("replaying"), N_("resolved"), N_("pending"), N_("never"), N_("once"),
+    N_("several"), N_("limit"), N_("dlq.archived"), N_("info"), N_("warning"), N_("error"),
+    N_("critical"),
+]
