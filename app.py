@@ -76,6 +76,7 @@ def create_app() -> Flask:
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
+        SOCK_SERVER_OPTIONS={"ping_interval": 20},
     )
     bind_extensions(app)
     app.register_error_handler(redis.ConnectionError, redis_unavailable)
@@ -1005,13 +1006,10 @@ def live_socket(ws):
     subscription = hub().subscribe(socket_topic(request.args.get("topic", "all")),
                                    request.args.get("last_id"))
     try:
-        while True:
-            event = subscription.get(timeout=20)
-            if event is None:
-                ws.send("<!-- ping -->")
-                continue
-            _drain(subscription)
-            ws.send(render_live(page, args))
+        while ws.connected:
+            if subscription.get(timeout=1) is not None:
+                _drain(subscription)
+                ws.send(render_live(page, args))
     finally:
         subscription.close()
 

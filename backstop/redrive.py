@@ -30,7 +30,7 @@ from .connection import client
 from .contracts import QUEUES
 from .dlq import DlqError, FilterError, Filters
 from .dlq_maintenance import publish
-from .errors import PayloadError
+from .errors import PayloadError, UnknownJob
 from .scanning import chunks
 
 log = logging.getLogger("backstop.redrive")
@@ -48,9 +48,10 @@ LIVE = ("running", "paused")
 TIMES = ("created_at", "started_at", "updated_at", "paused_at", "resumed_at", "cancelled_at",
          "finished_at")
 
-# KEYS: lease, state. ARGV: worker, ms, now. 1: renewed, 2: taken over, 0: someone else's.
+# KEYS: lease, state. ARGV: worker, ms, now.
+# 1: renewed, 2: taken over, 0: someone else's, -1: the redrive's state is gone.
 LEASE = r"""
-if redis.call('exists', KEYS[2]) == 0 then return 0 end
+if redis.call('exists', KEYS[2]) == 0 then return -1 end
 local holder = redis.call('get', KEYS[1])
 if holder == ARGV[1] then redis.call('pexpire', KEYS[1], ARGV[2]) return 1 end
 if holder then return 0 end
@@ -181,6 +182,8 @@ def start(actor: str, flt: Filters, rate: float, queue: str | None = None) -> di
 
     actor: who started it (kept, and in every event). queue: replay into this queue; None
     replays each record into its original queue. The matching ids are snapshotted now.
+    One redrive is active (running or paused) per queue: ``queue``, else the filter's queue,
+    else "*" (all queues).
     Returns the redrive's progress (see progress()). Raises FilterError (rate or queue out of
     range), DlqError code "running" (a redrive for the same queue is active; ``redrive_id``
     names it) or code "empty" (nothing matches the filter).
@@ -386,14 +389,21 @@ def _lease(redrive_id: str, worker_id: str, target=None) -> int:
 
 
 def _tick(redrive_id: str, worker_id: str) -> int:
-    if not _lease(redrive_id, worker_id):
+    """One step of one redrive: settle what a dead driver left, then replay what the rate
+    allows, if this process holds the lease."""
+    held = _lease(redrive_id, worker_id)
+    if held < 0:
+        client().srem(keys.redrives_live(), redrive_id)
+    if held <= 0:
         return 0
     raw = client().hgetall(keys.redrive(redrive_id))
     _resolve_leftovers(redrive_id)
     if raw.get("status") == "cancelled":
         _finish(redrive_id, worker_id)
-    if raw.get("status") != "running":
-        return 0
+    return _step(redrive_id, worker_id, raw) if raw.get("status") == "running" else 0
+
+
+def _step(redrive_id: str, worker_id: str, raw: dict) -> int:
     now = time.time()
     want, tokens, sent = _allowance(raw, now)
     if not want:
@@ -453,7 +463,7 @@ def _check_in(redrive_id: str, worker_id: str) -> tuple[bool, bool]:
     _lease(redrive_id, worker_id, target=pipe)
     pipe.hget(keys.redrive(redrive_id), "status")
     holding, status = pipe.execute()
-    return bool(holding), status == "running"
+    return holding > 0, status == "running"
 
 
 def _replay_one(redrive_id: str, record_id: str, target: str | None) -> int:
@@ -466,10 +476,10 @@ def _replay_one(redrive_id: str, record_id: str, target: str | None) -> int:
         else:
             _settle(redrive_id, record_id, "refused", f"refused:{exc.code}")
         return 0
-    except PayloadError:
+    except (PayloadError, UnknownJob):
         _settle(redrive_id, record_id, "refused", "refused:invalid")
         return 0
-    except redis.RedisError:
+    except (redis.ConnectionError, redis.TimeoutError):
         raise  # the id stays in flight; the next tick looks at its lineage
     except Exception as exc:  # a bug with one record must not stall the whole redrive
         return _unexpected(redrive_id, record_id, exc)

@@ -20,7 +20,10 @@ affected, and nothing here starts until a test requests a fixture.
 from __future__ import annotations
 
 import os
-import threading
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -64,27 +67,37 @@ def chromium_path() -> str:
 
 @pytest.fixture
 def live_server(r) -> Iterator[str]:
-    """Base URL of create_app() on a free port of 127.0.0.1, served from a background thread.
+    """Base URL of the web role served by gunicorn (as `./run` does) on a free port.
 
-    Function scope: the app is built after ``r`` has flushed Redis and reset the settings, so a
-    test that changes the environment (conftest.apply_env) before asking for it gets an app that
-    sees the change. Building and serving costs a few milliseconds.
+    A real server, not werkzeug's: websocket endings are handled as in production. Function
+    scope: it starts after ``r`` flushed Redis, with the environment the test has set.
     """
-    from werkzeug.serving import make_server
+    from backstop import redis_server
 
-    from app import create_app
-
-    server = make_server("127.0.0.1", 0, create_app(), threaded=True)
-    # A short poll interval so that shutdown() returns in ~50 ms rather than 500 ms per test.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                              name="live_server", daemon=True)
-    thread.start()
+    port = redis_server.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "16", "--log-level", "warning", "app:create_app()"],
+        cwd=ROOT, env={"BACKSTOP_TASK_MODULES": "tests.jobs_for_tests", **os.environ,
+                       "PYTHONPATH": str(ROOT)})
     try:
-        yield f"http://127.0.0.1:{server.port}"
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
     finally:
-        server.shutdown()
-        thread.join(10)
-        server.server_close()
+        proc.terminate()
+        proc.wait(10)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 20) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the web role exited with {proc.returncode}")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"the web role did not listen on {port} within {seconds} s")
 
 
 @pytest.fixture(scope="session")

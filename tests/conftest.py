@@ -92,3 +92,7 @@ def workers(r, redis_url):
     pool = Workers(redis_url)
     yield pool
     pool.stop_all()
+
+
+# The browser fixtures, registered once for the whole session (they start nothing until used).
+from browser_support import browser, chromium_path, live_server, page  # noqa: E402, F401

@@ -74,3 +74,15 @@ def flaky(payload: Cause, ctx):
     if payload.cause:
         causes[payload.cause](payload.n)
     return {"ok": True, "api_token_seen": bool(payload.api_token)}
+
+
+class Flip(Payload):
+    label: str = Field(default="", max_length=100)
+
+
+@define_job("test.flip", queue="system", model=Flip)
+def flip(payload: Flip, ctx):
+    """Fails the first time a label runs, succeeds afterwards (a fixed-by-replay bug)."""
+    if ctx.redis.set(f"test:flip:{payload.label}", 1, nx=True):
+        raise RuntimeError(f"first run of {payload.label!r} fails")
+    return {"label": payload.label}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from browser_support import *  # noqa: F403  (the fixtures)
 from browser_support import shot
 
 

@@ -1,0 +1,142 @@
+"""The owner panel in a real browser (Debian's chromium through Playwright), end to end with a
+real worker process. Each test saves screenshots under artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import re
+
+from browser_support import shot
+from playwright.sync_api import expect
+
+import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
+from backstop import producers, users
+
+PASSWORD = "correct horse battery"
+ONE_SHOT = {"system": {"attempts": 1, "rate_limit": 0, "backoff_jitter": 0}}
+HOSTILE = "<script>alert(1)</script><b hx-get='/logout' hx-trigger='load'>bold</b> {{7*7}}"
+
+
+def sign_in(page, base: str, name: str, role: str) -> None:
+    users.create(name, role, PASSWORD)
+    page.goto(base + "/login")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button.primary")
+    page.wait_for_url("**/overview")
+
+
+def csrf_token(page) -> str:
+    return page.locator('meta[name="csrf-token"]').get_attribute("content")
+
+
+def test_sign_in_and_see_a_queues_numbers(live_server, page):
+    for n in range(3):
+        producers.enqueue("email.send", {"to": ["a@example.com"], "subject": f"s{n}",
+                                         "text": "t"})
+    sign_in(page, live_server, "olga", "owner")
+    shot(page, "overview")
+    page.click("nav >> text=Queues")
+    page.wait_for_url("**/queues")
+    row = page.locator("#queue-rows tr", has=page.locator("th", has_text="email"))
+    expect(row.locator("td").first).to_have_text("3")
+    shot(page, "queues")
+    page.click("#queue-rows th >> text=email")
+    page.wait_for_url("**/queues/email")
+    expect(page.locator("#jobs tbody tr")).to_have_count(3)
+    shot(page, "queue-detail")
+    page.locator("#jobs tbody tr a").first.click()
+    page.wait_for_url("**/jobs/*")
+    expect(page.locator("#job [data-state]")).to_have_attribute("data-state", "waiting")
+    shot(page, "job")
+    for path, name in (("/system", "system"), ("/audit", "audit"),
+                       ("/dlq/analytics", "dlq-analytics"),
+                       ("/dlq/analytics?tab=failures", "dlq-analytics-failures"),
+                       ("/dlq/analytics?tab=trends", "dlq-analytics-trends"),
+                       ("/dlq/analytics?tab=replays", "dlq-analytics-replays")):
+        page.goto(live_server + path)
+        shot(page, name)
+    assert page.console_errors == []
+
+
+def test_a_dead_job_appears_live_and_its_replay_completes(live_server, page, workers):
+    workers.start("system", ONE_SHOT)
+    sign_in(page, live_server, "oscar", "operator")
+    page.goto(live_server + "/dlq")
+    page.wait_for_selector("#live-status[data-state=live]")
+    job_id = producers.enqueue("test.flip", {"label": "invoice-7"})
+    row = page.locator(f'tr[data-record="{job_id}"]')
+    row.wait_for(timeout=10_000)
+    assert "first run of 'invoice-7' fails" in row.inner_text()
+    shot(page, "dlq")
+    row.locator("a").first.click()
+    page.wait_for_url("**/dlq/records/*")
+    shot(page, "dlq-record")
+    page.click("button[data-action=replay]")
+    expect(page.locator(".touches")).to_contain_text("This touches 1 job.")
+    shot(page, "confirm")
+    page.click("button[data-confirm-button]")
+    page.wait_for_url(re.compile(rf".*/jobs/{re.escape(job_id)}:replay1$"))
+    page.wait_for_selector('[data-state="completed"]', timeout=15_000)
+    shot(page, "replayed-job")
+    page.goto(f"{live_server}/dlq/records/{job_id}")
+    expect(page.locator("[data-status]")).to_have_attribute("data-status", "resolved")
+    assert page.console_errors == []
+
+
+def test_a_viewer_sees_no_mutating_buttons_and_is_refused(live_server, page):
+    [job_id] = [producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s",
+                                                 "text": "t"})]
+    sign_in(page, live_server, "vera", "viewer")
+    page.goto(live_server + "/queues")
+    assert page.locator("button", has_text="Pause").count() == 0
+    page.goto(f"{live_server}/jobs/{job_id}")
+    assert page.locator("form[method=post] button").count() == 1, "only sign out"
+    shot(page, "viewer-job")
+    refused = page.request.post(live_server + "/queues/email/pause",
+                                headers={"X-CSRFToken": csrf_token(page)})
+    assert refused.status == 403
+
+
+def test_hostile_payloads_are_inert_text(live_server, page):
+    job_id = producers.enqueue("email.send", {"to": ["a@example.com"], "subject": HOSTILE,
+                                              "text": "t"})
+    dialogs: list = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    sign_in(page, live_server, "vera", "viewer")
+    page.goto(f"{live_server}/jobs/{job_id}")
+    payload = page.locator("pre.code").first.inner_text()
+    assert "<script>alert(1)</script>" in payload and "{{7*7}}" in payload
+    assert page.locator("b[hx-get]").count() == 0 and dialogs == []
+    page.wait_for_timeout(500)
+    assert "/jobs/" in page.url, "the hx-get in the payload must not have signed us out"
+    shot(page, "hostile-payload")
+
+
+def test_a_mutation_without_the_csrf_token_is_refused(live_server, page):
+    sign_in(page, live_server, "olga", "owner")
+    refused = page.request.post(live_server + "/queues/email/pause")
+    assert refused.status == 400
+    page.goto(live_server + "/queues")
+    expect(page.locator("#queue-rows .badge.ok")).to_have_count(6)
+
+
+def test_persian_pages_are_laid_out_right_to_left(live_server, page):
+    sign_in(page, live_server, "olga", "owner")
+    page.select_option("select[name=lang]", "fa")
+    page.wait_for_selector('html[dir="rtl"]')
+    assert page.evaluate("getComputedStyle(document.body).direction") == "rtl"
+    assert page.locator("nav.nav a").first.inner_text() == "نمای کلی"
+    shot(page, "overview-fa")
+    page.click("nav.nav >> text=پیام‌های مرده")
+    page.wait_for_url("**/dlq")
+    expect(page.locator("html")).to_have_attribute("dir", "rtl")
+    shot(page, "dlq-fa")
+
+
+def test_the_panel_is_usable_on_a_phone(live_server, page):
+    page.set_viewport_size({"width": 390, "height": 844})
+    sign_in(page, live_server, "olga", "owner")
+    page.goto(live_server + "/queues")
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, f"the page scrolls sideways ({width}px)"
+    shot(page, "queues-phone")
