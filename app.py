@@ -44,6 +44,7 @@ from backstop import (
     panel,
     producers,
     queues,
+    redrive,
     registry,
     replay,
     tokens,
@@ -351,6 +352,10 @@ def register_dlq_routes(app: Flask) -> None:
         ("/api/v1/dlq/clear", clear_dead_letters, ["POST"]),
         ("/api/v1/dlq/bulk/replay", bulk_replay, ["POST"]),
         ("/api/v1/dlq/bulk/delete", bulk_delete, ["POST"]),
+        ("/api/v1/dlq/redrives", list_redrives, ["GET"]),
+        ("/api/v1/dlq/redrives", start_redrive, ["POST"]),
+        ("/api/v1/dlq/redrives/<redrive_id>", show_redrive, ["GET"]),
+        ("/api/v1/dlq/redrives/<redrive_id>/<verb>", change_redrive, ["POST"]),
         ("/api/v1/dlq/<record_id>", show_dead_letter, ["GET"]),
         ("/api/v1/dlq/<record_id>", delete_dead_letter, ["DELETE"]),
         ("/api/v1/dlq/<record_id>/replay", replay_dead_letter, ["POST"]),
@@ -461,6 +466,37 @@ def clear_dead_letters():
     if not body.get("token"):
         return jsonify(replay.clear_preview(g.actor, flt))
     return jsonify(replay.clear(g.actor, flt, body["token"]))
+
+
+@require_token("viewer")
+def list_redrives():
+    """Recent redrives, newest first, with their progress."""
+    return jsonify(items=redrive.listing())
+
+
+@require_token("operator")
+@audited("dlq.redrive.start")
+def start_redrive():
+    """Start a throttled redrive: {"filter": {...}, "rate": jobs per second, "queue"?}."""
+    body = json_body()
+    flt = Filters.parse(body.get("filter") or {})
+    return jsonify(redrive.start(g.actor, flt, body.get("rate"), body.get("queue"))), 202
+
+
+@require_token("viewer")
+def show_redrive(redrive_id: str):
+    """A redrive's progress: replayed, refused, remaining, percent, ETA."""
+    return jsonify(redrive.progress(redrive_id))
+
+
+@require_token("operator")
+@audited("dlq.redrive.change")
+def change_redrive(redrive_id: str, verb: str):
+    """Pause, resume or cancel a redrive."""
+    actions = {"pause": redrive.pause, "resume": redrive.resume, "cancel": redrive.cancel}
+    if verb not in actions:
+        abort(404, "pause, resume or cancel")
+    return jsonify(actions[verb](redrive_id, g.actor))
 
 
 @require_token("viewer")

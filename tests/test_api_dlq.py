@@ -151,3 +151,27 @@ def test_audit_verify_cli_detects_an_edited_entry(api, r, redis_url):
     tampered = verify()
     assert tampered.returncode == 1 and "TAMPERED" in tampered.stdout
     assert entries[0][0] in tampered.stdout
+
+
+def test_redrive_api_starts_reports_and_cancels(api):
+    make_dead([{"cause": 1, "n": n} for n in range(30)])
+    operator = auth("operator")
+    bad = api.post("/api/v1/dlq/redrives", json={"filter": {}, "rate": 0}, headers=operator)
+    assert bad.status_code == 422 and bad.json["fields"][0]["field"] == "rate"
+    started = api.post("/api/v1/dlq/redrives", json={"filter": {"job": "test.flaky"},
+                                                     "rate": 5}, headers=operator)
+    assert started.status_code == 202 and started.json["total"] == 30
+    redrive_id = started.json["id"]
+    second = api.post("/api/v1/dlq/redrives", json={"filter": {}, "rate": 5}, headers=operator)
+    assert second.status_code == 409 and redrive_id in second.json["error"]
+    shown = api.get(f"/api/v1/dlq/redrives/{redrive_id}", headers=auth("viewer")).json
+    assert shown["status"] == "running" and shown["remaining"] == 30
+    assert api.post(f"/api/v1/dlq/redrives/{redrive_id}/cancel",
+                    headers=auth("viewer")).status_code == 403
+    cancelled = api.post(f"/api/v1/dlq/redrives/{redrive_id}/cancel", headers=operator)
+    assert cancelled.json["status"] == "cancelled"
+    listing = api.get("/api/v1/dlq/redrives", headers=operator).json["items"]
+    assert [item["id"] for item in listing] == [redrive_id]
+    trail = [(e["action"], e["result"]) for e in audit.entries(action="dlq.redrive.").items]
+    assert trail == [("dlq.redrive.change", "ok"), ("dlq.redrive.start", "refused 409"),
+                     ("dlq.redrive.start", "ok"), ("dlq.redrive.start", "refused 422")]
