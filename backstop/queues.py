@@ -6,6 +6,7 @@ import json
 import time
 
 from . import keys
+from .config import settings
 from .connection import client
 from .contracts import QUEUES
 
@@ -22,9 +23,10 @@ def _set_paused(queue: str, paused: bool, actor: str) -> None:
     body = json.dumps(event)
     pipe = client().pipeline()
     (pipe.sadd if paused else pipe.srem)(keys.paused(), queue)
-    pipe.xadd(keys.events_stream(), {"e": body}, maxlen=10_000, approximate=True)
-    pipe.execute()
-    client().publish(keys.events_channel(), f"- {body}")
+    pipe.xadd(keys.events_stream(), {"e": body},
+              maxlen=settings().int("backstop_events_maxlen"), approximate=True)
+    stream_id = pipe.execute()[1]
+    client().publish(keys.events_channel(), f"{stream_id} {body}")
 
 
 def pause(queue: str, actor: str = "system") -> None:

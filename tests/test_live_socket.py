@@ -1,0 +1,98 @@
+"""The live socket over real HTTP (gunicorn): who may upgrade, and what a reconnect receives."""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import socket
+import struct
+
+import pytest
+import requests
+from conftest import apply_env
+
+from backstop import producers, registry, users
+
+PASSWORD = "correct horse battery"
+MAIL = {"to": ["a@example.com"], "subject": "s", "text": "t"}
+
+
+@pytest.fixture
+def plain_http(r):
+    """Session cookies over plain http, so this test's HTTP client sends them."""
+    apply_env(COOKIE_SECURE="0")
+    yield
+    apply_env(COOKIE_SECURE="1")
+
+
+def session_cookie(base: str, name: str = "vic", role: str = "viewer") -> str:
+    users.create(name, role, PASSWORD)
+    browser = requests.Session()
+    page = browser.get(base + "/login").text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    browser.post(base + "/login", data={"name": name, "password": PASSWORD,
+                                        "csrf_token": token}, allow_redirects=False)
+    return "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+
+
+def handshake(base: str, query: str, origin: str | None, cookie: str | None):
+    """Send a WebSocket upgrade by hand; return (status, socket)."""
+    host = base.removeprefix("http://")
+    lines = [f"GET /ws?{query} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
+             "Connection: Upgrade", "Sec-WebSocket-Version: 13",
+             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"]
+    lines += [f"Origin: {origin}"] if origin else []
+    lines += [f"Cookie: {cookie}"] if cookie else []
+    hostname, port = host.split(":")
+    sock = socket.create_connection((hostname, int(port)), timeout=10)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    return int(head.split()[1]), sock
+
+
+def read_text_frame(sock: socket.socket) -> str:
+    """One unmasked text frame from the server (small frames and 16/64-bit lengths)."""
+    first, second = sock.recv(2)
+    length = second & 0x7F
+    if length == 126:
+        length = struct.unpack(">H", recv_exactly(sock, 2))[0]
+    elif length == 127:
+        length = struct.unpack(">Q", recv_exactly(sock, 8))[0]
+    payload = recv_exactly(sock, length)
+    return payload.decode() if first & 0x0F == 1 else read_text_frame(sock)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        data += sock.recv(size - len(data))
+    return data
+
+
+def test_no_session_or_a_foreign_origin_is_refused_before_the_upgrade(plain_http, live_server):
+    cookie = session_cookie(live_server)
+    no_session, _ = handshake(live_server, "page=overview", live_server, None)
+    foreign, _ = handshake(live_server, "page=overview", "http://evil.example", cookie)
+    missing_origin, _ = handshake(live_server, "page=overview", None, cookie)
+    allowed, sock = handshake(live_server, "page=overview", live_server, cookie)
+    assert (no_session, foreign, missing_origin, allowed) == (401, 403, 403, 101)
+    sock.close()
+
+
+def test_a_reconnect_with_the_last_event_id_receives_what_it_missed(plain_http, live_server):
+    cookie = session_cookie(live_server)
+    producers.enqueue("email.send", MAIL)
+    last_seen = registry.latest_events(1)[0]["id"]
+    missed = [producers.enqueue("email.send", MAIL) for _ in range(3)]
+    missed_ids = [e["id"] for e in registry.recent_events(after=last_seen)]
+    assert len(missed_ids) == 3
+    status, sock = handshake(live_server, f"page=overview&topic=all&last_id={last_seen}",
+                             live_server, cookie)
+    assert status == 101
+    pushed = read_text_frame(sock)
+    assert all(f'data-event-id="{event_id}"' in pushed for event_id in missed_ids)
+    assert all(job_id in pushed for job_id in missed)
+    sock.close()
