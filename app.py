@@ -1061,7 +1061,7 @@ def socket_topic(topic: str):
     return Topic()
 
 
-def _drain(subscription, seconds: float = 0.05) -> None:
+def _drain(subscription, seconds: float = 0.01) -> None:
     """Fold a burst of events into one push."""
     while subscription.get(timeout=seconds) is not None:
         pass

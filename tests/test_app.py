@@ -106,6 +106,6 @@ def test_redis_outage_is_a_503_not_a_crash(api):
         connection.reset()
 
 
-def test_index_page_shows_the_queues(api):
-    page = api.get("/").get_data(as_text=True)
-    assert all(queue in page for queue in ("ai", "workflows", "email", "plugins", "system"))
+def test_the_root_sends_strangers_to_sign_in(api):
+    response = api.get("/")
+    assert response.status_code == 302 and response.headers["Location"].endswith("/login")
