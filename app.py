@@ -963,9 +963,10 @@ def users_cli():
 @users_cli.command("create")
 @click.argument("name")
 @click.option("--role", type=click.Choice(tokens.ROLES), required=True)
-@click.password_option(prompt="Password")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=False,
+              help="Read from stdin (or a hidden prompt) when not given.")
 def create_user(name: str, role: str, password: str):
-    """Create a user; the password is read from stdin (or a prompt)."""
+    """Create a user; the password is read from stdin (or a hidden prompt)."""
     try:
         users.create(name, role, password)
     except BackstopError as exc:
@@ -975,7 +976,8 @@ def create_user(name: str, role: str, password: str):
 
 @users_cli.command("passwd")
 @click.argument("name")
-@click.password_option(prompt="New password")
+@click.option("--password", prompt="New password", hide_input=True, confirmation_prompt=False,
+              help="Read from stdin (or a hidden prompt) when not given.")
 def change_password(name: str, password: str):
     """Change a password; every session of the user is revoked."""
     try:
