@@ -369,18 +369,50 @@ def page(flt: Filters = Filters(), cursor: str | None = None, limit: int = 50,
     index = base_index(flt)
     deadline = time.monotonic() + budget_seconds
     found, scanned, last = [], 0, None
-    for rows in _chunks(index, flt, cursor, limit if not flt.needs_record() else 500):
-        records = get_records([i for i, _ in rows])
-        for (record_id, score), record in zip(rows, records, strict=True):
+    for rows in _chunks(index, flt, cursor, limit if not flt.needs_record() else 200):
+        passed = _screen([i for i, _ in rows], flt)
+        for record_id, score in rows:
             scanned += 1
             last = (record_id, score)
-            if record is not None and matches(record, flt):
-                found.append(record)
+            if record_id in passed:
+                found.append(record_id)
                 if len(found) == limit:
-                    return Page(found, _cursor(*last), scanned, _total(index, flt))
+                    return _page(found, _cursor(*last), scanned, index, flt)
         if time.monotonic() > deadline:
-            return Page(found, _cursor(*last), scanned, _total(index, flt), complete=False)
-    return Page(found, None, scanned, _total(index, flt))
+            return _page(found, _cursor(*last), scanned, index, flt, complete=False)
+    return _page(found, None, scanned, index, flt)
+
+
+def _page(ids: list[str], cursor, scanned: int, index: str, flt: Filters,
+          complete: bool = True) -> Page:
+    records = [record for record in get_records(ids) if record is not None]
+    return Page(records, cursor, scanned, _total(index, flt), complete)
+
+
+SCREEN_FIELDS = ("id", "queue", "job", "error_type", "fingerprint", "status", "replay_count")
+SEARCH_FIELDS = ("original_job_id", "error_message", "payload")
+
+
+def _screen(ids: list[str], flt: Filters) -> set[str]:
+    """The ids that pass the filters, judged from the few fields the filters read (never the
+    stacks and sealed payloads), in one round trip."""
+    if not flt.needs_record():
+        return set(ids)
+    names = SCREEN_FIELDS + (SEARCH_FIELDS if flt.q else ())
+    pipe = client().pipeline(transaction=False)
+    for record_id in ids:
+        pipe.hmget(keys.dlq_record(record_id), names)
+    passed = set()
+    for values in pipe.execute():
+        light = dict(zip(names, values, strict=True))
+        if light["id"] is None:
+            continue
+        light["replay_count"] = int(light["replay_count"] or 0)
+        if flt.q:
+            light["payload"] = json.loads(light["payload"] or "{}")
+        if matches(light, flt):
+            passed.add(light["id"])
+    return passed
 
 
 def _total(index: str, flt: Filters) -> int | None:
