@@ -617,6 +617,8 @@ def register_panel_routes(app: Flask) -> None:
         ("/dlq/records/<record_id>/delete", delete_record, ["POST"]),
         ("/dlq/bulk", bulk_records, ["POST"]), ("/dlq/clear", clear_records, ["POST"]),
         ("/dlq/export.<fmt>", export_dead_letters_panel, ["GET"]),
+        ("/dlq/redrives", start_redrive_panel, ["POST"]),
+        ("/dlq/redrives/<redrive_id>/<verb>", change_redrive_panel, ["POST"]),
     ]
     for rule, view, methods in pages:
         app.add_url_rule(rule, view_func=view, methods=methods, endpoint=view.__name__)
@@ -718,7 +720,7 @@ def dlq_page():
         flash(str(exc), "error")
         flt = Filters()
     context = panel.dlq_page(flt, request.args.get("cursor"))
-    return page_or_partial("dlq.html", {**context, "args": args}, ("dlq_rows",))
+    return page_or_partial("dlq.html", {**context, "args": args}, ("dlq_rows", "redrives"))
 
 
 @require_role("viewer")
@@ -955,6 +957,41 @@ def clear_records():
     return redirect(url_for("dlq_page"))
 
 
+@require_role("operator")
+@MUTATE
+@audited("dlq.redrive.start")
+def start_redrive_panel():
+    """Start a throttled redrive of what the filter selects, after a confirmation."""
+    flt = Filters.parse(json.loads(request.form.get("filter") or "{}"))
+    rate = request.form.get("rate", type=float)
+    scope = {"filter": flt.as_dict(), "rate": rate}
+    if not confirmed("dlq.redrive", scope):
+        return confirm_step("dlq.redrive", scope, dlq.count_matching(flt),
+                            _("Redrive at %(rate)s jobs/s.", rate=rate),
+                            filter=request.form.get("filter", ""), rate=str(rate))
+    try:
+        started = redrive.start(g.actor, flt, rate)
+        flash(_("Redrive %(id)s started.", id=started["id"]), "ok")
+    except BackstopError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("dlq_page", **flt.as_dict()))
+
+
+@require_role("operator")
+@MUTATE
+@audited("dlq.redrive.change")
+def change_redrive_panel(redrive_id: str, verb: str):
+    """Pause, resume or cancel a redrive."""
+    actions = {"pause": redrive.pause, "resume": redrive.resume, "cancel": redrive.cancel}
+    if verb not in actions:
+        abort(404)
+    try:
+        actions[verb](redrive_id, g.actor)
+    except BackstopError as exc:
+        flash(str(exc), "error")
+    return redirect(url_for("dlq_page"))
+
+
 @click.group("users")
 def users_cli():
     """Manage panel users."""
@@ -999,7 +1036,7 @@ LIVE_PAGES = {
     "queues": ("queues_page", ("summary", "queue_rows")),
     "queue": ("queue_page", ("jobs",)),
     "job": ("job_page", ("job",)),
-    "dlq": ("dlq_page", ("dlq_rows",)),
+    "dlq": ("dlq_page", ("dlq_rows", "redrives")),
     "dlq_record": ("dlq_record_page", ("dlq_record",)),
 }
 SOCKET_ARGS = ("topic", "page", "last_id")

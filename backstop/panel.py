@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from . import audit, dlq, registry, stats
+from . import audit, dlq, redrive, registry, stats
 from .config import SETTINGS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
@@ -75,7 +75,8 @@ def job_page(job_id: str) -> dict | None:
 
 def dlq_page(flt: Filters, cursor: str | None = None) -> dict:
     page = dlq.page(flt, cursor=cursor, limit=50)
-    return {"page": page, "filters": flt, "capacity": dlq.capacity(), "queues": QUEUES}
+    return {"page": page, "filters": flt, "capacity": dlq.capacity(), "queues": QUEUES,
+            "redrives": redrive.listing(10)}
 
 
 def dlq_record_page(record_id: str) -> dict | None:
@@ -118,5 +119,5 @@ STATE_WORDS = [
     N_("stalled"), N_("paused"), N_("resumed"), N_("alert"), N_("enqueued"), N_("requeued"),
     N_("open"), N_("replaying"), N_("resolved"), N_("pending"), N_("never"), N_("once"),
     N_("several"), N_("limit"), N_("dlq.archived"), N_("info"), N_("warning"), N_("error"),
-    N_("critical"),
+    N_("critical"), N_("running"), N_("done"),
 ]

@@ -168,3 +168,22 @@ def test_users_are_created_from_the_command_line_with_the_password_on_stdin(r, r
                            capture_output=True, text=True,
                            env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"})
     assert short.returncode != 0 and "at least 10 characters" in short.stderr
+
+
+def test_a_redrive_is_started_confirmed_and_cancelled_from_the_panel(app):
+    from dlq_helpers import make_dead
+
+    make_dead([{"cause": 1, "n": n} for n in range(4)])
+    operator = signed_in(app, "oscar")
+    first = operator.post("/dlq/redrives", data={"csrf_token": operator.csrf, "rate": "2",
+                                                 "filter": "{}"})
+    page = first.get_data(as_text=True)
+    assert "This touches 4 jobs." in page
+    token = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
+    operator.post("/dlq/redrives", data={"csrf_token": operator.csrf, "rate": "2.0",
+                                         "filter": "{}", "confirm": token})
+    listing = operator.get("/dlq?partial=redrives").get_data(as_text=True)
+    redrive_id = re.search(r'data-redrive="([^"]+)"', listing).group(1)
+    assert "running" in listing and "0 / 4" in listing
+    operator.post(f"/dlq/redrives/{redrive_id}/cancel", data={"csrf_token": operator.csrf})
+    assert "cancelled" in operator.get("/dlq?partial=redrives").get_data(as_text=True)
