@@ -44,6 +44,17 @@ def start_roles(env: dict) -> list[subprocess.Popen]:
     return [web, worker]
 
 
+def users_exist(url: str) -> bool:
+    import redis
+
+    from . import keys
+
+    try:
+        return bool(redis.Redis.from_url(url).hlen(keys.users()))
+    except redis.RedisError:
+        return True
+
+
 def stop(procs: list[subprocess.Popen]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -63,6 +74,9 @@ def main() -> int:
         procs.append(redis_proc)
     procs = start_roles(env) + procs
     print(f"Backstop is listening on http://{settings().host}:{settings().port}/", flush=True)
+    if not users_exist(env["REDIS_URL"] if "REDIS_URL" in env else settings().redis_url):
+        print("no panel user yet; create one with:\n"
+              "  .venv/bin/flask --app app users create NAME --role owner", flush=True)
     signal.signal(signal.SIGTERM, lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
     try:
         while all(p.poll() is None for p in procs):
