@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -124,8 +125,6 @@ class EmailSend(Payload):
     @field_validator("to")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
-        import re
-
         bad = [a for a in value if not re.match(EMAIL_PATTERN, a)]
         if bad:
             raise ValueError(f"not an e-mail address: {bad[0]!r}")
@@ -209,6 +208,8 @@ def register_job(name: str, queue: str, model: type[BaseModel]) -> JobSpec:
     """Add a job name with its payload contract to a queue. Raises ValueError on a clash."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; queues are {', '.join(QUEUES)}")
+    if not re.match(r"^[A-Za-z0-9_.:\-]{1,100}$", name):
+        raise ValueError(f"job name {name!r}: use 1-100 of A-Z a-z 0-9 _ . : -")
     if name in JOBS and JOBS[name].model is not model:
         raise ValueError(f"job name {name!r} is already registered")
     JOBS[name] = JobSpec(name, queue, model)

@@ -23,6 +23,10 @@ class ReliableRedisStorage(RedisStorage):
 
     processing_key: str | None = None
 
+    def enqueue(self, data, priority=None):
+        raise NotImplementedError("enqueue through backstop.producers, which records the job "
+                                  "and frames the message")
+
     def dequeue(self):
         if self.processing_key is None:
             raise RuntimeError("set processing_key before dequeuing (backstop.runner does)")
@@ -31,6 +35,17 @@ class ReliableRedisStorage(RedisStorage):
                                     self.read_timeout, "RIGHT", "LEFT")
         except (redis.TimeoutError, TypeError, IndexError):
             return None
+
+
+def frame(job_id: str, job_name: str, data: bytes) -> bytes:
+    """A queue message: the job's id and name, then Huey's serialized task."""
+    return f"{job_id}\n{job_name}\n".encode() + data
+
+
+def unframe(message: bytes) -> tuple[str, str, bytes]:
+    """(job id, job name, Huey data) of a framed message. Raises ValueError if unframed."""
+    job_id, job_name, data = message.split(b"\n", 2)
+    return job_id.decode(), job_name.decode(), data
 
 
 def run_job(job_name: str, payload: dict):

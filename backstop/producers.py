@@ -18,7 +18,7 @@ from . import keys
 from .connection import client
 from .contracts import JOBS, job_spec, queue_config, validate_payload
 from .errors import PayloadError
-from .hueys import huey_for, task_wrapper
+from .hueys import frame, huey_for, task_wrapper
 from .registry import entry, event, script_args
 from .scripts import scripts_for
 
@@ -44,7 +44,7 @@ def prepare(job_name: str, payload: Any, job_id: str | None = None,
     job_id = job_id or uuid.uuid4().hex
     _check_options(job_name, job_id, delay, priority)
     task = task_wrapper(queue)((job_name, data), {}, id=job_id)
-    message = huey_for(queue).serialize_task(task)
+    message = frame(job_id, job_name, huey_for(queue).serialize_task(task))
     return Prepared(job_id, job_name, queue, data, message, float(delay or 0), int(priority or 0))
 
 

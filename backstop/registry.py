@@ -52,11 +52,6 @@ def event(kind: str, job_id: str, queue: str, job: str, state: str, t: float, **
                     "state": state, "t": t, **extra})
 
 
-def open_ended(json_text: str, field: str) -> str:
-    """JSON with its closing brace replaced by ',"field":' (the script appends value and brace)."""
-    return f'{json_text[:-1]},"{field}":'
-
-
 def decode_record(raw: dict, timeline: list[str]) -> dict:
     """A record hash and its timeline as plain data: JSON parsed, numbers as numbers."""
     record = dict(raw, timeline=[json.loads(item) for item in timeline])

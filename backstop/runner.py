@@ -29,9 +29,9 @@ from .connection import client
 from .contracts import QUEUES, QueueConfig, queue_config
 from .errors import JobTimeout, PermanentFailure, WorkerLost
 from .execution import set_context
-from .hueys import huey_for
+from .hueys import huey_for, unframe
 from .jobs import JobContext, load_handlers
-from .registry import entry, event, open_ended, report_progress, script_args
+from .registry import entry, event, report_progress, script_args
 from .scripts import scripts_for
 
 log = logging.getLogger("backstop.worker")
@@ -166,15 +166,14 @@ class WorkerProcess:
 
     # ---- consuming ----
     def consume(self, queue: str) -> None:
-        storage = huey_for(queue).storage
         while not self.stop.is_set():
             if queue in self.paused:
                 self.stop.wait(0.2)
                 continue
             try:
-                message = storage.dequeue()
-                if message is not None and not self.stop.is_set():
-                    self.handle(queue, message)
+                started = self.take(queue)
+                if started is not None:
+                    self.handle(queue, *started)
             except redis.ConnectionError as exc:
                 log.warning("queue %s: Redis unreachable (%s); retrying", queue, exc)
                 self.stop.wait(1)
@@ -183,41 +182,50 @@ class WorkerProcess:
                 log.exception("queue %s: unexpected error handling a message", queue)
                 self.stop.wait(1)
 
-    def handle(self, queue: str, message: bytes) -> None:
-        huey = huey_for(queue)
-        try:
-            task = huey.deserialize_task(message)
-            job_name, payload = task.args
-        except Exception:
-            log.exception("queue %s: undecodable message kept in %s", queue,
-                          keys.bad_messages(queue))
-            self.r.lmove(huey.storage.processing_key, keys.bad_messages(queue), "LEFT", "LEFT")
-            return
-        config, qk = queue_config(queue), self.keys[queue]
-        kind, value = self.scripts.start(
-            keys=[keys.job(task.id), qk.processing, qk.queue, self.paused_key, qk.rate,
-                  keys.timeline(task.id)],
-            args=self._start_args(task.id, queue, job_name, message, config))
-        run = Running(task.id, queue, job_name, message, int(value),
-                      time.monotonic() + config.timeout)
+    def take(self, queue: str) -> tuple[str, str, bytes] | None:
+        """Start the next job of a queue: one script takes and starts a queued message; only
+        when the queue is empty does the thread block in BLMOVE (then start what it got)."""
+        started = self._start(queue, b"")
+        if started[0] == "empty":
+            message = huey_for(queue).storage.dequeue()
+            if message is None or self.stop.is_set():
+                return None
+            started = self._start(queue, message)
+        return started
+
+    def _start(self, queue: str, message: bytes) -> tuple[str, str, bytes]:
+        qk, config = self.keys[queue], queue_config(queue)
+        # The raw (bytes) connection: the reply carries the pickled message.
+        kind, value, taken = self.scripts.start(
+            keys=[qk.queue, qk.processing, self.paused_key, qk.rate, keys.bad_messages(queue)],
+            args=script_args(queue, repr(time.time()), config.rate_limit, self.id,
+                             config.attempts, message),
+            client=huey_for(queue).storage.conn)
+        return kind.decode(), value.decode(), taken
+
+    def handle(self, queue: str, kind: str, value: str, message: bytes) -> None:
         if kind == "paused":
             self.paused.add(queue)
         elif kind == "throttled":
             self.stop.wait(int(value) / 1000)
-        elif kind == "exhausted":
-            self.fail(run, config, payload, WorkerLost(
-                f"the worker running this job died {run.attempt} time(s); attempts exhausted"))
-        elif kind == "run":
-            self.execute(run, config, task, payload)
+        elif kind == "bad":
+            log.error("queue %s: an unframed message was moved to %s", queue,
+                      keys.bad_messages(queue))
+        elif kind in ("run", "exhausted"):
+            self.run(queue, kind, int(value), message)
 
-    def _start_args(self, job_id: str, queue: str, job_name: str, message: bytes,
-                    config: QueueConfig) -> list:
-        now = time.time()
-        started = entry("started", now, worker=self.id)
-        event_text = event("started", job_id, queue, job_name, "active", now)
-        return script_args(job_id, queue, job_name, message, now, config.rate_limit, self.id,
-                           config.attempts, open_ended(started, "attempt"),
-                           open_ended(event_text, "attempt"))
+    def run(self, queue: str, kind: str, attempt: int, message: bytes) -> None:
+        config = queue_config(queue)
+        job_id, job_name, data = unframe(message)
+        task = huey_for(queue).deserialize_task(data)
+        payload = task.args[1]
+        run = Running(job_id, queue, job_name, message, attempt,
+                      time.monotonic() + config.timeout)
+        if kind == "exhausted":
+            self.fail(run, config, payload, WorkerLost(
+                f"the worker running this job died {attempt} time(s); attempts exhausted"))
+        else:
+            self.execute(run, config, task, payload)
 
     def execute(self, run: Running, config: QueueConfig, task, payload: dict) -> None:
         ident = threading.get_ident()
@@ -355,17 +363,15 @@ class WorkerProcess:
         returned = 0
         for message in huey.storage.conn.lrange(processing, 0, -1):
             try:
-                task = huey.deserialize_task(message)
-                job_name = task.args[0]
-            except Exception:
+                job_id, job_name, _ = unframe(message)
+            except ValueError:
                 self.r.lmove(processing, keys.bad_messages(queue), "LEFT", "LEFT")
                 continue
             now = time.time()
             returned += self.scripts.reap(
-                keys=[processing, huey.storage.queue_key, keys.job(task.id),
-                      keys.timeline(task.id)],
-                args=script_args(task.id, queue, message, now, entry("stalled", now, detail=detail),
-                                 event("stalled", task.id, queue, job_name, "waiting", now,
+                keys=[processing, huey.storage.queue_key, keys.job(job_id), keys.timeline(job_id)],
+                args=script_args(job_id, queue, message, now, entry("stalled", now, detail=detail),
+                                 event("stalled", job_id, queue, job_name, "waiting", now,
                                        detail=detail)))
         if returned:
             log.warning("returned %d job(s) of %s to queue %s", returned, worker_id, queue)

@@ -51,48 +51,71 @@ emit(ARGV[15])
 return 1
 """
 
-# KEYS: record, processing list, queue list, paused set, rate key prefix, timeline
-# ARGV[8..]: id, queue, job, message, now, rate_limit, worker, default_max_attempts,
-#            timeline entry up to the attempt, event up to the attempt
+# Messages in queue lists are framed "<job id>\n<job name>\n<Huey pickle>" (hueys.frame), so
+# this script can start a job without Python decoding the pickle first.
+# KEYS: queue list, processing list, paused set, rate key prefix, bad-message list
+# ARGV[8..]: queue, now, rate_limit, worker, default_max_attempts, message ('' = take one)
+# Returns {kind, value, message}: run/exhausted (attempt), skip, paused, throttled (ms),
+# empty (nothing queued), bad (an unframed message, moved aside).
 START = PRELUDE + r"""
-local id, queue, job, msg = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local now, limit = tonumber(ARGV[12]), tonumber(ARGV[13])
+local queue, now_text = ARGV[8], ARGV[9]
+local limit, worker, msg = tonumber(ARGV[10]), ARGV[11], ARGV[13]
+local now = tonumber(now_text)
+if redis.call('sismember', KEYS[3], queue) == 1 then
+  if msg ~= '' then redis.call('lrem', KEYS[2], 1, msg) redis.call('rpush', KEYS[1], msg) end
+  return {'paused', '0', ''}
+end
+if msg == '' then
+  msg = redis.call('lmove', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
+  if not msg then return {'empty', '0', ''} end
+end
 local function put_back()
   redis.call('lrem', KEYS[2], 1, msg)
-  redis.call('rpush', KEYS[3], msg)
+  redis.call('rpush', KEYS[1], msg)
 end
-if redis.call('sismember', KEYS[4], queue) == 1 then put_back() return {'paused', '0'} end
+local first = string.find(msg, '\n', 1, true)
+local second = first and string.find(msg, '\n', first + 1, true)
+if not second then
+  redis.call('lrem', KEYS[2], 1, msg)
+  redis.call('lpush', KEYS[5], msg)
+  return {'bad', '0', ''}
+end
+local id, job = string.sub(msg, 1, first - 1), string.sub(msg, first + 1, second - 1)
 if limit > 0 then
   local window = math.floor(now * limit)
-  local rkey = KEYS[5] .. ':' .. window
+  local rkey = KEYS[4] .. ':' .. window
   local n = redis.call('incr', rkey)
   if n == 1 then redis.call('pexpire', rkey, math.ceil(1000 / limit) + 1000) end
   if n > 1 then
     put_back()
-    return {'throttled', tostring(math.ceil(((window + 1) / limit - now) * 1000))}
+    return {'throttled', tostring(math.ceil(((window + 1) / limit - now) * 1000)), ''}
   end
 end
-local rec = redis.call('hmget', KEYS[1], 'state', 'attempts', 'max_attempts')
-local state = rec[1]
+local rec = JOBP .. id
+local cur = redis.call('hmget', rec, 'state', 'attempts', 'max_attempts')
+local state = cur[1]
 if state == 'cancelled' or state == 'completed' or state == 'dead' then
   redis.call('lrem', KEYS[2], 1, msg)
-  return {'skip', state}
+  return {'skip', state, ''}
 end
-local attempts = tonumber(rec[2] or '0') + 1
-if attempts > tonumber(rec[3] or ARGV[15]) then
-  redis.call('hset', KEYS[1], 'attempts', attempts)
-  return {'exhausted', tostring(attempts - 1)}
+local attempts = tonumber(cur[2] or '0') + 1
+if attempts > tonumber(cur[3] or ARGV[12]) then
+  redis.call('hset', rec, 'attempts', attempts)
+  return {'exhausted', tostring(attempts - 1), msg}
 end
-redis.call('hset', KEYS[1], 'state', 'active', 'attempts', attempts, 'started_at', now,
-  'updated_at', now, 'worker', ARGV[14], 'progress', 0, 'progress_message', '')
+redis.call('hset', rec, 'state', 'active', 'attempts', attempts, 'started_at', now,
+  'updated_at', now, 'worker', worker, 'progress', 0, 'progress_message', '')
 if not state then
-  redis.call('hset', KEYS[1], 'id', id, 'queue', queue, 'job', job, 'created_at', now,
-    'max_attempts', ARGV[15], 'payload', '{}')
+  redis.call('hset', rec, 'id', id, 'queue', queue, 'job', job, 'created_at', now,
+    'max_attempts', ARGV[12], 'payload', '{}')
 end
 move_state(id, queue, state, 'active', now)
-redis.call('rpush', KEYS[6], ARGV[16] .. attempts .. '}')
-emit(ARGV[17] .. attempts .. '}')
-return {'run', tostring(attempts)}
+-- ids, job names, queues and worker ids are restricted to [A-Za-z0-9_.:@-]: no escaping needed
+redis.call('rpush', TLP .. id, '{"t":' .. now_text .. ',"event":"started","worker":"' ..
+  worker .. '","attempt":' .. attempts .. '}')
+emit('{"type":"started","job_id":"' .. id .. '","queue":"' .. queue .. '","job":"' .. job ..
+  '","state":"active","t":' .. now_text .. ',"attempt":' .. attempts .. '}')
+return {'run', tostring(attempts), msg}
 """
 
 # Dead-letter bookkeeping shared by the scripts that write, replay, resolve or delete records.

@@ -25,10 +25,9 @@ def one_shot_worker() -> WorkerProcess:
 
 def run_pending(worker: WorkerProcess) -> int:
     """Run every waiting system job once, synchronously; return how many ran."""
-    storage = huey_for("system").storage
     ran = 0
-    while storage.queue_size():
-        worker.handle("system", storage.dequeue())
+    while (started := worker.take("system")) is not None:
+        worker.handle("system", *started)
         ran += 1
     return ran
 

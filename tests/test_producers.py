@@ -6,7 +6,7 @@ import pytest
 
 from backstop import keys, producers, registry
 from backstop.errors import PayloadError, UnknownJob
-from backstop.hueys import huey_for
+from backstop.hueys import huey_for, unframe
 
 MAIL = {"to": ["ops@example.com"], "subject": "Hello", "text": "Body"}
 
@@ -80,8 +80,9 @@ def test_priority_jumps_the_queue(r):
     producers.enqueue("email.send", MAIL, job_id="urgent", priority=5)
     storage = huey_for("email").storage
     storage.processing_key = keys.processing("test", "email")
-    first = huey_for("email").deserialize_task(storage.dequeue())
-    assert first.id == "urgent"
+    job_id, job_name, data = unframe(storage.dequeue())
+    assert job_id == "urgent" and job_name == "email.send"
+    assert huey_for("email").deserialize_task(data).id == "urgent"
 
 
 def test_bad_options_are_field_errors(r):
