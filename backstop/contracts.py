@@ -253,6 +253,11 @@ def validate_payload(job_name: str, payload: Any) -> dict:
 
     Raises UnknownJob, or PayloadError naming every bad field.
     """
+    return validated(job_name, payload)[0]
+
+
+def validated(job_name: str, payload: Any) -> tuple[dict, str]:
+    """The validated payload as JSON-ready data and as JSON text. Raises as validate_payload."""
     spec = job_spec(job_name)
     if isinstance(payload, BaseModel):
         payload = payload.model_dump(mode="json")
@@ -260,10 +265,10 @@ def validate_payload(job_name: str, payload: Any) -> dict:
         model = spec.model.model_validate(payload)
     except ValidationError as exc:
         raise PayloadError(job_name, _field_errors(exc)) from None
-    data = model.model_dump(mode="json", exclude_none=True)
-    if len(json.dumps(data)) > MAX_PAYLOAD_BYTES:
+    text = model.model_dump_json(exclude_none=True)
+    if len(text) > MAX_PAYLOAD_BYTES:
         raise PayloadError(job_name, [{"field": "(payload)", "message": "payload too large"}])
-    return data
+    return model.model_dump(mode="json", exclude_none=True), text
 
 
 def _field_errors(exc: ValidationError) -> list[dict]:

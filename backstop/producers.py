@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
@@ -16,7 +15,7 @@ from typing import Any
 
 from . import keys
 from .connection import client
-from .contracts import JOBS, job_spec, queue_config, validate_payload
+from .contracts import JOBS, job_spec, queue_config, validated
 from .errors import PayloadError
 from .hueys import frame, huey_for, task_wrapper
 from .registry import entry, event, script_args
@@ -31,6 +30,7 @@ class Prepared:
     job_name: str
     queue: str
     payload: dict
+    payload_json: str
     message: bytes
     delay: float
     priority: int
@@ -39,13 +39,14 @@ class Prepared:
 def prepare(job_name: str, payload: Any, job_id: str | None = None,
             delay: float | None = None, priority: int | None = None) -> Prepared:
     """Validate everything and build the Huey message; touches no Redis. Raises PayloadError."""
-    data = validate_payload(job_name, payload)
+    data, data_json = validated(job_name, payload)
     queue = job_spec(job_name).queue
     job_id = job_id or uuid.uuid4().hex
     _check_options(job_name, job_id, delay, priority)
     task = task_wrapper(queue)((job_name, data), {}, id=job_id)
     message = frame(job_id, job_name, huey_for(queue).serialize_task(task))
-    return Prepared(job_id, job_name, queue, data, message, float(delay or 0), int(priority or 0))
+    return Prepared(job_id, job_name, queue, data, data_json, message, float(delay or 0),
+                    int(priority or 0))
 
 
 def _check_options(job_name: str, job_id: str, delay, priority) -> None:
@@ -65,14 +66,14 @@ def _push(target, prepared: Prepared, now: float):
     queue = prepared.queue
     storage = huey_for(queue).storage
     delayed = prepared.delay > 0
+    # attempts, progress and priority default to 0 when absent (registry.decode_record)
     fields = {
         "id": prepared.job_id, "queue": queue, "job": prepared.job_name,
-        "payload": json.dumps(prepared.payload), "state": "delayed" if delayed else "waiting",
-        "attempts": 0, "max_attempts": queue_config(queue).attempts,
-        "priority": prepared.priority, "created_at": now, "updated_at": now, "progress": 0,
+        "payload": prepared.payload_json, "state": "delayed" if delayed else "waiting",
+        "max_attempts": queue_config(queue).attempts, "created_at": now, "updated_at": now,
     }
     extra = {"run_at": now + prepared.delay} if delayed else {}
-    fields.update(extra)
+    fields.update(extra, **({"priority": prepared.priority} if prepared.priority else {}))
     flat = [item for pair in fields.items() for item in pair]
     queued = event("queued", prepared.job_id, queue, prepared.job_name, fields["state"], now)
     return scripts_for(client()).enqueue(

@@ -59,8 +59,7 @@ def decode_record(raw: dict, timeline: list[str]) -> dict:
         if record.get(name):
             record[name] = json.loads(record[name])
     for name in NUMBER_FIELDS:
-        if name in record:
-            record[name] = int(record[name])
+        record[name] = int(record.get(name) or 0)
     for name in TIME_FIELDS:
         if record.get(name):
             record[name] = float(record[name])
