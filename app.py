@@ -15,6 +15,7 @@ from flask import (
     Flask,
     Response,
     abort,
+    current_app,
     flash,
     g,
     jsonify,
@@ -211,7 +212,11 @@ def api_error(exc: BackstopError):
 
 
 def redis_unavailable(exc):
-    response = jsonify(error="Redis is unreachable; nothing was written. Try again shortly.")
+    if request.path.startswith("/api/"):
+        response = jsonify(error="Redis is unreachable; nothing was written. Try again shortly.")
+    else:
+        # Rendered without the context processors: they would ask Redis who is signed in.
+        response = make_response(current_app.jinja_env.get_template("unavailable.html").render())
     response.status_code = 503
     response.headers["Retry-After"] = "5"
     return response

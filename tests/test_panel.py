@@ -187,3 +187,17 @@ def test_a_redrive_is_started_confirmed_and_cancelled_from_the_panel(app):
     assert "running" in listing and "0 / 4" in listing
     operator.post(f"/dlq/redrives/{redrive_id}/cancel", data={"csrf_token": operator.csrf})
     assert "cancelled" in operator.get("/dlq?partial=redrives").get_data(as_text=True)
+
+
+def test_a_redis_outage_shows_a_page_instead_of_crashing(app):
+    from backstop import connection
+
+    viewer = signed_in(app, "vera")
+    apply_env(REDIS_URL="redis://127.0.0.1:1/0")
+    try:
+        response = viewer.get("/overview")
+        assert response.status_code == 503 and "Redis is unreachable" in \
+            response.get_data(as_text=True)
+        assert int(response.headers["Retry-After"]) >= 5
+    finally:
+        connection.reset()
