@@ -201,3 +201,21 @@ def test_a_redis_outage_shows_a_page_instead_of_crashing(app):
         assert int(response.headers["Retry-After"]) >= 5
     finally:
         connection.reset()
+
+
+def test_rate_limits_keep_working_in_memory_while_redis_is_down(r):
+    from backstop import connection
+
+    apply_env(COOKIE_SECURE="0", REDIS_URL="redis://127.0.0.1:1/0")
+    try:
+        from app import create_app
+
+        client = create_app().test_client()
+        page = client.get("/login").get_data(as_text=True)
+        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+        codes = [client.post("/login", data={"name": "vera", "password": "x" * 12,
+                                             "csrf_token": token}).status_code
+                 for _ in range(6)]
+        assert codes == [503] * 5 + [429], codes
+    finally:
+        connection.reset()
