@@ -526,6 +526,10 @@ def dlq_fingerprints():
 @audited("dlq.export")
 def export_dead_letters(fmt: str):
     """Stream every record a filter selects as CSV or JSONL (audited)."""
+    return streamed_export(fmt)
+
+
+def streamed_export(fmt: str) -> Response:
     writers = {"csv": (export.csv_chunks, "text/csv; charset=utf-8"),
                "jsonl": (export.jsonl_chunks, "application/x-ndjson; charset=utf-8")}
     if fmt not in writers:
@@ -1124,4 +1128,4 @@ def render_live(page: str, args: dict) -> str:
 @audited("dlq.export")
 def export_dead_letters_panel(fmt: str):
     """The panel's export buttons: the API export, with the session's user (audited)."""
-    return export_dead_letters.__wrapped__.__wrapped__(fmt)
+    return streamed_export(fmt)

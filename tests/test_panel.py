@@ -219,3 +219,14 @@ def test_rate_limits_keep_working_in_memory_while_redis_is_down(r):
         assert codes == [503] * 5 + [429], codes
     finally:
         connection.reset()
+
+
+def test_the_panel_export_streams_csv_and_is_audited(app):
+    from dlq_helpers import make_dead
+
+    make_dead([{"cause": 2, "n": n} for n in range(3)])
+    viewer = signed_in(app, "vera")
+    response = viewer.get("/dlq/export.csv?error_type=KeyError")
+    assert response.status_code == 200 and response.mimetype == "text/csv"
+    assert len(response.get_data().decode("utf-8-sig").strip().splitlines()) == 4
+    assert audit.entries(action="dlq.export").items[0]["actor"] == "user:vera"
