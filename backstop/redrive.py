@@ -2,7 +2,7 @@
 (SPEC section 4), so replaying 100,000 jobs does not stampede the service behind them.
 
 start() snapshots the matching record ids into a pending list and creates the redrive's state.
-Every worker process calls drive() about five times a second; for each live redrive one of them
+Every worker process calls drive() about twenty times a second; for each live redrive one of them
 holds a short lease and replays as many records as the rate allows. An id moves from the
 pending list to an in-flight list before its replay and leaves it in the same script that
 counts its outcome, so the counters are exact. A driver that dies leaves ids in flight; the
