@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import redis
 
 from .config import settings
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
+# Where `./run` notes its embedded Redis, so commands run beside it (users, tokens) find it.
+EMBEDDED_URL_FILE = Path(__file__).resolve().parent.parent / "var" / "redis-url"
 
 
 def redis_url() -> str:
-    return settings().redis_url or DEFAULT_URL
+    """REDIS_URL; else the embedded Redis that `./run` started; else localhost:6379."""
+    if settings().redis_url:
+        return settings().redis_url
+    if EMBEDDED_URL_FILE.exists():
+        return EMBEDDED_URL_FILE.read_text().strip()
+    return DEFAULT_URL
 
 
 @lru_cache(maxsize=1)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import redis_server
 from .config import settings
+from .connection import EMBEDDED_URL_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,9 @@ def start_embedded_redis() -> tuple[subprocess.Popen, str]:
     if not port_is_free(port):
         port = redis_server.free_port()
     proc = redis_server.start(port, ROOT / "var" / "redis", durable=True)
-    return proc, f"redis://127.0.0.1:{port}/0"
+    url = f"redis://127.0.0.1:{port}/0"
+    EMBEDDED_URL_FILE.write_text(url)
+    return proc, url
 
 
 def start_roles(env: dict) -> list[subprocess.Popen]:
@@ -86,6 +89,7 @@ def main() -> int:
         print("stopping ...", flush=True)
     finally:
         stop(procs)
+        EMBEDDED_URL_FILE.unlink(missing_ok=True)
     return 0
 
 

@@ -109,3 +109,19 @@ def test_redis_outage_is_a_503_not_a_crash(api):
 def test_the_root_sends_strangers_to_sign_in(api):
     response = api.get("/")
     assert response.status_code == 302 and response.headers["Location"].endswith("/login")
+
+
+def test_commands_find_the_embedded_redis_that_run_started(r, tmp_path, monkeypatch):
+    from conftest import apply_env
+
+    from backstop import connection
+
+    noted = tmp_path / "redis-url"
+    monkeypatch.setattr(connection, "EMBEDDED_URL_FILE", noted)
+    apply_env(REDIS_URL="")
+    try:
+        assert connection.redis_url() == connection.DEFAULT_URL
+        noted.write_text("redis://127.0.0.1:6399/0\n")
+        assert connection.redis_url() == "redis://127.0.0.1:6399/0"
+    finally:
+        connection.reset()
