@@ -27,7 +27,6 @@ EMAIL_PATTERN = r"^[^@\s<>]{1,64}@[^@\s<>]{1,255}$"
 Email = Field(pattern=EMAIL_PATTERN, max_length=320)
 OptionalEmail = Field(default=None, pattern=EMAIL_PATTERN, max_length=320)
 Name = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:\-]+$")
-Text = Field(max_length=50_000)
 
 
 class Payload(BaseModel):

@@ -232,9 +232,6 @@ class Filters:
     def as_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v not in ("", None)}
 
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()
-
     def dims(self) -> list[tuple[str, str]]:
         return [(dim, getattr(self, name)) for name, dim in self.DIMS.items()
                 if getattr(self, name)]

@@ -172,10 +172,6 @@ def dlq_lock(record_id: str) -> str:
     return _p("dlq", "lock", record_id)
 
 
-def dlq_clear_token(token: str) -> str:
-    return _p("dlq", "clear", token)
-
-
 def dlq_alert_level() -> str:
     return _p("dlq", "alert-level")
 

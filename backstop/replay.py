@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import dlq, keys
+from . import confirm, dlq, keys
 from .connection import client
 from .contracts import QUEUES, queue_config, validate_payload
 from .dlq import DlqError, Filters
@@ -25,7 +24,6 @@ from .scripts import scripts_for
 
 MAX_REPLAYS = 5
 LOCK_SECONDS = 10
-CLEAR_TOKEN_SECONDS = 60
 REFUSALS = {
     "missing": ("no dead-letter record {id!r}", 404),
     "resolved": ("record {id!r} is resolved: its replay {detail} completed", 409),
@@ -223,19 +221,15 @@ def _bulk_delete(ids: list[str], actor: str) -> list[dict]:
 def clear_preview(actor: str, flt: Filters) -> dict:
     """How many records a clear would delete, and a single-use token for 60 s bound to the
     actor and the filter; the clear itself needs the token."""
-    token = secrets.token_urlsafe(24)
-    binding = {"actor": actor, "filter": flt.digest()}
-    client().set(keys.dlq_clear_token(token), json.dumps(binding), ex=CLEAR_TOKEN_SECONDS)
-    return {"count": dlq.count_matching(flt), "token": token, "expires_in": CLEAR_TOKEN_SECONDS,
+    token = confirm.issue(actor, "dlq.clear", flt.as_dict())
+    return {"count": dlq.count_matching(flt), "token": token, "expires_in": confirm.SECONDS,
             "filter": flt.as_dict()}
 
 
 def clear(actor: str, flt: Filters, token: str) -> dict:
     """Delete every record the filter selects, if token came from clear_preview for this actor
     and filter within 60 s. The token works once. Raises DlqError (code token)."""
-    raw = client().getdel(keys.dlq_clear_token(token or "-"))
-    binding = json.loads(raw) if raw else None
-    if binding != {"actor": actor, "filter": flt.digest()}:
+    if not confirm.consume(token, actor, "dlq.clear", flt.as_dict()):
         raise DlqError("the confirmation token is missing, used, expired, or was issued for "
                        "another user or filter; ask for a new one", code="token", status=403)
     return {"deleted": delete(dlq.iter_ids(flt)), "filter": flt.as_dict()}

@@ -7,7 +7,7 @@ import threading
 import pytest
 from dlq_helpers import make_dead, one_shot_worker, run_pending
 
-from backstop import dlq, registry, replay
+from backstop import dlq, keys, registry, replay
 from backstop.dlq import DlqError, Filters
 from backstop.errors import PayloadError
 from backstop.hueys import huey_for
@@ -127,7 +127,7 @@ def test_clear_needs_a_fresh_single_use_token_for_the_same_actor_and_filter(r):
     with pytest.raises(DlqError):
         replay.clear("owner", flt, third["token"])
     expired = replay.clear_preview("owner", Filters())
-    r.pexpire(f"backstop:dlq:clear:{expired['token']}", 1)
+    r.pexpire(keys.confirmation(expired["token"]), 1)
     import time
 
     time.sleep(0.01)
