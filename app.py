@@ -57,6 +57,7 @@ from backstop.contracts import QUEUES
 from backstop.dlq import DlqError, FilterError, Filters
 from backstop.errors import BackstopError, PayloadError, UnknownJob
 from backstop.jobs import load_handlers
+from backstop.live import Topic, hub
 
 LANGUAGES = {"en": "English", "fa": "فارسی"}
 RTL = {"fa"}
@@ -1080,8 +1081,6 @@ def check_socket_request() -> None:
 @sock.route("/ws", endpoint="live_socket")
 def live_socket(ws):
     """Push the page's partials whenever a matching event arrives; ping when idle."""
-    from backstop.live import hub
-
     args = {k: v for k, v in request.args.items() if k not in SOCKET_ARGS}
     page = request.args.get("page", "overview")
     if page not in LIVE_PAGES:
@@ -1098,9 +1097,7 @@ def live_socket(ws):
         subscription.close()
 
 
-def socket_topic(topic: str):
-    from backstop.live import Topic
-
+def socket_topic(topic: str) -> Topic:
     kind, _, value = topic.partition(":")
     if kind == "queue" and value:
         return Topic(queue=value)

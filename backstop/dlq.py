@@ -21,9 +21,11 @@ import redis
 from cryptography.fernet import Fernet, InvalidToken
 
 from . import keys
-from .config import secret_key
+from .config import secret_key, settings
 from .connection import client
 from .errors import BackstopError
+from .registry import script_args
+from .scripts import scripts_for
 
 SECRET_KEY_PATTERN = re.compile(
     r"pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key|cookie",
@@ -524,8 +526,6 @@ def trends(hours: int = 24) -> dict:
 # ---- capacity: nothing is removed silently ----
 def capacity(total: int | None = None) -> dict:
     """How full the DLQ is against DLQ_MAX_RECORDS."""
-    from .config import settings
-
     cap = settings().int("dlq_max_records")
     total = count() if total is None else total
     return {"count": total, "cap": cap, "percent": round(100.0 * total / cap, 1) if cap else 0.0,
@@ -536,9 +536,6 @@ def write_records(items: list[tuple[dict, dict, int, float]]) -> int:
     """Write records as final failures would, in one pipelined round trip (imports, restores
     and benchmarks). Each item is (job {id, queue, job, payload}, error, attempts, failed_at).
     """
-    from .registry import script_args
-    from .scripts import scripts_for
-
     r = client()
     pipe = r.pipeline(transaction=False)
     for job, error, attempts, failed_at in items:

@@ -10,6 +10,7 @@ from huey.storage import RedisStorage
 
 from . import keys
 from .connection import raw_pool
+from .execution import run_current_job
 
 TASK_NAME = "backstop.run"
 
@@ -50,8 +51,6 @@ def unframe(message: bytes) -> tuple[str, str, bytes]:
 
 def run_job(job_name: str, payload: dict):
     """The one Huey task of every queue: run Backstop's handler for job_name."""
-    from .execution import run_current_job
-
     return run_current_job(job_name, payload)
 
 

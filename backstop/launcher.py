@@ -14,7 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from . import redis_server
+import redis
+
+from . import keys, redis_server
 from .config import settings
 from .connection import EMBEDDED_URL_FILE
 
@@ -48,10 +50,6 @@ def start_roles(env: dict) -> list[subprocess.Popen]:
 
 
 def users_exist(url: str) -> bool:
-    import redis
-
-    from . import keys
-
     try:
         return bool(redis.Redis.from_url(url).hlen(keys.users()))
     except redis.RedisError:

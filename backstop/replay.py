@@ -18,6 +18,7 @@ from .connection import client
 from .contracts import QUEUES, queue_config, validate_payload
 from .dlq import DlqError, Filters
 from .errors import PayloadError
+from .hueys import huey_for
 from .producers import prepare
 from .registry import entry, event, script_args
 from .scripts import scripts_for
@@ -143,7 +144,7 @@ def _run_replay_script(record_id: str, prepared, queue: str, actor: str,
     }
     link = {"attempt_id": attempt_id, "queue": queue, "actor": actor, "replayed_at": now,
             "outcome": "pending", "edited": diff is not None, "diff": diff}
-    storage = _storage(queue)
+    storage = huey_for(queue).storage
     flat = [item for pair in fields.items() for item in pair]
     outcome, detail = scripts_for(client()).dlq_replay(
         keys=[keys.job(attempt_id), storage.queue_key, keys.queue_stats(queue),
@@ -155,12 +156,6 @@ def _run_replay_script(record_id: str, prepared, queue: str, actor: str,
                                f"{record_id} by {actor}"),
                          json.dumps(link), *flat))
     return outcome, detail
-
-
-def _storage(queue: str):
-    from .hueys import huey_for
-
-    return huey_for(queue).storage
 
 
 def delete(record_ids: Iterable[str]) -> int:
