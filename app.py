@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -52,13 +53,14 @@ from backstop import (
     users,
 )
 from backstop.config import secret_key, settings
-from backstop.connection import redis_url
+from backstop.connection import is_try_later, redis_url
 from backstop.contracts import QUEUES
 from backstop.dlq import DlqError, FilterError, Filters
 from backstop.errors import BackstopError, PayloadError, UnknownJob
 from backstop.jobs import load_handlers
 from backstop.live import Topic, hub
 
+log = logging.getLogger("backstop.web")
 LANGUAGES = {"en": "English", "fa": "فارسی"}
 RTL = {"fa"}
 login_manager = LoginManager()
@@ -82,8 +84,7 @@ def create_app() -> Flask:
         SOCK_SERVER_OPTIONS={"ping_interval": 20},
     )
     bind_extensions(app)
-    app.register_error_handler(redis.ConnectionError, redis_unavailable)
-    app.register_error_handler(redis.TimeoutError, redis_unavailable)
+    app.register_error_handler(redis.RedisError, redis_error)
     for code in (400, 401, 403, 404, 405):
         app.register_error_handler(code, json_error)
     app.register_error_handler(BackstopError, api_error)
@@ -212,9 +213,23 @@ def api_error(exc: BackstopError):
     return jsonify(error=str(exc)), 400
 
 
+def redis_error(exc: redis.RedisError):
+    """Redis could not take the request: 503 (try later) when it is unreachable, out of
+    memory, busy, loading or read-only; otherwise a 500 that says it was Redis."""
+    if not is_try_later(exc):
+        log.error("Redis refused %s %s: %s", request.method, request.path, exc)
+        message = "Redis refused the request; nothing was written."
+        if request.path.startswith("/api/"):
+            return jsonify(error=message), 500
+        return message, 500, {"Content-Type": "text/plain; charset=utf-8"}
+    return redis_unavailable(exc)
+
+
 def redis_unavailable(exc):
     if request.path.startswith("/api/"):
-        response = jsonify(error="Redis is unreachable; nothing was written. Try again shortly.")
+        response = jsonify(error="Redis cannot take requests right now (unreachable, out of "
+                                 "memory, busy or read-only); nothing was written. "
+                                 "Try again shortly.")
     else:
         # Rendered without the context processors: they would ask Redis who is signed in.
         response = make_response(current_app.jinja_env.get_template("unavailable.html").render())

@@ -26,6 +26,11 @@ class Setting:
 SETTINGS = [
     Setting("REDIS_URL", "",
             "Redis to use. Empty: `./run` starts an embedded Redis under var/."),
+    Setting("REDIS_SOCKET_TIMEOUT", "5",
+            "Seconds a Redis reply may take before the call fails (and is retried or reported)."),
+    Setting("REDIS_CONNECT_TIMEOUT", "3", "Seconds a connection to Redis may take to open."),
+    Setting("REDIS_HEALTH_CHECK_SECONDS", "15",
+            "An idle pooled connection is pinged before reuse after this many seconds."),
     Setting("BACKSTOP_PREFIX", "backstop", "Prefix of every Redis key Backstop writes."),
     Setting("BACKSTOP_TASK_MODULES", "", "Comma-separated modules that define your own jobs."),
     Setting("BACKSTOP_QUEUES", "",
@@ -35,6 +40,11 @@ SETTINGS = [
     Setting("WORKER_HEARTBEAT_TTL", "15", "Seconds without a beat after which a worker is gone."),
     Setting("WORKER_SHUTDOWN_TIMEOUT", "20", "Seconds running jobs get on SIGTERM/SIGINT."),
     Setting("WORKER_REAPER_SECONDS", "5", "How often a worker looks for orphaned jobs."),
+    Setting("WORKER_RECONCILE_SECONDS", "5",
+            "How often a worker checks its own processing lists for jobs no thread holds."),
+    Setting("WORKER_RECONCILE_GRACE", "15",
+            "Seconds a message may sit unheld in a worker's processing list before it goes back "
+            "to its queue (at least REDIS_SOCKET_TIMEOUT + REDIS_CONNECT_TIMEOUT + 1)."),
     Setting("DLQ_MAX_RECORDS", "100000",
             "DLQ size cap: past it the oldest records are archived to DLQ_ARCHIVE_DIR."),
     Setting("DLQ_RETENTION_DAYS", "30", "Records older than this are archived, then dropped."),

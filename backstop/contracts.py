@@ -240,11 +240,25 @@ for _name, _model in {
 
 
 def job_spec(name: str) -> JobSpec:
-    """The contract of a job name. Raises UnknownJob."""
-    try:
-        return JOBS[name]
-    except KeyError:
-        raise UnknownJob(name) from None
+    """The contract of a job name. Raises UnknownJob.
+
+    A name not yet known may be defined in BACKSTOP_TASK_MODULES: those modules are imported
+    on the first miss, so a producer in a plain Python process knows the user's jobs too.
+    """
+    spec = JOBS.get(name)
+    if spec is None:
+        load_job_modules()
+        spec = JOBS.get(name)
+    if spec is None:
+        raise UnknownJob(name)
+    return spec
+
+
+def load_job_modules() -> None:
+    """Import Backstop's task modules and BACKSTOP_TASK_MODULES (once per process)."""
+    from .jobs import load_handlers  # jobs builds on this module
+
+    load_handlers()
 
 
 def validate_payload(job_name: str, payload: Any) -> dict:

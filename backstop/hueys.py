@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from functools import cache
 
-import redis
 from huey import Huey
 from huey.storage import RedisStorage
 
 from . import keys
+from .config import settings
 from .connection import raw_pool
 from .execution import run_current_job
 
@@ -34,7 +34,7 @@ class ReliableRedisStorage(RedisStorage):
         try:
             return self.conn.blmove(self.queue_key, self.processing_key,
                                     self.read_timeout, "RIGHT", "LEFT")
-        except (redis.TimeoutError, TypeError, IndexError):
+        except (TypeError, IndexError):
             return None
 
 
@@ -57,9 +57,12 @@ def run_job(job_name: str, payload: dict):
 @cache
 def huey_for(queue: str) -> Huey:
     """The Huey instance of a queue (one per process)."""
+    # The blocking pop must return well within the socket timeout, or every idle wait would
+    # look like a lost connection.
+    block = min(1.0, settings().float("redis_socket_timeout") / 2)
     huey = Huey(name=keys.huey_name(queue), results=False, utc=True,
                 storage_class=ReliableRedisStorage, connection_pool=raw_pool(),
-                read_timeout=1)
+                read_timeout=block)
     huey.task(name=TASK_NAME)(run_job)
     return huey
 

@@ -17,6 +17,7 @@ import redis
 from pydantic import BaseModel
 
 from .config import settings
+from .connection import is_try_later
 from .contracts import register_job
 
 Handler = Callable[[BaseModel, "JobContext"], Any]
@@ -57,8 +58,16 @@ class JobContext:
         return max(0.1, self.deadline - time.monotonic())
 
     def progress(self, percent: int, message: str = "") -> None:
-        """Report progress (0-100 and a message); stored and published as an event."""
-        self.report(self.job_id, max(0, min(100, int(percent))), message[:500])
+        """Report progress (0-100 and a message); stored and published as an event.
+
+        Progress is advisory: while Redis cannot take it (an outage, maxmemory) it is dropped
+        rather than failing the job.
+        """
+        try:
+            self.report(self.job_id, max(0, min(100, int(percent))), message[:500])
+        except redis.RedisError as exc:
+            if not is_try_later(exc):
+                raise
 
     def enqueue(self, job_name: str, payload: Any, **options) -> str:
         """Enqueue a follow-up job; see backstop.producers.enqueue."""

@@ -33,7 +33,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import keys, registry
-from .connection import client, redis_url
+from .connection import client, redis_url, timeouts
 from .contracts import QUEUES
 
 logger = logging.getLogger(__name__)
@@ -321,8 +321,7 @@ class Hub:
         if self._redis is None:
             self._redis = redis.Redis.from_url(
                 redis_url(), decode_responses=True, retry=Retry(NoBackoff(), 0),
-                client_name=f"backstop-live-{self.pid}", socket_connect_timeout=5,
-                socket_keepalive=True, health_check_interval=30)
+                client_name=f"backstop-live-{self.pid}", **timeouts())
         return self._redis
 
     def _on_subscribed(self) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from . import keys
 from .connection import client
-from .contracts import JOBS, job_spec, queue_config, validated
+from .contracts import JOBS, job_spec, load_job_modules, queue_config, validated
 from .errors import PayloadError
 from .hueys import frame, huey_for, task_wrapper
 from .registry import entry, event, script_args
@@ -151,6 +151,9 @@ def producer(job_name: str) -> Producer:
 
 def __getattr__(name: str) -> Producer:
     job_name = name.replace("_", ".")
+    if name.startswith("__"):
+        raise AttributeError(name)
+    load_job_modules()
     for candidate in JOBS:
         if candidate.replace(".", "_") == name:
             return Producer(candidate)

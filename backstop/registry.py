@@ -21,7 +21,7 @@ from .scripts import scripts_for
 
 STATES = ("waiting", "delayed", "active", "completed", "failed", "dead", "cancelled")
 JSON_FIELDS = ("payload", "result", "error")
-NUMBER_FIELDS = ("attempts", "max_attempts", "priority", "progress")
+NUMBER_FIELDS = ("attempts", "max_attempts", "priority", "progress", "lost")
 TIME_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "run_at")
 
 
@@ -55,6 +55,7 @@ def event(kind: str, job_id: str, queue: str, job: str, state: str, t: float, **
 def decode_record(raw: dict, timeline: list[str]) -> dict:
     """A record hash and its timeline as plain data: JSON parsed, numbers as numbers."""
     record = dict(raw, timeline=[json.loads(item) for item in timeline])
+    record.pop("token", None)  # the running start's token: the worker's business only
     for name in JSON_FIELDS:
         if record.get(name):
             record[name] = json.loads(record[name])

@@ -1,12 +1,18 @@
 """The worker process: consumers for every queue, heartbeats, reaper, timeouts, shutdown.
 
-Delivery is at-least-once. A consumer BLMOVEs a message into this process's processing list;
-the script that records the job's outcome also removes it (the acknowledgement). A process
-that dies leaves its messages there; once its heartbeat expires, any worker's reaper returns
-them to their queues. A job that keeps killing its worker has its attempts counted at start
-and ends in the DLQ when they run out.
+Delivery is at-least-once. A consumer moves a message into this process's processing list;
+the script that records the job's outcome also removes it (the acknowledgement). Nothing stays
+there for ever:
+- a process that dies leaves its messages there; once its heartbeat expires, any worker's
+  reaper returns them to their queues (the attempt given back: see backstop.isolation for how
+  a job that kills its worker is told from the jobs that ran beside it);
+- a live process reconciles its own lists every few seconds: a message that no thread of it
+  holds for longer than a grace period (a start whose reply was lost in a partition, a start
+  refused at maxmemory, an outcome rolled back by a power loss) goes back to its queue, its
+  attempt given back unless the handler ran;
+- every start carries a token kept in the job's record, so a late or repeated START or FINISH
+  (a retry after a timeout) changes nothing.
 """
-
 from __future__ import annotations
 
 import ctypes
@@ -19,18 +25,22 @@ import socket
 import threading
 import time
 import uuid
+from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import redis
 
 from . import dlq, dlq_maintenance, keys, redrive
 from .config import settings
-from .connection import client
+from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
 from .errors import JobTimeout, PermanentFailure, WorkerLost
 from .execution import set_context
 from .hueys import huey_for, unframe
+from .isolation import HandlerFailed, Isolated, run_isolated
 from .jobs import JobContext, load_handlers
+from .outages import OutageLog
 from .registry import entry, event, report_progress, script_args
 from .scripts import scripts_for
 
@@ -53,8 +63,23 @@ class Running:
     message: bytes
     attempt: int
     deadline: float
+    token: str
     since: float = field(default_factory=time.time)
     timed_out: bool = False
+    isolated: bool = False
+
+
+@dataclass(frozen=True)
+class Started:
+    """What the START script answered: kind (run, exhausted, empty, paused, throttled, skip,
+    bad), a number (the attempt, or ms to wait), the message, deaths seen, this start's
+    token."""
+
+    kind: str
+    value: int
+    message: bytes
+    lost: int
+    token: str
 
 
 @dataclass(frozen=True)
@@ -100,6 +125,15 @@ class WorkerProcess:
         self.started_at = time.time()
         self.keys = {queue: QueueKeys.build(self.id, queue) for queue in QUEUES}
         self.paused_key = keys.paused()
+        # (queue, message) -> threads holding it: from the moment a thread gets it until its
+        # outcome is written. Reconciliation returns what sits in a list unheld.
+        self.held: Counter[tuple[str, bytes]] = Counter()
+        self.unheld_since: dict[tuple[str, bytes], float] = {}
+        # job id -> token of its latest start whose handler this process ran (bounded).
+        self.ran: OrderedDict[str, str] = OrderedDict()
+        self.last_beat_ok = time.monotonic()
+        self.missing: dict[str, float] = {}  # worker id -> when its heartbeat was first gone
+        self.outages: dict[str, OutageLog] = {}
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -112,8 +146,12 @@ class WorkerProcess:
         for queue in self.queues:
             for n in range(self.concurrency or queue_config(queue).concurrency):
                 self.consumers.append(self._thread(self.consume, f"{queue}-{n}", queue))
-        for loop, seconds in ((self.beat, settings().float("worker_heartbeat_seconds")),
-                              (self.reap, settings().float("worker_reaper_seconds")),
+        # The heartbeat never backs off: after an outage it must land before any reaper
+        # counts this process dead.
+        self._thread(self.every, "beat", self.beat,
+                     settings().float("worker_heartbeat_seconds"), False)
+        for loop, seconds in ((self.reap, settings().float("worker_reaper_seconds")),
+                              (self.reconcile, settings().float("worker_reconcile_seconds")),
                               (self.refresh_paused, 0.25), (self.promote_due, 0.5),
                               (self.enforce_timeouts, 0.1), (dlq_maintenance.maintain, 30),
                               (self.drive_redrives, 0.05)):
@@ -125,12 +163,26 @@ class WorkerProcess:
         thread.start()
         return thread
 
-    def every(self, action, seconds: float) -> None:
-        while not self.done.wait(seconds):
+    def outage(self, concern: str) -> OutageLog:
+        """The outage log of one concern of this process (consuming, beat, reap ...)."""
+        if concern not in self.outages:
+            self.outages[concern] = OutageLog(log, concern)
+        return self.outages[concern]
+
+    def every(self, action, seconds: float, back_off: bool = True) -> None:
+        """Run action every so many seconds; back off (quietly) while Redis cannot take it."""
+        outage = self.outage(action.__name__)
+        wait = seconds
+        while not self.done.wait(wait):
+            wait = seconds
             try:
                 action()
+                outage.recovered()
             except redis.RedisError as exc:
-                log.warning("%s failed: %s", action.__name__, exc)
+                if not is_try_later(exc):
+                    log.exception("%s failed", action.__name__)
+                pause = outage.failed(exc)
+                wait = max(seconds, pause) if back_off else seconds
             except Exception:
                 log.exception("%s failed", action.__name__)
 
@@ -166,66 +218,120 @@ class WorkerProcess:
 
     # ---- consuming ----
     def consume(self, queue: str) -> None:
+        outage = self.outage("consume")
         while not self.stop.is_set():
-            if queue in self.paused:
+            if queue in self.paused or not self.beating():
                 self.stop.wait(0.2)
                 continue
             try:
-                started = self.take(queue)
-                if started is not None:
-                    self.handle(queue, *started)
-            except redis.ConnectionError as exc:
-                log.warning("queue %s: Redis unreachable (%s); retrying", queue, exc)
-                self.stop.wait(1)
+                self.take_and_run(queue)
+                outage.recovered()
+            except redis.RedisError as exc:
+                if not is_try_later(exc):
+                    log.exception("queue %s: Redis refused a call", queue)
+                self.stop.wait(outage.failed(exc))
             except Exception:
-                # A bug must not kill the consumer; the message stays in the processing list.
+                # A bug must not kill the consumer; reconciliation returns the message.
                 log.exception("queue %s: unexpected error handling a message", queue)
                 self.stop.wait(1)
 
-    def take(self, queue: str) -> tuple[str, str, bytes] | None:
-        """Start the next job of a queue: one script takes and starts a queued message; only
-        when the queue is empty does the thread block in BLMOVE (then start what it got)."""
-        started = self._start(queue, b"")
-        if started[0] == "empty":
-            message = huey_for(queue).storage.dequeue()
-            if message is None or self.stop.is_set():
-                return None
-            started = self._start(queue, message)
-        return started
+    def beating(self) -> bool:
+        """False once this process has not beaten for half the heartbeat TTL: it takes no new
+        work then, as the reaper may soon count it dead."""
+        limit = settings().float("worker_heartbeat_ttl") / 2
+        return time.monotonic() - self.last_beat_ok < limit
 
-    def _start(self, queue: str, message: bytes) -> tuple[str, str, bytes]:
+    def take_and_run(self, queue: str) -> None:
+        """Start the next job of a queue: one script takes and starts a queued message; only
+        when the queue is empty does the thread block in BLMOVE (then start what it got).
+        The message is held from the moment this thread knows it until its outcome is
+        written."""
+        started = self._start(queue, b"")
+        if started.kind == "empty":
+            message = huey_for(queue).storage.dequeue()
+            if message is None:
+                return
+            with self.holding(queue, message):
+                if self.stop.is_set():
+                    return  # left in the list: shutdown returns it
+                self.handle(queue, self._start(queue, message))
+            return
+        with self.holding(queue, started.message):
+            self.handle(queue, started)
+
+    def run_next(self, queue: str) -> bool:
+        """Start and run the next queued job of a queue in this thread, without blocking;
+        False when none was waiting (for tests and tools)."""
+        started = self._start(queue, b"")
+        with self.holding(queue, started.message):
+            self.handle(queue, started)
+        return started.kind != "empty"
+
+    @contextmanager
+    def holding(self, queue: str, message: bytes):
+        """Mark a message as held by a thread of this process (reconciliation skips it)."""
+        if not message:
+            yield
+            return
+        with self.lock:
+            self.held[(queue, message)] += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.held[(queue, message)] -= 1
+                if self.held[(queue, message)] <= 0:
+                    del self.held[(queue, message)]
+
+    def _start(self, queue: str, message: bytes) -> Started:
         qk, config = self.keys[queue], queue_config(queue)
+        token = uuid.uuid4().hex[:16]
         # The raw (bytes) connection: the reply carries the pickled message.
-        kind, value, taken = self.scripts.start(
+        kind, value, taken, lost = self.scripts.start(
             keys=[qk.queue, qk.processing, self.paused_key, qk.rate, keys.bad_messages(queue)],
             args=script_args(queue, repr(time.time()), config.rate_limit, self.id,
-                             config.attempts, message),
+                             config.attempts, message, token, lost_limit(config)),
             client=huey_for(queue).storage.conn)
-        return kind.decode(), value.decode(), taken
+        if kind == b"run":
+            self._remember_run(taken, token)
+        return Started(kind.decode(), int(value), taken, int(lost), token)
 
-    def handle(self, queue: str, kind: str, value: str, message: bytes) -> None:
-        if kind == "paused":
+    def _remember_run(self, message: bytes, token: str) -> None:
+        job_id = message.split(b"\n", 1)[0].decode()
+        with self.lock:
+            self.ran[job_id] = token
+            self.ran.move_to_end(job_id)
+            while len(self.ran) > 10_000:
+                self.ran.popitem(last=False)
+
+    def handle(self, queue: str, started: Started) -> None:
+        if started.kind == "paused":
             self.paused.add(queue)
-        elif kind == "throttled":
-            self.stop.wait(int(value) / 1000)
-        elif kind == "bad":
+        elif started.kind == "throttled":
+            self.stop.wait(started.value / 1000)
+        elif started.kind == "bad":
             log.error("queue %s: an unframed message was moved to %s", queue,
                       keys.bad_messages(queue))
-        elif kind in ("run", "exhausted"):
-            self.run(queue, kind, int(value), message)
+        elif started.kind in ("run", "exhausted"):
+            self.run(queue, started)
 
-    def run(self, queue: str, kind: str, attempt: int, message: bytes) -> None:
+    def run(self, queue: str, started: Started) -> None:
         config = queue_config(queue)
-        job_id, job_name, data = unframe(message)
+        job_id, job_name, data = unframe(started.message)
         task = huey_for(queue).deserialize_task(data)
         payload = task.args[1]
-        run = Running(job_id, queue, job_name, message, attempt,
-                      time.monotonic() + config.timeout)
-        if kind == "exhausted":
-            self.fail(run, config, payload, WorkerLost(
-                f"the worker running this job died {attempt} time(s); attempts exhausted"))
-        else:
+        run = Running(job_id, queue, job_name, started.message, started.value,
+                      time.monotonic() + config.timeout, started.token,
+                      isolated=started.lost > 0)
+        if started.kind == "run":
             self.execute(run, config, task, payload)
+        elif started.lost >= lost_limit(config):
+            self.fail(run, config, payload, WorkerLost(
+                f"a worker died while running this job {started.lost} times"), final=True)
+        else:
+            self.fail(run, config, payload, WorkerLost(
+                f"the worker running this job died {started.value} time(s); attempts "
+                "exhausted"), final=True)
 
     def execute(self, run: Running, config: QueueConfig, task, payload: dict) -> None:
         ident = threading.get_ident()
@@ -238,7 +344,7 @@ class WorkerProcess:
             self.running[ident] = run
         result, error = None, None
         try:
-            result = task.execute()
+            result = self._isolated(run, config) if run.isolated else task.execute()
         except JobTimeout:
             error = JobTimeout(f"ran past the {run.queue} queue's timeout of {config.timeout:g} s")
         except Exception as exc:
@@ -250,6 +356,11 @@ class WorkerProcess:
             self.complete(run, config, result)
         else:
             self.fail(run, config, payload, error)
+
+    @staticmethod
+    def _isolated(run: Running, config: QueueConfig):
+        return run_isolated(Isolated(run.job_id, run.job_name, run.queue, run.attempt,
+                                     config.attempts, config.timeout), run.message)
 
     def _stop_tracking(self, ident: int) -> None:
         with self.lock:
@@ -263,11 +374,15 @@ class WorkerProcess:
         body = json.dumps(result, default=str)
         self._retrying(lambda: self._finish(run, "completed", body, keep=config.keep_completed))
 
-    def fail(self, run: Running, config: QueueConfig, payload: dict, exc: BaseException) -> None:
+    def fail(self, run: Running, config: QueueConfig, payload: dict, exc: BaseException,
+             final: bool = False) -> None:
         self.counts["failed"] += 1
-        error = dlq.describe_exception(exc)
+        if isinstance(exc, HandlerFailed):
+            error, final = exc.error, final or exc.permanent
+        else:
+            error = dlq.describe_exception(exc)
         body = json.dumps({**error, "attempt": run.attempt})
-        final = isinstance(exc, (PermanentFailure, WorkerLost)) or run.attempt >= config.attempts
+        final = final or isinstance(exc, PermanentFailure) or run.attempt >= config.attempts
         if not final:
             run_at = time.time() + config.retry_delay(run.attempt, random.random)
             self._retrying(lambda: self._finish(run, "retry", body, keep=0, run_at=run_at,
@@ -288,7 +403,8 @@ class WorkerProcess:
 
     def _finish(self, run: Running, outcome: str, body: str, *, keep: int, run_at: float = 0.0,
                 dlq_fields: list | None = None, note: str = "") -> None:
-        """Acknowledge the message and record the outcome, in one script."""
+        """Acknowledge the message and record the outcome, in one script (a no-op when this
+        start's outcome is recorded already: a retried call is harmless)."""
         if self.abandoned and outcome != "requeue":
             return
         qk = self.keys[run.queue]
@@ -298,7 +414,7 @@ class WorkerProcess:
             keys=[keys.job(run.job_id), qk.processing, qk.stats,
                   qk.schedule if outcome == "retry" else qk.queue, keys.timeline(run.job_id)],
             args=script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at,
-                             keep, timeline, event_text, *(dlq_fields or [])))
+                             keep, timeline, event_text, run.token, *(dlq_fields or [])))
 
     @staticmethod
     def _outcome_json(run: Running, outcome: str, now: float, run_at: float,
@@ -315,20 +431,29 @@ class WorkerProcess:
         return (entry(name, now, **extra),
                 event(kind, run.job_id, run.queue, run.job_name, state, now, **extra))
 
-    def _retrying(self, write, seconds: float = 120.0) -> None:
-        """Run a Redis write, retrying through a short outage so no outcome is lost."""
+    def _retrying(self, write, seconds: float = 120.0):
+        """Run a Redis write, retrying (quietly, with back-off) while Redis cannot take it, so
+        no outcome is lost to a short outage. Past `seconds` it raises; the message is then
+        still in the processing list and reconciliation returns it."""
+        outage = self.outage("record outcomes")
         deadline = time.monotonic() + seconds
         while True:
             try:
-                return write()
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
+                result = write()
+                outage.recovered()
+                return result
+            except redis.RedisError as exc:
+                if not is_try_later(exc) or time.monotonic() > deadline:
                     raise
-                time.sleep(0.5)
+                time.sleep(outage.failed(exc))
 
     # ---- the helper loops ----
     def beat(self) -> None:
-        """Publish this process's heartbeat: host, pid, queues, current jobs, counts."""
+        """Publish this process's heartbeat: host, pid, queues, current jobs, counts.
+
+        EXPIRE goes first and alone needs no memory, so at maxmemory (noeviction) the beat
+        still keeps this process alive even though its details cannot be rewritten.
+        """
         now = time.time()
         with self.lock:
             current = [{"job_id": r.job_id, "queue": r.queue, "job": r.job_name,
@@ -336,46 +461,99 @@ class WorkerProcess:
         info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
                 "queues": list(self.queues), "current": current, **self.counts,
                 "started_at": self.started_at, "last_beat": now}
-        pipe = self.r.pipeline()
-        pipe.set(keys.worker(self.id), json.dumps(info),
-                 ex=max(1, int(settings().float("worker_heartbeat_ttl"))))
+        ttl = max(1, int(settings().float("worker_heartbeat_ttl")))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.expire(keys.worker(self.id), ttl)
+        pipe.set(keys.worker(self.id), json.dumps(info), ex=ttl)
         pipe.zadd(keys.workers(), {self.id: now})
-        pipe.execute()
+        kept, written, _ = pipe.execute(raise_on_error=False)
+        if written is True or kept is True:
+            self.last_beat_ok = time.monotonic()
+        if isinstance(written, Exception):
+            raise written
 
     def reap(self) -> None:
         """Return the jobs of workers whose heartbeat expired to their queues.
 
-        Needs no lock: the reap script moves a message only if it is still in the dead
+        Needs no lock: the stray script moves a message only if it is still in the dead
         worker's list, so concurrent reapers return each job once.
         """
         cutoff = time.time() - settings().float("worker_heartbeat_ttl")
-        for worker_id in self.r.zrangebyscore(keys.workers(), "-inf", cutoff):
-            if worker_id == self.id or self.r.exists(keys.worker(worker_id)):
-                continue
-            for queue in QUEUES:
-                self.return_orphans(worker_id, queue,
-                                    f"worker {worker_id} stopped beating; job returned")
-            self.r.zrem(keys.workers(), worker_id)
+        stale = self.r.zrangebyscore(keys.workers(), "-inf", cutoff)
+        for worker_id in stale:
+            if worker_id != self.id and self._confirmed_dead(worker_id):
+                for queue in QUEUES:
+                    self.return_orphans(worker_id, queue,
+                                        f"worker {worker_id} stopped beating; job returned")
+                self.r.zrem(keys.workers(), worker_id)
+        self.missing = {w: t for w, t in self.missing.items() if w in stale}
+
+    def _confirmed_dead(self, worker_id: str) -> bool:
+        """A worker whose heartbeat key is gone, still gone two beat intervals later: after a
+        partition heals a live worker gets the chance to beat before its jobs are taken."""
+        if self.r.exists(keys.worker(worker_id)):
+            self.missing.pop(worker_id, None)
+            return False
+        now = time.monotonic()
+        first = self.missing.setdefault(worker_id, now)
+        return now - first >= 2 * settings().float("worker_heartbeat_seconds")
 
     def return_orphans(self, worker_id: str, queue: str, detail: str) -> int:
-        huey = huey_for(queue)
+        """Return every message of a worker's processing list to its queue."""
         processing = keys.processing(worker_id, queue)
         returned = 0
-        for message in huey.storage.conn.lrange(processing, 0, -1):
-            try:
-                job_id, job_name, _ = unframe(message)
-            except ValueError:
-                self.r.lmove(processing, keys.bad_messages(queue), "LEFT", "LEFT")
-                continue
-            now = time.time()
-            returned += self.scripts.reap(
-                keys=[processing, huey.storage.queue_key, keys.job(job_id), keys.timeline(job_id)],
-                args=script_args(job_id, queue, message, now, entry("stalled", now, detail=detail),
-                                 event("stalled", job_id, queue, job_name, "waiting", now,
-                                       detail=detail)))
+        for message in huey_for(queue).storage.conn.lrange(processing, 0, -1):
+            died = worker_id != self.id
+            returned += self.return_message(worker_id, queue, message, detail, died=died)
         if returned:
             log.warning("returned %d job(s) of %s to queue %s", returned, worker_id, queue)
         return returned
+
+    def return_message(self, worker_id: str, queue: str, message: bytes, detail: str, *,
+                       died: bool) -> int:
+        """Move one message from a processing list to the front of its queue (1 if moved)."""
+        processing = keys.processing(worker_id, queue)
+        try:
+            job_id, job_name, _ = unframe(message)
+        except ValueError:
+            self.r.lrem(processing, 1, message)
+            self.r.lpush(keys.bad_messages(queue), message)
+            return 0
+        ran = "" if died else self.ran.get(job_id, "")
+        now = time.time()
+        return self.scripts.stray(
+            keys=[processing, huey_for(queue).storage.queue_key, keys.job(job_id),
+                  keys.timeline(job_id)],
+            args=script_args(job_id, queue, message, now, worker_id, ran, "1" if died else "0",
+                             entry("stalled", now, detail=detail),
+                             event("stalled", job_id, queue, job_name, "waiting", now,
+                                   detail=detail)))
+
+    def reconcile(self) -> None:
+        """Return messages that sit in this process's processing lists with no thread
+        holding them for longer than the grace period (see the module docstring)."""
+        grace = reconcile_grace()
+        now = time.monotonic()
+        seen: set[tuple[str, bytes]] = set()
+        for queue in self.queues:
+            listed = huey_for(queue).storage.conn.lrange(self.keys[queue].processing, 0, -1)
+            with self.lock:
+                unheld = [(queue, m) for m in listed if (queue, m) not in self.held]
+            for item in unheld:
+                seen.add(item)
+                if now - self.unheld_since.setdefault(item, now) >= grace:
+                    self._return_stray(*item)
+        self.unheld_since = {k: v for k, v in self.unheld_since.items() if k in seen}
+
+    def _return_stray(self, queue: str, message: bytes) -> None:
+        with self.lock:
+            if (queue, message) in self.held:
+                return
+        if self.return_message(self.id, queue, message, "no thread of its worker held it; "
+                               "returned to the queue", died=False):
+            log.warning("queue %s: returned a job no thread held (%s) to the queue", queue,
+                        message.split(b"\n", 1)[0].decode(errors="replace"))
+        self.unheld_since.pop((queue, message), None)
 
     def refresh_paused(self) -> None:
         self.paused = set(self.r.smembers(keys.paused()))
@@ -392,11 +570,26 @@ class WorkerProcess:
         redrive.drive(self.id)
 
     def enforce_timeouts(self) -> None:
-        """Raise JobTimeout inside any job that ran past its queue's timeout."""
+        """Raise JobTimeout inside any job that ran past its queue's timeout (an isolated job
+        is killed by its own timeout instead)."""
         now = time.monotonic()
         with self.lock:
             for ident, run in self.running.items():
-                if not run.timed_out and now > run.deadline:
+                if not run.timed_out and not run.isolated and now > run.deadline:
                     run.timed_out = True
                     ctypes.pythonapi.PyThreadState_SetAsyncExc(
                         ctypes.c_ulong(ident), ctypes.py_object(JobTimeout))
+
+
+def lost_limit(config: QueueConfig) -> int:
+    """Deaths of its worker a job may be present at before it is dead as WorkerLost, even if
+    isolation never caught it killing a process: its attempts plus two."""
+    return config.attempts + 2
+
+
+def reconcile_grace() -> float:
+    """WORKER_RECONCILE_GRACE, but never shorter than a call can wait for its reply: a
+    message is only a stray once no reply that would make a thread hold it can still come."""
+    floor = (settings().float("redis_socket_timeout") + settings().float("redis_connect_timeout")
+             + 1)
+    return max(settings().float("worker_reconcile_grace"), floor)

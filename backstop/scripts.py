@@ -54,20 +54,25 @@ return 1
 # Messages in queue lists are framed "<job id>\n<job name>\n<Huey pickle>" (hueys.frame), so
 # this script can start a job without Python decoding the pickle first.
 # KEYS: queue list, processing list, paused set, rate key prefix, bad-message list
-# ARGV[8..]: queue, now, rate_limit, worker, default_max_attempts, message ('' = take one)
-# Returns {kind, value, message}: run/exhausted (attempt), skip, paused, throttled (ms),
-# empty (nothing queued), bad (an unframed message, moved aside).
+# ARGV[8..]: queue, now, rate_limit, worker, default_max_attempts, message ('' = take one),
+#            start token, lost limit
+# Returns {kind, value, message, lost}: run/exhausted (attempt), skip, paused, throttled (ms),
+# empty (nothing queued), bad (an unframed message, moved aside). lost: how many worker
+# processes died while running the job.
+# The start token (new per call) is kept in the record while the job runs: FINISH and the
+# worker's reconciliation act only for the holder of the token, so a late or repeated delivery
+# of START or FINISH changes nothing.
 START = PRELUDE + r"""
 local queue, now_text = ARGV[8], ARGV[9]
-local limit, worker, msg = tonumber(ARGV[10]), ARGV[11], ARGV[13]
+local limit, worker, msg, token = tonumber(ARGV[10]), ARGV[11], ARGV[13], ARGV[14]
 local now = tonumber(now_text)
 if redis.call('sismember', KEYS[3], queue) == 1 then
   if msg ~= '' then redis.call('lrem', KEYS[2], 1, msg) redis.call('rpush', KEYS[1], msg) end
-  return {'paused', '0', ''}
+  return {'paused', '0', '', '0'}
 end
 if msg == '' then
   msg = redis.call('lmove', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
-  if not msg then return {'empty', '0', ''} end
+  if not msg then return {'empty', '0', '', '0'} end
 end
 local function put_back()
   redis.call('lrem', KEYS[2], 1, msg)
@@ -78,7 +83,7 @@ local second = first and string.find(msg, '\n', first + 1, true)
 if not second then
   redis.call('lrem', KEYS[2], 1, msg)
   redis.call('lpush', KEYS[5], msg)
-  return {'bad', '0', ''}
+  return {'bad', '0', '', '0'}
 end
 local id, job = string.sub(msg, 1, first - 1), string.sub(msg, first + 1, second - 1)
 if limit > 0 then
@@ -88,23 +93,23 @@ if limit > 0 then
   if n == 1 then redis.call('pexpire', rkey, math.ceil(1000 / limit) + 1000) end
   if n > 1 then
     put_back()
-    return {'throttled', tostring(math.ceil(((window + 1) / limit - now) * 1000)), ''}
+    return {'throttled', tostring(math.ceil(((window + 1) / limit - now) * 1000)), '', '0'}
   end
 end
 local rec = JOBP .. id
-local cur = redis.call('hmget', rec, 'state', 'attempts', 'max_attempts')
-local state = cur[1]
+local cur = redis.call('hmget', rec, 'state', 'attempts', 'max_attempts', 'lost')
+local state, lost = cur[1], cur[4] or '0'
 if state == 'cancelled' or state == 'completed' or state == 'dead' then
   redis.call('lrem', KEYS[2], 1, msg)
-  return {'skip', state, ''}
+  return {'skip', state, '', '0'}
 end
 local attempts = tonumber(cur[2] or '0') + 1
-if attempts > tonumber(cur[3] or ARGV[12]) then
-  redis.call('hset', rec, 'attempts', attempts)
-  return {'exhausted', tostring(attempts - 1), msg}
+if attempts > tonumber(cur[3] or ARGV[12]) or tonumber(lost) >= tonumber(ARGV[15]) then
+  redis.call('hset', rec, 'attempts', attempts, 'token', token, 'worker', worker)
+  return {'exhausted', tostring(attempts - 1), msg, lost}
 end
 redis.call('hset', rec, 'state', 'active', 'attempts', attempts, 'started_at', now,
-  'updated_at', now, 'worker', worker, 'progress', 0, 'progress_message', '')
+  'updated_at', now, 'worker', worker, 'progress', 0, 'progress_message', '', 'token', token)
 if not state then
   redis.call('hset', rec, 'id', id, 'queue', queue, 'job', job, 'created_at', now,
     'max_attempts', ARGV[12], 'payload', '{}')
@@ -115,7 +120,7 @@ redis.call('rpush', TLP .. id, '{"t":' .. now_text .. ',"event":"started","worke
   worker .. '","attempt":' .. attempts .. '}')
 emit('{"type":"started","job_id":"' .. id .. '","queue":"' .. queue .. '","job":"' .. job ..
   '","state":"active","t":' .. now_text .. ',"attempt":' .. attempts .. '}')
-return {'run', tostring(attempts), msg}
+return {'run', tostring(attempts), msg, lost}
 """
 
 # Dead-letter bookkeeping shared by the scripts that write, replay, resolve or delete records.
@@ -213,14 +218,19 @@ end
 
 # KEYS: record, processing list, stats, target (schedule zset / queue list), timeline
 # ARGV[8..]: id, queue, message, now, outcome, body, run_at, keep, timeline entry, event,
-#            then, for a dead job routed to the DLQ: dlq record id, hour, field pairs...
+#            start token, then, for a dead job routed to the DLQ: dlq record id, hour,
+#            field pairs...
+# Returns the new state, or 'stale' when the record no longer holds this start's token (the
+# outcome was recorded already, or the job was taken back): then only the message is acked.
 FINISH = PRELUDE + DLQ_FUNCS + r"""
 local id, queue, msg = ARGV[8], ARGV[9], ARGV[10]
 local now, outcome, body, keep = tonumber(ARGV[11]), ARGV[12], ARGV[13], tonumber(ARGV[15])
 local rec = KEYS[1]
 redis.call('lrem', KEYS[2], 1, msg)
-local current = redis.call('hmget', rec, 'state', 'dlq_id')
+local current = redis.call('hmget', rec, 'state', 'dlq_id', 'token')
 local old, dlq_id = current[1], current[2]
+if current[3] ~= ARGV[18] then return 'stale' end
+redis.call('hdel', rec, 'token')
 local state
 if outcome == 'completed' then
   state = 'completed'
@@ -246,7 +256,7 @@ elseif outcome == 'requeue' then
 else
   state = 'dead'
   redis.call('hset', rec, 'state', state, 'updated_at', now, 'error', body, 'finished_at', now)
-  if #ARGV > 17 then dlq_upsert(ARGV[18], ARGV[19], 20, now) end
+  if #ARGV > 18 then dlq_upsert(ARGV[19], ARGV[20], 21, now) end
   if dlq_id then lineage_outcome(dlq_id, id, 'dead', now) end
 end
 move_state(id, queue, old, state, now)
@@ -324,19 +334,28 @@ for i = 8, #ARGV do deleted = deleted + dlq_delete(ARGV[i]) end
 return deleted
 """
 
+# Returns a message from a processing list to the front of its queue: a dead worker's (the
+# reaper) or one that no thread of a live worker holds (reconciliation).
 # KEYS: processing list, queue list, record, timeline
-# ARGV[8..]: id, queue, message, now, timeline entry, event
-REAP = PRELUDE + r"""
+# ARGV[8..]: id, queue, message, now, worker, ran token, died ('1': the worker died),
+#            timeline entry, event
+# A job the worker was running goes back to waiting. Its attempt is given back unless the
+# handler ran under the ran token; a death also counts towards the job's 'lost' (suspects run
+# isolated next time: backstop.isolation).
+STRAY = PRELUDE + r"""
 local id, queue, msg, now = ARGV[8], ARGV[9], ARGV[10], tonumber(ARGV[11])
 if redis.call('lrem', KEYS[1], 1, msg) == 0 then return 0 end
 redis.call('rpush', KEYS[2], msg)
-local old = redis.call('hget', KEYS[3], 'state')
-if old == 'active' then
+local cur = redis.call('hmget', KEYS[3], 'state', 'worker', 'token')
+if cur[1] == 'active' and cur[2] == ARGV[12] then
+  if cur[3] ~= ARGV[13] then redis.call('hincrby', KEYS[3], 'attempts', -1) end
+  if ARGV[14] == '1' then redis.call('hincrby', KEYS[3], 'lost', 1) end
   redis.call('hset', KEYS[3], 'state', 'waiting', 'updated_at', now)
-  move_state(id, queue, old, 'waiting', now)
+  redis.call('hdel', KEYS[3], 'token')
+  move_state(id, queue, 'active', 'waiting', now)
 end
-redis.call('rpush', KEYS[4], ARGV[12])
-emit(ARGV[13])
+redis.call('rpush', KEYS[4], ARGV[15])
+emit(ARGV[16])
 return 1
 """
 
@@ -371,7 +390,7 @@ return 'ok'
 """
 
 SOURCES = {
-    "enqueue": ENQUEUE, "start": START, "finish": FINISH, "reap": REAP,
+    "enqueue": ENQUEUE, "start": START, "finish": FINISH, "stray": STRAY,
     "progress": PROGRESS, "promote": PROMOTE, "set_state": SET_STATE,
     "dlq_replay": DLQ_REPLAY, "dlq_delete": DLQ_DELETE, "dlq_reindex": DLQ_REINDEX,
     "dlq_write": DLQ_WRITE,

@@ -9,7 +9,6 @@ import json
 import time
 
 from . import keys
-from .config import settings
 from .connection import client
 from .contracts import QUEUES, queue_configs
 from .registry import STATES, counts
@@ -36,16 +35,18 @@ def summary(rows: list[dict]) -> dict[str, int]:
 
 
 def workers() -> list[dict]:
-    """Every worker process that beat recently or is listed: alive ones first."""
-    now = time.time()
+    """Every worker process that beat recently or is listed: alive ones first.
+
+    Alive means its heartbeat key has not expired: at maxmemory a worker can only renew the
+    key's TTL (not rewrite its details or its score), and it is alive all the same.
+    """
     listed = client().zrevrange(keys.workers(), 0, 199, withscores=True)
     beats = client().mget([keys.worker(w) for w, _ in listed]) if listed else []
-    ttl = settings().float("worker_heartbeat_ttl")
     rows = []
     for (worker_id, last), beat in zip(listed, beats, strict=True):
         info = json.loads(beat) if beat else {"id": worker_id}
-        rows.append({**info, "id": worker_id, "last_beat": last,
-                     "alive": beat is not None and now - last <= ttl})
+        rows.append({**info, "id": worker_id, "last_beat": max(last, info.get("last_beat", 0)),
+                     "alive": beat is not None})
     return sorted(rows, key=lambda w: (not w["alive"], -w["last_beat"]))
 
 

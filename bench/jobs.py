@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from huey import RedisHuey
 
@@ -25,3 +26,15 @@ raw_huey = RedisHuey("bench_raw", url=os.environ.get("REDIS_URL"), results=False
 @raw_huey.task()
 def raw_noop():
     return None
+
+
+class Work(Payload):
+    seconds: float = 0.0
+
+
+@define_job("bench.work", queue="system", model=Work)
+def work(payload: Work, ctx):
+    """Sleeps, then appends "<id> <attempt>" to $BENCH_RUNS_FILE (counts duplicate runs)."""
+    time.sleep(payload.seconds)
+    with open(os.environ["BENCH_RUNS_FILE"], "a") as runs:
+        runs.write(f"{ctx.job_id} {ctx.attempt}\n")

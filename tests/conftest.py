@@ -69,14 +69,18 @@ class Workers:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, queues: str = "system", queue_config: dict | None = None,
-              **env: str) -> subprocess.Popen:
+              log_to: Path | None = None, **env: str) -> subprocess.Popen:
+        """Start `worker.py --queues ...`; its log goes to log_to (appended) if given."""
         environ = {**os.environ, "REDIS_URL": self.redis_url, "PYTHONPATH": str(ROOT),
                    "BACKSTOP_TASK_MODULES": "tests.jobs_for_tests",
                    "BACKSTOP_QUEUES": _json.dumps(queue_config or {}),
                    "WORKER_HEARTBEAT_SECONDS": "0.5", "WORKER_HEARTBEAT_TTL": "2",
                    "WORKER_REAPER_SECONDS": "0.5", **env}
+        log = open(log_to, "a") if log_to else None  # noqa: SIM115  (the child keeps it)
         proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--queues", queues],
-                                cwd=ROOT, env=environ)
+                                cwd=ROOT, env=environ, stderr=log)
+        if log:
+            log.close()
         self.procs.append(proc)
         return proc
 

@@ -26,8 +26,7 @@ def one_shot_worker() -> WorkerProcess:
 def run_pending(worker: WorkerProcess) -> int:
     """Run every waiting system job once, synchronously; return how many ran."""
     ran = 0
-    while (started := worker.take("system")) is not None:
-        worker.handle("system", *started)
+    while worker.run_next("system"):
         ran += 1
     return ran
 

@@ -86,3 +86,18 @@ def flip(payload: Flip, ctx):
     if ctx.redis.set(f"test:flip:{payload.label}", 1, nx=True):
         raise RuntimeError(f"first run of {payload.label!r} fails")
     return {"label": payload.label}
+
+
+class Nap(Payload):
+    seconds: float = Field(default=0, ge=0, le=60)
+
+
+@define_job("test.nap", queue="system", model=Nap)
+def nap(payload: Nap, ctx):
+    """Sleeps without touching Redis; each run appends "<id> <attempt>" to $TEST_RUNS_FILE."""
+    time.sleep(payload.seconds)
+    runs = os.environ.get("TEST_RUNS_FILE")
+    if runs:
+        with open(runs, "a") as out:
+            out.write(f"{ctx.job_id} {ctx.attempt}\n")
+    return {"slept": payload.seconds}

@@ -89,21 +89,18 @@ def test_failing_job_backs_off_then_leaves_exactly_one_dlq_record(r, workers):
     assert events == ["enqueued", "started", "failed", "started", "failed", "started", "dead"]
 
 
-def test_a_job_that_kills_its_worker_ends_in_the_dlq(r, workers):
+def test_a_job_that_kills_its_worker_runs_isolated_then_ends_in_the_dlq(r, workers):
     job_id = producers.enqueue("test.crash", {})
-    for _ in range(4):
-        proc = workers.start("system", {"system": FAST})
-        try:
-            proc.wait(timeout=10)
-        except Exception:
-            break
-        if dlq.get_record(job_id):
-            break
-    wait_for(lambda: dlq.get_record(job_id), timeout=15, what="the poison job's DLQ record")
+    first = workers.start("system", {"system": FAST})
+    assert first.wait(timeout=15) == 13, "the poison job kills the worker that runs it"
+    second = workers.start("system", {"system": FAST})
+    wait_for(lambda: dlq.get_record(job_id), timeout=30, what="the poison job's DLQ record")
+    assert second.poll() is None, "its later attempts ran isolated: the worker lives on"
     crashes = [m for m in marks(r) if m[2] == "crash"]
-    assert len(crashes) == 3
+    assert [attempt for _, attempt, _, _ in crashes] == [1, 1, 2, 3]
     record = dlq.get_record(job_id)
     assert record["error_type"] == "WorkerLost" and record["attempts"] == 3
+    assert "killed the process running it" in record["error_message"]
     assert registry.get_job(job_id)["state"] == "dead"
 
 

@@ -1,0 +1,118 @@
+"""Run one job in a child process, so that a job that kills its process takes only itself.
+
+A job that was running in a worker process when it died (its record's ``lost`` count is at
+least 1) is a suspect: every thread of that process was running something, and any of them
+may have killed it. Its next attempts run in a child (``python -m backstop.isolation``). If the
+child dies, that attempt is charged to that job alone, as a WorkerLost failure that is retried
+and ends in the DLQ like any other; jobs that were merely running beside it are not charged
+(the reaper gives their attempt back) and simply run again.
+
+The parent sends one JSON line (the job's context) and then the framed message on stdin; the
+child answers one JSON line on its own copy of stdout: {"ok": true, "result": ...} or
+{"ok": false, "error": {type, message, stack, code}, "permanent": bool}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+from .errors import JobTimeout, PermanentFailure, WorkerLost
+
+
+@dataclass(frozen=True)
+class Isolated:
+    """What the child needs to know of the attempt it runs."""
+
+    job_id: str
+    job_name: str
+    queue: str
+    attempt: int
+    max_attempts: int
+    timeout: float
+
+
+class HandlerFailed(Exception):
+    """The job's handler raised in the child: its described error, and whether it is final."""
+
+    def __init__(self, error: dict, permanent: bool):
+        super().__init__(error.get("message", ""))
+        self.error = error
+        self.permanent = permanent
+
+
+def run_isolated(attempt: Isolated, message: bytes):
+    """Run the framed message's job in a child process; return the handler's result.
+
+    Raises JobTimeout (the child ran past the timeout and was killed), WorkerLost (the child
+    died without answering) or HandlerFailed (the handler raised).
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.Popen([sys.executable, "-m", "backstop.isolation"], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    request = json.dumps(asdict(attempt)).encode() + b"\n" + message
+    try:
+        out, _ = child.communicate(request, timeout=attempt.timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        raise JobTimeout(f"ran past the {attempt.queue} queue's timeout of "
+                         f"{attempt.timeout:g} s (in an isolated process)") from None
+    return _reply(child.returncode, out)
+
+
+def _reply(returncode: int, out: bytes):
+    lines = out.strip().splitlines()
+    if returncode != 0 or not lines:
+        raise WorkerLost(f"the job killed the process running it (exit code {returncode}); "
+                         "it ran isolated because a worker died while it was running")
+    reply = json.loads(lines[-1])
+    if reply["ok"]:
+        return reply["result"]
+    raise HandlerFailed(reply["error"], reply["permanent"])
+
+
+def child_main() -> None:
+    """The child: run one attempt, answer on the original stdout (handlers' prints go to
+    stderr)."""
+    answer = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    header, message = sys.stdin.buffer.read().split(b"\n", 1)
+    attempt = Isolated(**json.loads(header))
+    try:
+        result = _execute(attempt, message)
+        reply = {"ok": True, "result": result}
+    except Exception as exc:  # noqa: BLE001  (every handler error is reported to the parent)
+        from .dlq import describe_exception
+
+        reply = {"ok": False, "error": describe_exception(exc),
+                 "permanent": isinstance(exc, PermanentFailure)}
+    answer.write(json.dumps(reply, default=str) + "\n")
+    answer.flush()
+
+
+def _execute(attempt: Isolated, message: bytes):
+    from .connection import client
+    from .execution import set_context
+    from .hueys import huey_for, unframe
+    from .jobs import JobContext, load_handlers
+    from .registry import report_progress
+
+    load_handlers()
+    _, _, data = unframe(message)
+    task = huey_for(attempt.queue).deserialize_task(data)
+    set_context(JobContext(
+        job_id=attempt.job_id, job_name=attempt.job_name, queue=attempt.queue,
+        attempt=attempt.attempt, max_attempts=attempt.max_attempts,
+        deadline=time.monotonic() + attempt.timeout, redis=client(),
+        report=lambda job_id, pct, msg: report_progress(job_id, attempt.queue,
+                                                        attempt.job_name, pct, msg)))
+    return task.execute()
+
+
+if __name__ == "__main__":
+    child_main()
