@@ -107,7 +107,8 @@ def settings() -> Settings:
 
 def markdown_table() -> str:
     rows = ["| variable | default | what it does |", "|---|---|---|"]
-    rows += [f"| `{s.env}` | `{s.default}` | {s.help} |" for s in SETTINGS]
+    rows += [f"| `{s.env}` | {f'`{s.default}`' if s.default else '(empty)'} | {s.help} |"
+             for s in SETTINGS]
     return "\n".join(rows)
 
 

@@ -48,7 +48,7 @@ class Chaos:
         port = redis_server.free_port()
         self.redis_proc = redis_server.start(port, self.dir / "redis", durable=False)
         self.url = f"redis://127.0.0.1:{port}/0"
-        os.environ["REDIS_URL"] = self.url
+        os.environ.update(REDIS_URL=self.url, BACKSTOP_TASK_MODULES="bench.jobs")
         self.runs_file = self.dir / "runs"
         self.procs: list[subprocess.Popen] = []
         self.kills: list[tuple[float, str]] = []
