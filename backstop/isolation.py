@@ -14,8 +14,10 @@ child answers one JSON line on its own copy of stdout: {"ok": true, "result": ..
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +36,10 @@ class Isolated:
     attempt: int
     max_attempts: int
     timeout: float
+
+
+_children: set[subprocess.Popen] = set()
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class HandlerFailed(Exception):
@@ -55,6 +61,7 @@ def run_isolated(attempt: Isolated, message: bytes):
     child = subprocess.Popen([sys.executable, "-m", "backstop.isolation"], env=env,
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     request = json.dumps(asdict(attempt)).encode() + b"\n" + message
+    _children.add(child)
     try:
         out, _ = child.communicate(request, timeout=attempt.timeout)
     except subprocess.TimeoutExpired:
@@ -62,7 +69,15 @@ def run_isolated(attempt: Isolated, message: bytes):
         child.wait()
         raise JobTimeout(f"ran past the {attempt.queue} queue's timeout of "
                          f"{attempt.timeout:g} s (in an isolated process)") from None
+    finally:
+        _children.discard(child)
     return _reply(child.returncode, out)
+
+
+def stop_children() -> None:
+    """Kill every isolated job still running (a worker that shuts down requeues them)."""
+    for child in list(_children):
+        child.kill()
 
 
 def _reply(returncode: int, out: bytes):
@@ -79,6 +94,7 @@ def _reply(returncode: int, out: bytes):
 def child_main() -> None:
     """The child: run one attempt, answer on the original stdout (handlers' prints go to
     stderr)."""
+    _die_with_parent()
     answer = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     header, message = sys.stdin.buffer.read().split(b"\n", 1)
@@ -93,6 +109,16 @@ def child_main() -> None:
                  "permanent": isinstance(exc, PermanentFailure)}
     answer.write(json.dumps(reply, default=str) + "\n")
     answer.flush()
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this child if its worker dies (kill -9 included): the
+    job goes back to its queue with the worker's other jobs and must not run on meanwhile."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
 
 
 def _execute(attempt: Isolated, message: bytes):

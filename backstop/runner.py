@@ -38,7 +38,7 @@ from .contracts import QUEUES, QueueConfig, queue_config
 from .errors import JobTimeout, PermanentFailure, WorkerLost
 from .execution import set_context
 from .hueys import huey_for, unframe
-from .isolation import HandlerFailed, Isolated, run_isolated
+from .isolation import HandlerFailed, Isolated, run_isolated, stop_children
 from .jobs import JobContext, load_handlers
 from .outages import OutageLog
 from .registry import entry, event, report_progress, script_args
@@ -198,6 +198,7 @@ class WorkerProcess:
         with self.lock:
             self.abandoned = True
             leftovers = list(self.running.values())
+        stop_children()
         for run in leftovers:
             self._retrying(lambda run=run: self._finish(
                 run, "requeue", "", keep=0, note="worker shut down before the job finished"))

@@ -7,10 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 
 import pytest
+import redis as redis_py
 from chaos import OwnRedis, PartitionProxy
 from conftest import ROOT, apply_env, wait_for
 
@@ -255,8 +257,7 @@ def _run_through_maxmemory(own, workers, tmp_path):
 
 
 def test_try_later_errors_are_told_from_bugs(r):
-    import redis
-
+    redis = redis_py
     assert is_try_later(redis.TimeoutError("timed out"))
     assert is_try_later(redis.exceptions.OutOfMemoryError("command not allowed"))
     assert is_try_later(redis.ResponseError("BUSY Redis is busy running a script"))
@@ -285,3 +286,38 @@ def test_an_unknown_job_still_says_unknown(r):
     with pytest.raises(UnknownJob):
         producers.enqueue("nobody.knows", {})
 
+
+
+def test_the_api_answers_503_json_while_redis_is_busy_running_a_script(r, tmp_path, redis_url):
+    own = OwnRedis(tmp_path / "redis")
+    try:
+        apply_env(REDIS_URL=own.url)
+        from app import create_app
+        from backstop import tokens
+
+        api = create_app().test_client()
+        headers = {"Authorization": f"Bearer {tokens.create('ops', 'operator')}"}
+        own.client.config_set("lua-time-limit", 50)
+        spinner = redis_py.Redis.from_url(own.url)
+        spin = threading.Thread(target=_spin, args=(spinner,), daemon=True)
+        spin.start()
+        time.sleep(0.3)
+        answer = api.post("/api/v1/jobs", json={"job": "test.nap", "payload": {}},
+                          headers=headers)
+        own.client.script_kill()
+        spin.join(5)
+        assert answer.status_code == 503 and answer.is_json
+        assert answer.headers["Retry-After"]
+        accepted = api.post("/api/v1/jobs", json={"job": "test.nap", "payload": {}},
+                            headers=headers)
+        assert accepted.status_code == 202
+    finally:
+        apply_env(REDIS_URL=redis_url)
+        own.stop()
+
+
+def _spin(client) -> None:
+    try:
+        client.eval("local i = 0 while true do i = i + 1 end", 0)
+    except Exception:  # noqa: BLE001  (SCRIPT KILL ends it with an error)
+        pass
