@@ -18,7 +18,7 @@ import redis
 
 from . import keys, redis_server
 from .config import settings
-from .connection import EMBEDDED_URL_FILE
+from .connection import EMBEDDED_URL_FILE, timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def start_roles(env: dict) -> list[subprocess.Popen]:
 
 def users_exist(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url).hlen(keys.users()))
+        return bool(redis.Redis.from_url(url, **timeouts()).hlen(keys.users()))
     except redis.RedisError:
         return True
 

@@ -51,7 +51,7 @@ def start(port: int, data_dir: Path, *, durable: bool) -> subprocess.Popen:
 
 def wait_until_ready(url: str, proc: subprocess.Popen | None = None, seconds: float = 15) -> None:
     deadline = time.monotonic() + seconds
-    client = redis.Redis.from_url(url)
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=1)
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"redis-server exited with code {proc.returncode}")

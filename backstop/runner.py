@@ -16,6 +16,7 @@ there for ever:
 from __future__ import annotations
 
 import ctypes
+import itertools
 import json
 import logging
 import os
@@ -131,6 +132,9 @@ class WorkerProcess:
         self.unheld_since: dict[tuple[str, bytes], float] = {}
         # job id -> token of its latest start whose handler this process ran (bounded).
         self.ran: OrderedDict[str, str] = OrderedDict()
+        # Start tokens: unique per process (random prefix) and per start (a counter).
+        self.token_prefix = uuid.uuid4().hex[:8] + "-"
+        self.starts = itertools.count(1)
         self.last_beat_ok = time.monotonic()
         self.missing: dict[str, float] = {}  # worker id -> when its heartbeat was first gone
         self.outages: dict[str, OutageLog] = {}
@@ -286,7 +290,7 @@ class WorkerProcess:
 
     def _start(self, queue: str, message: bytes) -> Started:
         qk, config = self.keys[queue], queue_config(queue)
-        token = uuid.uuid4().hex[:16]
+        token = f"{self.token_prefix}{next(self.starts):x}"
         # The raw (bytes) connection: the reply carries the pickled message.
         kind, value, taken, lost = self.scripts.start(
             keys=[qk.queue, qk.processing, self.paused_key, qk.rate, keys.bad_messages(queue)],

@@ -42,13 +42,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Chaos:
-    def __init__(self, args: argparse.Namespace):
+    """One run: its own Redis, its workers (env: extra settings for them), its kill loop."""
+
+    def __init__(self, args: argparse.Namespace, env: dict | None = None):
+        from backstop import config, connection
+
         self.args = args
+        self.extra_env = env or {}
         self.dir = Path(tempfile.mkdtemp(prefix="backstop-chaos-"))
         port = redis_server.free_port()
         self.redis_proc = redis_server.start(port, self.dir / "redis", durable=False)
         self.url = f"redis://127.0.0.1:{port}/0"
         os.environ.update(REDIS_URL=self.url, BACKSTOP_TASK_MODULES="bench.jobs")
+        config.settings.cache_clear()
+        connection.reset()
         self.runs_file = self.dir / "runs"
         self.procs: list[subprocess.Popen] = []
         self.kills: list[tuple[float, str]] = []
@@ -58,7 +65,7 @@ class Chaos:
                              "keep_completed": 100_000}}
         return {**os.environ, "REDIS_URL": self.url, "PYTHONPATH": str(ROOT),
                 "BACKSTOP_TASK_MODULES": "bench.jobs", "BACKSTOP_QUEUES": json.dumps(queues),
-                "BENCH_RUNS_FILE": str(self.runs_file)}
+                "BENCH_RUNS_FILE": str(self.runs_file), **self.extra_env}
 
     def start_worker(self) -> subprocess.Popen:
         log = open(self.dir / "workers.log", "a")  # noqa: SIM115  (the child keeps it)
@@ -69,6 +76,7 @@ class Chaos:
         return proc
 
     def run(self) -> dict:
+        import bench.jobs  # noqa: F401  (defines bench.work in this process too)
         from backstop import producers
 
         ids = producers.enqueue_many(

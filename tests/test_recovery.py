@@ -321,3 +321,22 @@ def _spin(client) -> None:
         client.eval("local i = 0 while true do i = i + 1 end", 0)
     except Exception:  # noqa: BLE001  (SCRIPT KILL ends it with an error)
         pass
+
+
+def test_the_kill_9_loop_loses_nothing(redis_url):
+    from bench.chaos_kill import Chaos, parse_args
+
+    args = parse_args(["--jobs", "1000", "--seconds", "20", "--job-seconds", "0.25"])
+    chaos = Chaos(args, env={"WORKER_HEARTBEAT_SECONDS": "0.5", "WORKER_HEARTBEAT_TTL": "2",
+                             "WORKER_REAPER_SECONDS": "0.5"})
+    try:
+        result = chaos.run()
+    finally:
+        chaos.close()
+        os.environ.pop("BACKSTOP_TASK_MODULES", None)
+        apply_env(REDIS_URL=redis_url)
+    assert result["kills"] >= 4
+    assert result["states"] == {"completed": 1000} and result["never_ran"] == 0
+    assert result["orphan_return_s"], "some killed worker had jobs in flight"
+    print(f"kill -9 loop: {result['kills']} kills, {result['duplicates']} duplicate runs, "
+          f"orphans back after at most {max(result['orphan_return_s']):.1f} s")
