@@ -230,3 +230,16 @@ def test_the_panel_export_streams_csv_and_is_audited(app):
     assert response.status_code == 200 and response.mimetype == "text/csv"
     assert len(response.get_data().decode("utf-8-sig").strip().splitlines()) == 4
     assert audit.entries(action="dlq.export").items[0]["actor"] == "user:vera"
+
+
+def test_a_job_present_at_worker_deaths_says_so_on_its_page(app, r):
+    from backstop import keys
+
+    job_id = producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s",
+                                              "text": "t"})
+    viewer = signed_in(app, "vera")
+    assert "Worker deaths" not in viewer.get(f"/jobs/{job_id}").get_data(as_text=True)
+    r.hset(keys.job(job_id), "lost", 2)
+    page = viewer.get(f"/jobs/{job_id}").get_data(as_text=True)
+    assert re.search(r"Worker deaths</dt><dd>2 <span", page)
+    assert "process of its own" in page
