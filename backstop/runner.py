@@ -489,7 +489,8 @@ class WorkerProcess:
             if worker_id != self.id and self._confirmed_dead(worker_id):
                 for queue in QUEUES:
                     self.return_orphans(worker_id, queue,
-                                        f"worker {worker_id} stopped beating; job returned")
+                                        f"worker {worker_id} stopped beating; job returned, "
+                                        "its attempt given back")
                 self.r.zrem(keys.workers(), worker_id)
         self.missing = {w: t for w, t in self.missing.items() if w in stale}
 

@@ -140,3 +140,22 @@ def test_the_panel_is_usable_on_a_phone(live_server, page):
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the page scrolls sideways ({width}px)"
     shot(page, "queues-phone")
+
+
+def test_a_poison_job_page_shows_the_worker_deaths_and_its_isolated_attempts(
+        live_server, page, workers, r):
+    from conftest import wait_for
+
+    from backstop import dlq
+
+    config = {"system": {"rate_limit": 0, "backoff_jitter": 0, "backoff_base": 0.3}}
+    job_id = producers.enqueue("test.crash", {})
+    assert workers.start("system", config).wait(15) == 13
+    workers.start("system", config)
+    wait_for(lambda: dlq.get_record(job_id), timeout=30, what="the DLQ record")
+    sign_in(page, live_server, "olga", "owner")
+    page.goto(f"{live_server}/jobs/{job_id}")
+    expect(page.locator("#job")).to_contain_text("Worker deaths")
+    expect(page.locator("#job")).to_contain_text("killed the process running it")
+    expect(page.locator("#job .timeline")).to_contain_text("stalled")
+    shot(page, "poison-job")
