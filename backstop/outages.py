@@ -1,8 +1,10 @@
 """Quiet, backed-off handling of a Redis that cannot take calls for a while.
 
 During a network partition or at maxmemory every consumer thread and helper loop of a worker
-fails once a second. An OutageLog turns that into one line when the trouble begins and one
-when it ends (how long, how many failed calls), and tells each caller how long to back off.
+fails about once a second. An OutageLog turns that into one line when the trouble begins
+(the first concern to fail: consuming, heartbeats, reaping ...) and one when it ends (the last
+failing concern recovered: how long, how many failed calls), and tells each caller how long
+to back off.
 """
 
 from __future__ import annotations
@@ -17,37 +19,38 @@ MAX_BACKOFF = 5.0
 
 
 class OutageLog:
-    """The state of one concern (consuming, heartbeats, reaping ...) of one process."""
+    """The Redis trouble of one process, counted per concern."""
 
-    def __init__(self, logger: logging.Logger, concern: str):
+    def __init__(self, logger: logging.Logger):
         self.logger = logger
-        self.concern = concern
         self.lock = threading.Lock()
-        self.failures = 0
+        self.failing: dict[str, int] = {}  # concern -> failed calls in a row
         self.began = 0.0
+        self.calls = 0
 
-    def failed(self, exc: BaseException) -> float:
+    def failed(self, concern: str, exc: BaseException) -> float:
         """Count a failed call (logging only the first of an outage); return seconds to wait."""
         with self.lock:
-            self.failures += 1
-            failures = self.failures
-            if failures == 1:
-                self.began = time.monotonic()
-        if failures == 1:
-            self.logger.warning("%s: Redis cannot take calls (%s: %s); backing off, quiet "
-                                "until it recovers", self.concern, type(exc).__name__, exc)
-        return backoff(failures)
+            first = not self.failing
+            if first:
+                self.began, self.calls = time.monotonic(), 0
+            self.failing[concern] = in_a_row = self.failing.get(concern, 0) + 1
+            self.calls += 1
+        if first:
+            self.logger.warning("Redis cannot take calls (%s, in %s: %s); backing off, quiet "
+                                "until it recovers", type(exc).__name__, concern, exc)
+        return backoff(in_a_row)
 
-    def recovered(self) -> None:
-        """A call succeeded: if an outage was under way, log its end once."""
-        if not self.failures:
+    def recovered(self, concern: str) -> None:
+        """A call of this concern succeeded; when the last failing one recovers, log the end."""
+        if concern not in self.failing:
             return
         with self.lock:
-            failures, began = self.failures, self.began
-            self.failures = 0
-        if failures:
-            self.logger.warning("%s: Redis takes calls again after %.1f s (%d failed calls)",
-                                self.concern, time.monotonic() - began, failures)
+            if self.failing.pop(concern, None) is None or self.failing:
+                return
+            seconds, calls = time.monotonic() - self.began, self.calls
+        self.logger.warning("Redis takes calls again after %.1f s (%d failed calls)", seconds,
+                            calls)
 
 
 def backoff(failures: int) -> float:

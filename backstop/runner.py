@@ -137,7 +137,7 @@ class WorkerProcess:
         self.starts = itertools.count(1)
         self.last_beat_ok = time.monotonic()
         self.missing: dict[str, float] = {}  # worker id -> when its heartbeat was first gone
-        self.outages: dict[str, OutageLog] = {}
+        self.outage = OutageLog(log)
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -167,25 +167,19 @@ class WorkerProcess:
         thread.start()
         return thread
 
-    def outage(self, concern: str) -> OutageLog:
-        """The outage log of one concern of this process (consuming, beat, reap ...)."""
-        if concern not in self.outages:
-            self.outages[concern] = OutageLog(log, concern)
-        return self.outages[concern]
-
     def every(self, action, seconds: float, back_off: bool = True) -> None:
         """Run action every so many seconds; back off (quietly) while Redis cannot take it."""
-        outage = self.outage(action.__name__)
+        concern = action.__name__
         wait = seconds
         while not self.done.wait(wait):
             wait = seconds
             try:
                 action()
-                outage.recovered()
+                self.outage.recovered(concern)
             except redis.RedisError as exc:
                 if not is_try_later(exc):
-                    log.exception("%s failed", action.__name__)
-                pause = outage.failed(exc)
+                    log.exception("%s failed", concern)
+                pause = self.outage.failed(concern, exc)
                 wait = max(seconds, pause) if back_off else seconds
             except Exception:
                 log.exception("%s failed", action.__name__)
@@ -223,18 +217,17 @@ class WorkerProcess:
 
     # ---- consuming ----
     def consume(self, queue: str) -> None:
-        outage = self.outage("consume")
         while not self.stop.is_set():
             if queue in self.paused or not self.beating():
                 self.stop.wait(0.2)
                 continue
             try:
                 self.take_and_run(queue)
-                outage.recovered()
+                self.outage.recovered("consume")
             except redis.RedisError as exc:
                 if not is_try_later(exc):
                     log.exception("queue %s: Redis refused a call", queue)
-                self.stop.wait(outage.failed(exc))
+                self.stop.wait(self.outage.failed("consume", exc))
             except Exception:
                 # A bug must not kill the consumer; reconciliation returns the message.
                 log.exception("queue %s: unexpected error handling a message", queue)
@@ -440,17 +433,16 @@ class WorkerProcess:
         """Run a Redis write, retrying (quietly, with back-off) while Redis cannot take it, so
         no outcome is lost to a short outage. Past `seconds` it raises; the message is then
         still in the processing list and reconciliation returns it."""
-        outage = self.outage("record outcomes")
         deadline = time.monotonic() + seconds
         while True:
             try:
                 result = write()
-                outage.recovered()
+                self.outage.recovered("record outcomes")
                 return result
             except redis.RedisError as exc:
                 if not is_try_later(exc) or time.monotonic() > deadline:
                     raise
-                time.sleep(outage.failed(exc))
+                time.sleep(self.outage.failed("record outcomes", exc))
 
     # ---- the helper loops ----
     def beat(self) -> None:

@@ -3,6 +3,7 @@ partition the network (stop forwarding without closing, as a dropped route does)
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 from pathlib import Path
@@ -15,15 +16,26 @@ from backstop import redis_server
 class OwnRedis:
     """A redis-server only this test talks to (so it may be frozen, filled or killed)."""
 
-    def __init__(self, data_dir: Path):
+    def __init__(self, data_dir: Path, durable: bool = False):
         self.port = redis_server.free_port()
-        self.proc = redis_server.start(self.port, data_dir, durable=False)
+        self.data_dir, self.durable = data_dir, durable
+        self.proc = redis_server.start(self.port, data_dir, durable=durable)
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.client = redis.Redis.from_url(self.url, decode_responses=True)
+
+    def freeze(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Start it again on the same port and files (with AOF, it keeps what it had)."""
+        self.proc = redis_server.start(self.port, self.data_dir, durable=self.durable)
 
 
 class PartitionProxy:

@@ -256,16 +256,48 @@ def _run_through_maxmemory(own, workers, tmp_path):
     assert not any(processing_lists(own.client).values())
 
 
-def test_try_later_errors_are_told_from_bugs(r):
-    redis = redis_py
-    assert is_try_later(redis.TimeoutError("timed out"))
-    assert is_try_later(redis.exceptions.OutOfMemoryError("command not allowed"))
-    assert is_try_later(redis.ResponseError("BUSY Redis is busy running a script"))
-    assert is_try_later(redis.ResponseError(
+def test_redis_frozen_then_killed_and_restarted_mid_run_every_job_completes(
+        workers, tmp_path, redis_url):
+    own = OwnRedis(tmp_path / "redis", durable=True)
+    runs_file, log = tmp_path / "runs", tmp_path / "workers.log"
+    try:
+        apply_env(REDIS_URL=own.url)
+        ids = producers.enqueue_many([{"job": "test.nap", "payload": {"seconds": 0.02}}
+                                      for _ in range(600)])
+        for _ in range(2):
+            workers.start("system", {"system": {**FAST, "concurrency": 2}}, log_to=log,
+                          REDIS_URL=own.url, TEST_RUNS_FILE=str(runs_file), **QUICK)
+        wait_for(lambda: len(runs(runs_file)) >= 100, timeout=30, what="100 jobs done")
+        own.freeze()
+        time.sleep(6)
+        own.thaw()
+        wait_for(lambda: len(runs(runs_file)) >= 300, timeout=60, what="300 jobs done")
+        own.stop()
+        time.sleep(2)
+        own.restart()
+        wait_for(lambda: set(states(ids)) == {"completed"}, timeout=90, what="all 600")
+        assert set(runs(runs_file)) == set(ids)
+        assert not any(processing_lists(own.client).values())
+        assert "Traceback" not in log.read_text()
+    finally:
+        apply_env(REDIS_URL=redis_url)
+        own.stop()
+
+
+def test_try_later_errors_are_told_from_bugs():
+    errors = redis_py.exceptions
+    assert is_try_later(errors.TimeoutError("timed out"))
+    assert is_try_later(errors.BusyLoadingError("Redis is loading the dataset in memory"))
+    assert is_try_later(errors.OutOfMemoryError("command not allowed"))
+    assert is_try_later(errors.ResponseError("BUSY Redis is busy running a script"))
+    assert is_try_later(errors.ResponseError(
         "Error running script (call to f_1): @user_script:5: -OOM command not allowed"))
-    assert is_try_later(redis.exceptions.ReadOnlyError("You can't write against a replica"))
-    assert not is_try_later(redis.ResponseError("WRONGTYPE Operation against a key"))
-    assert not is_try_later(redis.ResponseError("ERR unknown command"))
+    assert is_try_later(errors.ReadOnlyError("You can't write against a read only replica"))
+    assert is_try_later(errors.MasterDownError("Link with MASTER is down"))
+    assert not is_try_later(errors.ResponseError("WRONGTYPE Operation against a key"))
+    assert not is_try_later(errors.ResponseError("ERR unknown command 'NOPE'"))
+    assert not is_try_later(errors.ResponseError("ERR Error running script: attempt to "
+                                                 "compare nil with number (BUSYNESS)"))
 
 
 # ---- producers in a plain process ----
