@@ -232,7 +232,9 @@ def redis_unavailable(exc):
                                  "Try again shortly.")
     else:
         # Rendered without the context processors: they would ask Redis who is signed in.
-        response = make_response(current_app.jinja_env.get_template("unavailable.html").render())
+        unreachable = isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+        response = make_response(current_app.jinja_env.get_template("unavailable.html").render(
+            unreachable=unreachable, reason=str(exc)[:200]))
     response.status_code = 503
     response.headers["Retry-After"] = "5"
     return response

@@ -27,7 +27,8 @@ SETTINGS = [
     Setting("REDIS_URL", "",
             "Redis to use. Empty: `./run` starts an embedded Redis under var/."),
     Setting("REDIS_SOCKET_TIMEOUT", "5",
-            "Seconds a Redis reply may take before the call fails (and is retried or reported)."),
+            "Seconds a Redis reply may take before the call fails (and is retried or "
+            "reported); 0: wait for ever."),
     Setting("REDIS_CONNECT_TIMEOUT", "3", "Seconds a connection to Redis may take to open."),
     Setting("REDIS_HEALTH_CHECK_SECONDS", "15",
             "An idle pooled connection is pinged before reuse after this many seconds."),

@@ -8,8 +8,7 @@ from huey import Huey
 from huey.storage import RedisStorage
 
 from . import keys
-from .config import settings
-from .connection import raw_pool
+from .connection import raw_pool, socket_timeout
 from .execution import run_current_job
 
 TASK_NAME = "backstop.run"
@@ -59,7 +58,7 @@ def huey_for(queue: str) -> Huey:
     """The Huey instance of a queue (one per process)."""
     # The blocking pop must return well within the socket timeout, or every idle wait would
     # look like a lost connection.
-    block = min(1.0, settings().float("redis_socket_timeout") / 2)
+    block = min(1.0, (socket_timeout() or 2.0) / 2)
     huey = Huey(name=keys.huey_name(queue), results=False, utc=True,
                 storage_class=ReliableRedisStorage, connection_pool=raw_pool(),
                 read_timeout=block)

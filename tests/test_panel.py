@@ -203,6 +203,19 @@ def test_a_redis_outage_shows_a_page_instead_of_crashing(app):
         connection.reset()
 
 
+def test_redis_at_maxmemory_answers_a_503_page_that_says_why(app, r):
+    operator = signed_in(app, "oscar")
+    r.config_set("maxmemory", 1)
+    try:
+        response = operator.post("/queues/email/pause", data={"csrf_token": operator.csrf})
+    finally:
+        r.config_set("maxmemory", 0)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert "Redis cannot take changes right now" in page and "maxmemory" in page
+    assert "email" not in queues.paused_queues()
+
+
 def test_rate_limits_keep_working_in_memory_while_redis_is_down(r):
     from backstop import connection
 

@@ -284,6 +284,33 @@ def test_redis_frozen_then_killed_and_restarted_mid_run_every_job_completes(
         own.stop()
 
 
+def test_a_call_to_a_frozen_redis_fails_within_the_socket_timeout(tmp_path, redis_url):
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    from backstop.connection import KernelTimedConnection, timeouts
+
+    own = OwnRedis(tmp_path / "redis")
+    try:
+        apply_env(REDIS_URL=own.url, REDIS_SOCKET_TIMEOUT="1")
+        options = timeouts(kernel=True)
+        assert options["connection_class"] is KernelTimedConnection
+        client = redis_py.Redis.from_url(own.url, retry=Retry(NoBackoff(), 0), **options)
+        assert client.ping()
+        own.freeze()
+        began = time.monotonic()
+        with pytest.raises(redis_py.TimeoutError, match="no reply within 1 s"):
+            client.ping()
+        assert 0.9 < time.monotonic() - began < 3
+        own.thaw()
+        assert client.ping()
+    finally:
+        own.thaw()
+        os.environ.pop("REDIS_SOCKET_TIMEOUT")
+        apply_env(REDIS_URL=redis_url)
+        own.stop()
+
+
 def test_try_later_errors_are_told_from_bugs():
     errors = redis_py.exceptions
     assert is_try_later(errors.TimeoutError("timed out"))
