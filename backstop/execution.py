@@ -11,12 +11,22 @@ from .connection import client
 from .contracts import job_spec, queue_config
 from .errors import PermanentFailure
 from .jobs import HANDLERS, JobContext, load_handlers
+from .registry import report_progress
 
 _local = threading.local()
 
 
 def set_context(ctx: JobContext | None) -> None:
     _local.ctx = ctx
+
+
+def enter_job(job_id: str, job_name: str, queue: str, attempt: int, max_attempts: int,
+              deadline: float, redis) -> None:
+    """Give this thread the context of the attempt it runs (progress goes to its record)."""
+    set_context(JobContext(
+        job_id=job_id, job_name=job_name, queue=queue, attempt=attempt,
+        max_attempts=max_attempts, deadline=deadline, redis=redis,
+        report=lambda jid, pct, msg: report_progress(jid, queue, job_name, pct, msg)))
 
 
 def current_context(job_name: str) -> JobContext:

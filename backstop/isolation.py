@@ -23,7 +23,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+from .connection import client
+from .dlq import describe_exception
 from .errors import JobTimeout, PermanentFailure, WorkerLost
+from .execution import enter_job
+from .hueys import huey_for, unframe
+from .jobs import load_handlers
 
 
 @dataclass(frozen=True)
@@ -103,8 +108,6 @@ def child_main() -> None:
         result = _execute(attempt, message)
         reply = {"ok": True, "result": result}
     except Exception as exc:  # noqa: BLE001  (every handler error is reported to the parent)
-        from .dlq import describe_exception
-
         reply = {"ok": False, "error": describe_exception(exc),
                  "permanent": isinstance(exc, PermanentFailure)}
     answer.write(json.dumps(reply, default=str) + "\n")
@@ -122,21 +125,11 @@ def _die_with_parent() -> None:
 
 
 def _execute(attempt: Isolated, message: bytes):
-    from .connection import client
-    from .execution import set_context
-    from .hueys import huey_for, unframe
-    from .jobs import JobContext, load_handlers
-    from .registry import report_progress
-
     load_handlers()
     _, _, data = unframe(message)
     task = huey_for(attempt.queue).deserialize_task(data)
-    set_context(JobContext(
-        job_id=attempt.job_id, job_name=attempt.job_name, queue=attempt.queue,
-        attempt=attempt.attempt, max_attempts=attempt.max_attempts,
-        deadline=time.monotonic() + attempt.timeout, redis=client(),
-        report=lambda job_id, pct, msg: report_progress(job_id, attempt.queue,
-                                                        attempt.job_name, pct, msg)))
+    enter_job(attempt.job_id, attempt.job_name, attempt.queue, attempt.attempt,
+              attempt.max_attempts, time.monotonic() + attempt.timeout, client())
     return task.execute()
 
 

@@ -37,12 +37,12 @@ from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
 from .errors import JobTimeout, PermanentFailure, WorkerLost
-from .execution import set_context
+from .execution import enter_job, set_context
 from .hueys import huey_for, unframe
 from .isolation import HandlerFailed, Isolated, run_isolated, stop_children
-from .jobs import JobContext, load_handlers
+from .jobs import load_handlers
 from .outages import OutageLog
-from .registry import entry, event, report_progress, script_args
+from .registry import entry, event, script_args
 from .scripts import scripts_for
 
 log = logging.getLogger("backstop.worker")
@@ -290,12 +290,10 @@ class WorkerProcess:
             args=script_args(queue, repr(time.time()), config.rate_limit, self.id,
                              config.attempts, message, token, lost_limit(config)),
             client=huey_for(queue).storage.conn)
-        if kind == b"run":
-            self._remember_run(taken, token)
         return Started(kind.decode(), int(value), taken, int(lost), token)
 
-    def _remember_run(self, message: bytes, token: str) -> None:
-        job_id = message.split(b"\n", 1)[0].decode()
+    def _remember_run(self, job_id: str, token: str) -> None:
+        """Note that this process runs the handler of this start (reconciliation charges it)."""
         with self.lock:
             self.ran[job_id] = token
             self.ran.move_to_end(job_id)
@@ -322,6 +320,7 @@ class WorkerProcess:
                       time.monotonic() + config.timeout, started.token,
                       isolated=started.lost > 0)
         if started.kind == "run":
+            self._remember_run(job_id, started.token)
             self.execute(run, config, task, payload)
         elif started.lost >= lost_limit(config):
             self.fail(run, config, payload, WorkerLost(
@@ -333,11 +332,8 @@ class WorkerProcess:
 
     def execute(self, run: Running, config: QueueConfig, task, payload: dict) -> None:
         ident = threading.get_ident()
-        set_context(JobContext(
-            job_id=run.job_id, job_name=run.job_name, queue=run.queue, attempt=run.attempt,
-            max_attempts=config.attempts, deadline=run.deadline, redis=self.r,
-            report=lambda job_id, pct, msg: report_progress(job_id, run.queue, run.job_name,
-                                                            pct, msg)))
+        enter_job(run.job_id, run.job_name, run.queue, run.attempt, config.attempts,
+                  run.deadline, self.r)
         with self.lock:
             self.running[ident] = run
         result, error = None, None
@@ -500,8 +496,8 @@ class WorkerProcess:
         """Return every message of a worker's processing list to its queue."""
         processing = keys.processing(worker_id, queue)
         returned = 0
+        died = worker_id != self.id
         for message in huey_for(queue).storage.conn.lrange(processing, 0, -1):
-            died = worker_id != self.id
             returned += self.return_message(worker_id, queue, message, detail, died=died)
         if returned:
             log.warning("returned %d job(s) of %s to queue %s", returned, worker_id, queue)
@@ -514,8 +510,10 @@ class WorkerProcess:
         try:
             job_id, job_name, _ = unframe(message)
         except ValueError:
-            self.r.lrem(processing, 1, message)
-            self.r.lpush(keys.bad_messages(queue), message)
+            moved = self.r.pipeline()  # MULTI: the message is never in neither list
+            moved.lrem(processing, 1, message)
+            moved.lpush(keys.bad_messages(queue), message)
+            moved.execute()
             return 0
         ran = "" if died else self.ran.get(job_id, "")
         now = time.time()

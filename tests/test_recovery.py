@@ -98,7 +98,7 @@ def test_a_stray_whose_handler_never_ran_goes_back_without_charging_an_attempt(
     job_id = producers.enqueue("test.nap", {})
     # START ran in Redis but its reply never reached a thread (a partition): a foreign token.
     started = worker._start("system", b"")
-    worker.ran.pop(job_id)
+    assert job_id not in worker.ran, "no handler ran under this start"
     assert registry.get_job(job_id)["attempts"] == 1
     assert worker.return_message(worker.id, "system", started.message, "test", died=False)
     job = registry.get_job(job_id)
@@ -113,6 +113,7 @@ def test_a_stray_whose_handler_ran_keeps_its_attempt(r, in_process_worker):
     job_id = producers.enqueue("test.nap", {})
     # The handler ran, but its completion was lost (a power loss rolled it back).
     started = worker._start("system", b"")
+    worker._remember_run(job_id, started.token)  # what run() notes as the handler starts
     assert worker.return_message(worker.id, "system", started.message, "test", died=False)
     assert registry.get_job(job_id)["attempts"] == 1
     assert worker.run_next("system")
@@ -120,10 +121,20 @@ def test_a_stray_whose_handler_ran_keeps_its_attempt(r, in_process_worker):
     assert job["state"] == "completed" and job["attempts"] == 2
 
 
+def test_the_worker_notes_a_start_as_ran_only_when_its_handler_runs(r, in_process_worker):
+    worker = in_process_worker
+    first, second = producers.enqueue("test.nap", {}), producers.enqueue("test.nap", {})
+    worker._start("system", b"")  # started in Redis; no handler ran here
+    assert first not in worker.ran
+    worker.run_next("system")
+    assert second in worker.ran and registry.get_job(second)["state"] == "completed"
+
+
 def test_a_late_finish_after_the_job_was_taken_back_changes_nothing(r, in_process_worker):
     worker = in_process_worker
     job_id = producers.enqueue("test.nap", {})
     started = worker._start("system", b"")
+    worker._remember_run(job_id, started.token)  # its handler ran; only the finish is late
     run = _running(worker, started)
     worker.return_message(worker.id, "system", started.message, "test", died=False)
     worker.run_next("system")  # the job ran again and completed
