@@ -1,13 +1,22 @@
-"""One Huey instance per queue, on a storage with reliable fetch (BLMOVE + acknowledgement)."""
+"""One Huey instance per queue, on a storage with reliable fetch (BLMOVE + acknowledgement).
+
+Queue messages are signed: "<job id>\n<job name>\n<HMAC-SHA256 hex>\n<Huey pickle>". Huey's
+data is a pickle, and unpickling runs code, so a worker unpickles only a message whose
+signature (keyed by SECRET_KEY) verifies: writing to Redis is not enough to run code on the
+workers.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from functools import cache
 
 from huey import Huey
 from huey.storage import RedisStorage
 
 from . import keys
+from .config import secret_key
 from .connection import raw_pool, socket_timeout
 from .execution import run_current_job
 
@@ -37,15 +46,52 @@ class ReliableRedisStorage(RedisStorage):
             return None
 
 
+SIGNATURE_LENGTH = 64  # hex digits of an HMAC-SHA256
+
+
+class BadMessage(ValueError):
+    """A queue message a worker must not run: not framed, or its signature does not verify."""
+
+
+@cache
+def _signing_key(secret: str) -> bytes:
+    return hmac.new(secret.encode(), b"backstop-queue-message", hashlib.sha256).digest()
+
+
+def _signature(signed: bytes) -> bytes:
+    return hmac.new(_signing_key(secret_key()), signed, hashlib.sha256).hexdigest().encode()
+
+
 def frame(job_id: str, job_name: str, data: bytes) -> bytes:
-    """A queue message: the job's id and name, then Huey's serialized task."""
-    return f"{job_id}\n{job_name}\n".encode() + data
+    """A queue message: the job's id and name, a signature, then Huey's serialized task."""
+    head = f"{job_id}\n{job_name}\n".encode()
+    return head + _signature(head + data) + b"\n" + data
 
 
 def unframe(message: bytes) -> tuple[str, str, bytes]:
-    """(job id, job name, Huey data) of a framed message. Raises ValueError if unframed."""
-    job_id, job_name, data = message.split(b"\n", 2)
-    return job_id.decode(), job_name.decode(), data
+    """(job id, job name, Huey data) of a framed message, signature NOT checked (use
+    open_message before unpickling). Raises BadMessage if it is not a Backstop frame."""
+    parts = message.split(b"\n", 3)
+    if len(parts) != 4 or len(parts[2]) != SIGNATURE_LENGTH:
+        raise BadMessage("not a Backstop message frame (id, job name, signature, data)")
+    try:
+        return parts[0].decode(), parts[1].decode(), parts[3]
+    except UnicodeDecodeError:
+        raise BadMessage("the frame's id or job name is not text") from None
+
+
+def open_message(message: bytes) -> tuple[str, str, bytes]:
+    """(job id, job name, Huey data) of a message whose signature verifies.
+
+    Raises BadMessage if it is unframed or its signature does not verify (forged, altered,
+    or signed with another SECRET_KEY).
+    """
+    job_id, job_name, data = unframe(message)
+    head = f"{job_id}\n{job_name}\n".encode()
+    if not hmac.compare_digest(message.split(b"\n", 3)[2], _signature(head + data)):
+        raise BadMessage("the message's signature does not verify: it was forged or altered "
+                         "in Redis, or signed with another SECRET_KEY")
+    return job_id, job_name, data
 
 
 def run_job(job_name: str, payload: dict):

@@ -7,6 +7,8 @@ Children run in their own sessions so a terminal's Ctrl-C reaches only this laun
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,15 +30,40 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def start_embedded_redis() -> tuple[subprocess.Popen, str]:
-    """Redis with its data and AOF under var/redis, so a restart keeps the jobs."""
+def start_embedded_redis(var: Path = ROOT / "var") -> tuple[subprocess.Popen, str]:
+    """Redis on loopback with its data and AOF under var/redis, so a restart keeps the jobs,
+    and a password generated once into var/redis-password (0600): no other local user can
+    reach it."""
     port = int(settings().redis_port)
     if not port_is_free(port):
         port = redis_server.free_port()
-    proc = redis_server.start(port, ROOT / "var" / "redis", durable=True)
-    url = f"redis://127.0.0.1:{port}/0"
-    EMBEDDED_URL_FILE.write_text(url)
+    password = private_secret(var / "redis-password")
+    proc = redis_server.start(port, var / "redis", durable=True, password=password)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    write_private(var / EMBEDDED_URL_FILE.name, url)
     return proc, url
+
+
+def private_secret(path: Path) -> str:
+    """The secret kept in path, generated (0600) the first time."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_private(path, secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write text to path readable by this user only (replacing the file)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+
+
+def redacted_url(url: str) -> str:
+    """A Redis URL fit to print: its password replaced."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def start_roles(env: dict) -> list[subprocess.Popen]:
@@ -71,7 +98,8 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     if not settings().redis_url:
         redis_proc, env["REDIS_URL"] = start_embedded_redis()
-        print(f"embedded Redis at {env['REDIS_URL']} (data in var/redis)", flush=True)
+        print(f"embedded Redis at {redacted_url(env['REDIS_URL'])} (data in var/redis; its "
+              "password in var/redis-password)", flush=True)
         procs.append(redis_proc)
     procs = start_roles(env) + procs
     print(f"Backstop is listening on http://{settings().host}:{settings().port}/", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -33,20 +34,35 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(port: int, data_dir: Path, *, durable: bool) -> subprocess.Popen:
+def start(port: int, data_dir: Path, *, durable: bool, password: str = "") -> subprocess.Popen:
     """Start redis-server on 127.0.0.1:port with its files in data_dir; wait until it answers.
 
     durable=True turns on the AOF (fsync every second) so a restart keeps the jobs.
+    password: required of every client (kept in a 0600 config file, not on the command line,
+    where any local user could read it).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [find_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
-            "--save", "", "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]
+    args = [find_binary()]
+    if password:
+        args.append(str(_private_config(data_dir, f"requirepass {password}\n")))
+    args += ["--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
+             "--save", "", "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]
     args += (["--appendonly", "yes", "--appendfsync", "everysec"] if durable
              else ["--appendonly", "no"])
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    wait_until_ready(f"redis://127.0.0.1:{port}/0", proc)
+    auth = f":{password}@" if password else ""
+    wait_until_ready(f"redis://{auth}127.0.0.1:{port}/0", proc)
     return proc
+
+
+def _private_config(data_dir: Path, text: str) -> Path:
+    path = data_dir / "redis.conf"
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    return path
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen | None = None, seconds: float = 15) -> None:

@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import dlq, dlq_maintenance, keys, redrive
+from . import dlq, dlq_maintenance, keys, poison, redrive
 from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
 from .errors import JobTimeout, PermanentFailure, WorkerLost
 from .execution import enter_job, set_context
-from .hueys import huey_for, unframe
+from .hueys import BadMessage, huey_for, open_message, unframe
 from .isolation import HandlerFailed, Isolated, run_isolated, stop_children
 from .jobs import load_handlers
 from .outages import OutageLog
@@ -306,19 +306,22 @@ class WorkerProcess:
         elif started.kind == "throttled":
             self.stop.wait(started.value / 1000)
         elif started.kind == "bad":
-            log.error("queue %s: an unframed message was moved to %s", queue,
-                      keys.bad_messages(queue))
+            poison.drain(huey_for(queue).storage.conn, self.id, queue)
         elif started.kind in ("run", "exhausted"):
             self.run(queue, started)
 
     def run(self, queue: str, started: Started) -> None:
         config = queue_config(queue)
-        job_id, job_name, data = unframe(started.message)
-        task = huey_for(queue).deserialize_task(data)
-        payload = task.args[1]
+        job_id, job_name, _ = unframe(started.message)  # START checked the frame
         run = Running(job_id, queue, job_name, started.message, started.value,
                       time.monotonic() + config.timeout, started.token,
                       isolated=started.lost > 0)
+        try:
+            task = huey_for(queue).deserialize_task(open_message(started.message)[2])
+            payload = task.args[1]
+        except Exception as exc:  # noqa: BLE001  (whatever a message holds, it is parked)
+            self.refuse(run, config, exc)
+            return
         if started.kind == "run":
             self._remember_run(job_id, started.token)
             self.execute(run, config, task, payload)
@@ -329,6 +332,21 @@ class WorkerProcess:
             self.fail(run, config, payload, WorkerLost(
                 f"the worker running this job died {started.value} time(s); attempts "
                 "exhausted"), final=True)
+
+    def refuse(self, run: Running, config: QueueConfig, exc: Exception) -> None:
+        """Dead-letter a message that must not run (its signature fails) or cannot be decoded,
+        without unpickling it; the DLQ record's payload is the job record's (JSON)."""
+        reason = str(exc) if isinstance(exc, BadMessage) else (
+            f"the message cannot be decoded: {type(exc).__name__}: {exc}")
+        poison.refused(self.id, run.queue, run.job_id, reason, run.message)
+        stored = self._retrying(lambda: self.r.hget(keys.job(run.job_id), "payload"))
+        try:
+            payload = json.loads(stored or "{}")
+        except ValueError:
+            payload = {}
+        error = poison.describe(run.message, reason)
+        self.fail(run, config, payload if isinstance(payload, dict) else {},
+                  HandlerFailed(error, permanent=True), final=True, park=True)
 
     def execute(self, run: Running, config: QueueConfig, task, payload: dict) -> None:
         ident = threading.get_ident()
@@ -369,7 +387,9 @@ class WorkerProcess:
         self._retrying(lambda: self._finish(run, "completed", body, keep=config.keep_completed))
 
     def fail(self, run: Running, config: QueueConfig, payload: dict, exc: BaseException,
-             final: bool = False) -> None:
+             final: bool = False, park: bool = False) -> None:
+        """Record a failed attempt: a retry, or (final) dead and, unless the job opts out or
+        park says it must be kept anyway, a DLQ record."""
         self.counts["failed"] += 1
         if isinstance(exc, HandlerFailed):
             error, final = exc.error, final or exc.permanent
@@ -382,8 +402,8 @@ class WorkerProcess:
             self._retrying(lambda: self._finish(run, "retry", body, keep=0, run_at=run_at,
                                                 note=error["message"]))
             return
-        fields = self._dead_letter_args(run, payload, error) if config.routes_to_dlq(
-            run.job_name) else []
+        fields = self._dead_letter_args(run, payload, error) if (
+            park or config.routes_to_dlq(run.job_name)) else []
         self._retrying(lambda: self._finish(run, "dead", body, keep=config.keep_failed,
                                             dlq_fields=fields, note=error["message"]))
 
@@ -509,7 +529,7 @@ class WorkerProcess:
         processing = keys.processing(worker_id, queue)
         try:
             job_id, job_name, _ = unframe(message)
-        except ValueError:
+        except BadMessage:
             moved = self.r.pipeline()  # MULTI: the message is never in neither list
             moved.lrem(processing, 1, message)
             moved.lpush(keys.bad_messages(queue), message)
@@ -527,7 +547,10 @@ class WorkerProcess:
 
     def reconcile(self) -> None:
         """Return messages that sit in this process's processing lists with no thread
-        holding them for longer than the grace period (see the module docstring)."""
+        holding them for longer than the grace period (see the module docstring); park
+        malformed messages in the DLQ."""
+        for queue in self.queues:
+            poison.drain(huey_for(queue).storage.conn, self.id, queue)
         grace = reconcile_grace()
         now = time.monotonic()
         seen: set[tuple[str, bytes]] = set()

@@ -51,13 +51,16 @@ emit(ARGV[15])
 return 1
 """
 
-# Messages in queue lists are framed "<job id>\n<job name>\n<Huey pickle>" (hueys.frame), so
-# this script can start a job without Python decoding the pickle first.
+# Messages in queue lists are framed "<job id>\n<job name>\n<signature>\n<Huey pickle>"
+# (hueys.frame), so this script can start a job without Python decoding the pickle first. A
+# message whose frame is malformed (an id or name outside [A-Za-z0-9_.:@-], no signature line)
+# touches no record: it goes to the bad-message list, which the worker drains into the DLQ.
+# The signature itself is checked by the worker (the key never reaches Redis).
 # KEYS: queue list, processing list, paused set, rate key prefix, bad-message list
 # ARGV[8..]: queue, now, rate_limit, worker, default_max_attempts, message ('' = take one),
 #            start token, lost limit
 # Returns {kind, value, message, lost}: run/exhausted (attempt), skip, paused, throttled (ms),
-# empty (nothing queued), bad (an unframed message, moved aside). lost: how many worker
+# empty (nothing queued), bad (a malformed frame, moved aside). lost: how many worker
 # processes died while running the job.
 # The start token (new per call) is kept in the record while the job runs: FINISH and the
 # worker's reconciliation act only for the holder of the token, so a late or repeated delivery
@@ -80,12 +83,15 @@ local function put_back()
 end
 local first = string.find(msg, '\n', 1, true)
 local second = first and string.find(msg, '\n', first + 1, true)
-if not second then
+local third = second and string.find(msg, '\n', second + 1, true)
+local id = first and string.sub(msg, 1, first - 1) or ''
+local job = second and string.sub(msg, first + 1, second - 1) or ''
+if not third or third - second ~= 65 or #id > 200 or #job > 200
+    or not string.find(id, '^[%w_.:@%-]+$') or not string.find(job, '^[%w_.:@%-]+$') then
   redis.call('lrem', KEYS[2], 1, msg)
   redis.call('lpush', KEYS[5], msg)
   return {'bad', '0', '', '0'}
 end
-local id, job = string.sub(msg, 1, first - 1), string.sub(msg, first + 1, second - 1)
 if limit > 0 then
   local window = math.floor(now * limit)
   local rkey = KEYS[4] .. ':' .. window

@@ -1,13 +1,19 @@
-"""API tokens: random secrets shown once, stored only as SHA-256 hashes, each with a role."""
+"""API tokens: random secrets shown once, each with a role.
+
+Only a digest is stored: an HMAC-SHA256 keyed by SECRET_KEY, so a digest written into Redis
+by hand (by anyone who can write to Redis but does not know the key) never verifies.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import secrets
 import time
 
 from . import keys
+from .config import secret_key
 from .connection import client
 
 ROLES = ("viewer", "operator", "owner")
@@ -15,7 +21,8 @@ PREFIX = "bst_"
 
 
 def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    key = hmac.new(secret_key().encode(), b"backstop-api-token", hashlib.sha256).digest()
+    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
 
 
 def create(name: str, role: str) -> str:
