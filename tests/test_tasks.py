@@ -19,7 +19,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
 from backstop import keys, registry
-from backstop.contracts import JOBS
+from backstop.contracts import JOBS, register_job
 from backstop.errors import PermanentFailure
 from backstop.jobs import HANDLERS, JobContext, load_handlers
 from backstop.redis_server import free_port
@@ -612,3 +612,17 @@ def test_ai_rejections_are_permanent_and_overload_is_retryable(r, ai, env):
     ai.status, ai.reply = 200, _completion("Hallo")
     assert run(r, "ai.translate", {"text": "Hello", "target_language": "de"})["text"] == "Hallo"
     assert ai.requests[-1]["headers"]["Authorization"] is None
+
+
+def test_names_and_ids_with_a_final_newline_are_refused(r):
+    with pytest.raises(ValueError, match="events"):
+        plugins.subscribe(r, "https://example.com/h", ["order.paid\n"])
+    with pytest.raises(ValueError, match="plugin name"):
+        plugins.register_plugin("echo2\n")
+    with pytest.raises(ValueError, match="job name"):
+        register_job("my.job\n", "system", JOBS["system.health.check"].model)
+    assert "my.job\n" not in JOBS and "echo2\n" not in plugins.PLUGINS
+    steps = [{"job": "system.health.check"}]
+    with pytest.raises(PermanentFailure) as failure:
+        run(r, "workflows.dispatch", {"name": "w", "steps": steps, "run_id": "run-1\n"})
+    assert failure.value.code == "invalid_run_id"

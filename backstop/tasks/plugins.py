@@ -33,7 +33,7 @@ from ..jobs import JobContext, handler
 SIGNATURE_HEADER = "X-Backstop-Signature"
 USER_AGENT = "Backstop-Webhooks/1"
 EXCERPT = 200
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")  # always fullmatch
 
 Plugin = Callable[[dict, JobContext], Any]
 PLUGINS: dict[str, Plugin] = {}
@@ -73,7 +73,7 @@ def subscribe(r: redis.Redis, url: str, events: list[str], secret: str | None = 
     """
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         raise ValueError(f"webhook url must be an http(s) URL, not {url!r}")
-    bad = [e for e in events if e != "*" and not NAME_PATTERN.match(e)]
+    bad = [e for e in events if e != "*" and not NAME_PATTERN.fullmatch(e)]
     if not events or bad:
         raise ValueError(f"events must be event names or '*'; invalid: {bad or 'empty list'}")
     sub_id = f"wh_{secrets.token_hex(8)}"
@@ -173,7 +173,7 @@ def dispatch_event(payload: PluginsEventDispatch, ctx: JobContext) -> dict:
 # ---- plugins ----
 def register_plugin(name: str) -> Callable[[Plugin], Plugin]:
     """Register ``fn(args: dict, ctx: JobContext) -> result`` as plugin ``name``."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"plugin name {name!r} must match {NAME_PATTERN.pattern}")
 
     def decorate(fn: Plugin) -> Plugin:
