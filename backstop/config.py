@@ -57,6 +57,12 @@ SETTINGS = [
     Setting("OTP_TTL_SECONDS", "300", "Lifetime of a one-time code."),
     Setting("WEBHOOK_TIMEOUT_SECONDS", "10", "Timeout of one webhook delivery."),
     Setting("WEBHOOK_SECRET", "", "Default HMAC secret for webhooks that name none."),
+    Setting("WEBHOOK_ALLOW_PRIVATE", "0",
+            "1: webhooks may go to loopback, private, link-local and other internal "
+            "addresses (refused by default, permanently)."),
+    Setting("WEBHOOK_ALLOWED_HOSTS", "",
+            "Comma-separated webhook hosts let through even though they are or resolve to "
+            "internal addresses (e.g. `hooks.internal,10.0.0.7`)."),
     Setting("AI_API_URL", "", "OpenAI-compatible base URL. Empty: AI jobs fail permanently."),
     Setting("AI_API_KEY", "", "Bearer key for AI_API_URL."),
     Setting("AI_MODEL", "gpt-4o-mini", "Model name sent to AI_API_URL."),
