@@ -5,8 +5,10 @@ The README's settings table is generated from SETTINGS (``python -m backstop.con
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,6 +57,12 @@ SETTINGS = [
     Setting("OTP_TTL_SECONDS", "300", "Lifetime of a one-time code."),
     Setting("WEBHOOK_TIMEOUT_SECONDS", "10", "Timeout of one webhook delivery."),
     Setting("WEBHOOK_SECRET", "", "Default HMAC secret for webhooks that name none."),
+    Setting("WEBHOOK_ALLOW_PRIVATE", "0",
+            "1: webhooks may go to loopback, private, link-local and other internal "
+            "addresses (refused by default, permanently)."),
+    Setting("WEBHOOK_ALLOWED_HOSTS", "",
+            "Comma-separated webhook hosts let through even though they are or resolve to "
+            "internal addresses (e.g. `hooks.internal,10.0.0.7`)."),
     Setting("AI_API_URL", "", "OpenAI-compatible base URL. Empty: AI jobs fail permanently."),
     Setting("AI_API_KEY", "", "Bearer key for AI_API_URL."),
     Setting("AI_MODEL", "gpt-4o-mini", "Model name sent to AI_API_URL."),
@@ -92,12 +100,45 @@ def secret_key() -> str:
     """SECRET_KEY, or one generated once and kept in var/secret_key (shared by both roles)."""
     if settings().secret_key:
         return settings().secret_key
-    path = Path(__file__).resolve().parent.parent / "var" / "secret_key"
+    return read_or_create_key(Path(__file__).resolve().parent.parent / "var" / "secret_key")
+
+
+def read_or_create_key(path: Path) -> str:
+    """The key kept in ``path`` (mode 0600), created with a random key if missing.
+
+    Safe when several processes start at once: the key is written to a private temp file
+    that is then hard-linked to ``path``; a link never replaces an existing file, so
+    exactly one process wins and every process reads the winner's complete key.
+    Raises RuntimeError if the file exists but is empty.
+    """
     if not path.exists():
-        path.parent.mkdir(exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_hex(32))
-    return path.read_text().strip()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _link_new_key(path)
+    _restrict(path)
+    key = path.read_text().strip()
+    if not key:
+        raise RuntimeError(f"{path} is empty: delete it (a new key is made) or set SECRET_KEY")
+    return key
+
+
+def _link_new_key(path: Path) -> None:
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+            out.flush()
+            os.fsync(out.fileno())
+        with contextlib.suppress(FileExistsError):  # another process won: use its key
+            os.link(temp, path)
+    finally:
+        os.unlink(temp)
+
+
+def _restrict(path: Path) -> None:
+    """Tighten a key file left readable by others (made by an older version) to 0600."""
+    if path.stat().st_mode & 0o077:
+        with contextlib.suppress(OSError):
+            path.chmod(0o600)
 
 
 @lru_cache(maxsize=1)

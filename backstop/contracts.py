@@ -23,6 +23,8 @@ from .config import settings
 from .errors import PayloadError, UnknownJob
 
 MAX_PAYLOAD_BYTES = 256 * 1024
+# Field(pattern=...) runs in pydantic's Rust engine, where "$" is the end of the text; in
+# Python, "$" also matches before a final newline, so Python code uses re.fullmatch.
 EMAIL_PATTERN = r"^[^@\s<>]{1,64}@[^@\s<>]{1,255}$"
 Email = Field(pattern=EMAIL_PATTERN, max_length=320)
 OptionalEmail = Field(default=None, pattern=EMAIL_PATTERN, max_length=320)
@@ -35,6 +37,12 @@ class Payload(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=100_000, frozen=True)
     tenant_id: str | None = Field(default=None, max_length=100)
     actor_id: str | None = Field(default=None, max_length=100)
+
+
+def _one_line(value: str) -> str:
+    if "\r" in value or "\n" in value:
+        raise ValueError("must be one line (no CR or LF): it becomes a mail header")
+    return value
 
 
 def _bounded_json(value: Any, limit: int = 64 * 1024) -> Any:
@@ -121,10 +129,12 @@ class EmailSend(Payload):
     html: str | None = Field(default=None, max_length=100_000)
     reply_to: str | None = OptionalEmail
 
+    _check_subject = field_validator("subject")(_one_line)
+
     @field_validator("to")
     @classmethod
     def _addresses(cls, value: list[str]) -> list[str]:
-        bad = [a for a in value if not re.match(EMAIL_PATTERN, a)]
+        bad = [a for a in value if not re.fullmatch(EMAIL_PATTERN, a)]
         if bad:
             raise ValueError(f"not an e-mail address: {bad[0]!r}")
         return value
@@ -142,6 +152,8 @@ class EmailNotificationDispatch(Payload):
     channels: list[Literal["email", "webhook", "inbox"]] = Field(min_length=1, max_length=3)
     email: str | None = OptionalEmail
     webhook_url: AnyHttpUrl | None = None
+
+    _check_title = field_validator("title")(_one_line)
 
     @model_validator(mode="after")
     def _targets(self):
@@ -207,7 +219,7 @@ def register_job(name: str, queue: str, model: type[BaseModel]) -> JobSpec:
     """Add a job name with its payload contract to a queue. Raises ValueError on a clash."""
     if queue not in QUEUES:
         raise ValueError(f"unknown queue {queue!r}; queues are {', '.join(QUEUES)}")
-    if not re.match(r"^[A-Za-z0-9_.:\-]{1,100}$", name):
+    if not re.fullmatch(r"[A-Za-z0-9_.:\-]{1,100}", name):
         raise ValueError(f"job name {name!r}: use 1-100 of A-Z a-z 0-9 _ . : -")
     if name in JOBS and JOBS[name].model is not model:
         raise ValueError(f"job name {name!r} is already registered")

@@ -50,7 +50,7 @@ def check_alerts() -> int:
 def archive_path(now: float) -> Path:
     folder = Path(settings().dlq_archive_dir)
     folder = folder if folder.is_absolute() else ROOT / folder
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     return folder / f"dlq-{time.strftime('%Y%m%d', time.gmtime(now))}.jsonl"
 
 
@@ -79,12 +79,24 @@ def _append(path: Path, ids: list[str]) -> None:
     pipe = client().pipeline(transaction=False)
     for record_id in ids:
         pipe.hgetall(keys.dlq_record(record_id))
-    with path.open("a", encoding="utf-8") as out:
+    with _open_private(path) as out:
         for raw in pipe.execute():
             if raw:
                 out.write(json.dumps(raw, ensure_ascii=False) + "\n")
         out.flush()
         os.fsync(out.fileno())
+
+
+def _open_private(path: Path):
+    """Open an archive for appending, readable by its owner only (0600, whatever the umask).
+
+    Archives hold sealed payloads and error text; a day's file left 0644 by an older
+    version is tightened too.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    if os.fstat(fd).st_mode & 0o077:
+        os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def maintain() -> None:

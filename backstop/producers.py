@@ -21,7 +21,8 @@ from .hueys import frame, huey_for, task_wrapper
 from .registry import entry, event, script_args
 from .scripts import scripts_for
 
-JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+# fullmatch, never match + "$": "$" also matches before a final newline ("victim\n")
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ def prepare(job_name: str, payload: Any, job_id: str | None = None,
 
 def _check_options(job_name: str, job_id: str, delay, priority) -> None:
     errors = []
-    if not JOB_ID_PATTERN.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID_PATTERN.fullmatch(job_id):
         errors.append({"field": "job_id", "message": "1-200 characters of A-Z a-z 0-9 _ . : -"})
     if delay is not None and not (0 <= float(delay) <= 366 * 86400):
         errors.append({"field": "delay", "message": "seconds between 0 and one year"})

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import re
+import stat
+
+import pytest
 from conftest import ROOT
 
-from backstop.config import SETTINGS, Settings, markdown_table
+from backstop.config import SETTINGS, Settings, markdown_table, read_or_create_key
 
 
 def test_the_readme_lists_every_setting_as_config_defines_it():
@@ -16,3 +21,39 @@ def test_settings_read_the_environment_mapping():
     assert current.float("redis_socket_timeout") == 2.5
     assert current.float("worker_reconcile_grace") == float(
         next(s.default for s in SETTINGS if s.name == "WORKER_RECONCILE_GRACE"))
+
+
+def _read_key_together(barrier, path, answers) -> None:
+    barrier.wait()
+    try:
+        answers.put(read_or_create_key(path))
+    except Exception as exc:  # the test shows what went wrong instead of hanging
+        answers.put(f"error: {exc!r}")
+
+
+def test_processes_starting_at_once_all_read_one_private_key(tmp_path):
+    fork = multiprocessing.get_context("fork")
+    for round_ in range(25):
+        path = tmp_path / f"round-{round_}" / "secret_key"
+        barrier, answers = fork.Barrier(4), fork.Queue()
+        procs = [fork.Process(target=_read_key_together, args=(barrier, path, answers))
+                 for _ in range(4)]
+        for proc in procs:
+            proc.start()
+        seen = [answers.get(timeout=20) for _ in procs]
+        for proc in procs:
+            proc.join(10)
+        assert len(set(seen)) == 1 and re.fullmatch(r"[0-9a-f]{64}", seen[0]), (round_, seen)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert list(path.parent.iterdir()) == [path], "no temp file is left behind"
+
+
+def test_a_key_file_readable_by_others_is_tightened_and_an_empty_one_refused(tmp_path):
+    path = tmp_path / "secret_key"
+    path.write_text("k" * 64)
+    path.chmod(0o644)
+    assert read_or_create_key(path) == "k" * 64
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    path.write_text("")
+    with pytest.raises(RuntimeError, match="empty"):
+        read_or_create_key(path)

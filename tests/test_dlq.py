@@ -4,6 +4,8 @@ fingerprints, analytics, trends, rebuild and capacity."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 import time
 
 from conftest import apply_env
@@ -162,3 +164,23 @@ def test_written_records_are_indexed_like_final_failures(r):
     series = {s["hour"]: s["count"] for s in dlq.trends(6)["series"]}
     assert series[dlq.hour_bucket(old)] == 5 and sum(series.values()) == 5
     assert [i["id"] for i in dlq.page(Filters(queue="email")).items][0] == "imp-4"
+
+
+def test_archive_files_are_private_whatever_the_umask(r, tmp_path):
+    old_umask = os.umask(0o022)
+    apply_env(DLQ_MAX_RECORDS="1", DLQ_ARCHIVE_DIR=str(tmp_path / "archive"))
+    try:
+        make_dead([{"cause": 2, "n": n} for n in range(3)])
+        now = time.time()
+        assert dlq_maintenance.archive_overflow(now) == 2
+        (archive,) = (tmp_path / "archive").glob("*.jsonl")
+        assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+        assert stat.S_IMODE((tmp_path / "archive").stat().st_mode) == 0o700
+        archive.chmod(0o644)  # a day's file made by an older version
+        apply_env(DLQ_MAX_RECORDS="0")
+        assert dlq_maintenance.archive_overflow(now) == 1
+        assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+        assert len(archive.read_text().splitlines()) == 3
+    finally:
+        os.umask(old_umask)
+        apply_env(DLQ_MAX_RECORDS="100000", DLQ_ARCHIVE_DIR="var/dlq-archive")

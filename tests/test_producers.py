@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from backstop import keys, producers, registry
@@ -89,4 +91,43 @@ def test_bad_options_are_field_errors(r):
     with pytest.raises(PayloadError) as caught:
         producers.enqueue("email.send", MAIL, job_id="has spaces", delay=-1, priority=99)
     assert {e["field"] for e in caught.value.errors} == {"job_id", "delay", "priority"}
+    assert r.dbsize() == 0
+
+
+LINE_BREAKS = ("\n", "\r", "\r\n")
+
+
+@pytest.mark.parametrize("tail", LINE_BREAKS)
+def test_a_job_id_with_a_line_break_is_refused_naming_the_field(r, tail):
+    for job_id in (f"victim{tail}", f"{tail}victim", f"vic{tail}tim"):
+        with pytest.raises(PayloadError) as caught:
+            producers.enqueue("email.send", MAIL, job_id=job_id)
+        assert [e["field"] for e in caught.value.errors] == ["job_id"]
+        with pytest.raises(PayloadError) as caught:
+            producers.enqueue_many([{"job": "email.send", "payload": MAIL, "job_id": job_id}])
+        assert [e["field"] for e in caught.value.errors] == ["[0].job_id"]
+    assert r.dbsize() == 0
+
+
+@pytest.mark.parametrize("tail", LINE_BREAKS)
+@pytest.mark.parametrize(("job", "payload", "field"), [
+    ("email.send", {**MAIL, "to": ["ops@example.com", "a@b.c{}"]}, "to"),
+    ("email.send", {**MAIL, "reply_to": "a@b.c{}"}, "reply_to"),
+    ("email.send", {**MAIL, "subject": "Hi{}Bcc: spy@example.com"}, "subject"),
+    ("email.otp.send", {"to": "a@b.c{}"}, "to"),
+    ("email.otp.send", {"to": "a@b.c", "purpose": "login{}"}, "purpose"),
+    ("email.notification.dispatch", {"user_id": "u", "title": "t{}", "body": "b",
+                                     "channels": ["inbox"]}, "title"),
+    ("email.notification.dispatch", {"user_id": "u", "title": "t", "body": "b",
+                                     "channels": ["email"], "email": "a@b.c{}"}, "email"),
+    ("plugins.execute", {"plugin": "echo{}"}, "plugin"),
+    ("workflows.dispatch", {"name": "w", "steps": [{"job": "system.health.check{}"}]},
+     "steps.0.job"),
+])
+def test_a_line_break_in_an_address_or_name_is_refused_naming_the_field(r, job, payload,
+                                                                        field, tail):
+    filled = json.loads(json.dumps(payload).replace("{}", json.dumps(tail)[1:-1]))
+    with pytest.raises(PayloadError) as caught:
+        producers.enqueue(job, filled)
+    assert [e["field"] for e in caught.value.errors] == [field]
     assert r.dbsize() == 0

@@ -56,12 +56,12 @@ def test_kill_9_mid_flight_loses_no_webhook(r, workers, slow_webhook_server):
     ids = [producers.enqueue("plugins.webhook.deliver",
                              {"url": url, "event": "order.paid", "data": {"n": n}},
                              job_id=f"hook-{n}") for n in range(20)]
-    first = workers.start("plugins", config)
+    first = workers.start("plugins", config, WEBHOOK_ALLOW_PRIVATE="1")  # a loopback receiver
     wait_for(lambda: len(received) >= 10, what="deliveries in flight")
     first.send_signal(signal.SIGKILL)
     first.wait(5)
     assert "active" in states(ids), "the kill should leave jobs mid-flight"
-    workers.start("plugins", config)
+    workers.start("plugins", config, WEBHOOK_ALLOW_PRIVATE="1")
     wait_for(lambda: states(ids) == ["completed"] * 20, timeout=40, what="all 20 completed")
     delivered = {body["delivery"] for body in received}
     assert delivered == set(ids)

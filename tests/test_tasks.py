@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
+import ipaddress
 import json
 import os
 import re
+import socket
 import threading
 import time
 from datetime import UTC, date, datetime
@@ -15,11 +18,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import conftest
 import pytest
 import requests
+import urllib3.util.connection
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from backstop import keys, registry
-from backstop.contracts import JOBS
+from backstop import keys, outbound, registry
+from backstop.contracts import JOBS, register_job
 from backstop.errors import PermanentFailure
 from backstop.jobs import HANDLERS, JobContext, load_handlers
 from backstop.redis_server import free_port
@@ -102,6 +106,7 @@ class Peer:
         self.status = 200
         self.reply: bytes | dict = b"ok"
         self.delay = 0.0
+        self.headers: dict[str, str] = {}
         self.release = threading.Event()
 
     def json(self, index: int = -1) -> dict:
@@ -120,6 +125,8 @@ def _handler_class(peer: Peer):
             self.send_response(peer.status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in peer.headers.items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -129,8 +136,8 @@ def _handler_class(peer: Peer):
     return Handler
 
 
-@pytest.fixture
-def http_peer():
+@contextlib.contextmanager
+def serve_peer():
     """A real ThreadingHTTPServer on a free loopback port, served from a thread."""
     peer = Peer()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(peer))
@@ -138,11 +145,30 @@ def http_peer():
     server.handle_error = lambda *args: None
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    peer.url = f"http://127.0.0.1:{server.server_address[1]}"
-    yield peer
-    peer.release.set()
-    server.shutdown()
-    server.server_close()
+    peer.port = server.server_address[1]
+    peer.url = f"http://127.0.0.1:{peer.port}"
+    try:
+        yield peer
+    finally:
+        peer.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def http_peer(env):
+    """A webhook receiver on loopback, which WEBHOOK_ALLOW_PRIVATE=1 lets deliveries reach."""
+    env(WEBHOOK_ALLOW_PRIVATE="1")
+    with serve_peer() as peer:
+        yield peer
+
+
+@pytest.fixture
+def internal_service(env):
+    """A loopback HTTP service that webhooks must not reach (internal addresses refused)."""
+    env(WEBHOOK_ALLOW_PRIVATE="0", WEBHOOK_ALLOWED_HOSTS="")
+    with serve_peer() as peer:
+        yield peer
 
 
 # ---- email ----
@@ -284,6 +310,113 @@ def test_webhook_slower_than_the_timeout_fails(r, http_peer, env):
     with pytest.raises(WebhookError, match="did not answer within 0.3 s"):
         run(r, "plugins.webhook.deliver", {"url": http_peer.url, "event": "e"})
     assert time.monotonic() - started < 2
+
+
+# ---- plugins: webhooks to internal addresses ----
+def refused(r, url: str) -> str:
+    """Deliver to url; assert a permanent refusal for an internal address; return the reason."""
+    with pytest.raises(PermanentFailure) as failure:
+        run(r, "plugins.webhook.deliver", {"url": url, "event": "e"})
+    assert failure.value.code == "webhook_internal"
+    return str(failure.value)
+
+
+@pytest.mark.parametrize(("host", "reason"), [
+    ("127.0.0.1", "127.0.0.1 is a loopback address"),
+    ("localhost", "localhost resolves to a loopback address"),
+    ("LOCALHOST.", "resolves to a loopback address"),
+    ("127.9.9.9", "is a loopback address"),
+    ("2130706433", "is a loopback address"),  # decimal, read as 127.0.0.1
+    ("0177.0.0.1", "is a loopback address"),  # octal
+    ("[::ffff:127.0.0.1]", "is a loopback address"),  # IPv4-mapped IPv6
+    ("[::1]", "is a loopback address"),
+    ("0.0.0.0", "is an unspecified address"),  # Linux connects it to loopback
+])
+def test_a_webhook_to_loopback_is_refused_and_reaches_nothing(r, internal_service, host,
+                                                             reason):
+    message = refused(r, f"http://{host}:{internal_service.port}/hook")
+    assert reason in message and "WEBHOOK_ALLOW_PRIVATE" in message
+    assert internal_service.requests == []
+
+
+def test_a_webhook_to_the_cloud_metadata_address_is_refused_before_connecting(r, env):
+    env(WEBHOOK_ALLOW_PRIVATE="0")
+    started = time.monotonic()
+    assert "169.254.169.254 is a link-local address" in refused(
+        r, "http://169.254.169.254/latest/meta-data/iam/security-credentials/")
+    assert time.monotonic() - started < 1
+
+
+def test_a_redirect_from_an_allowed_host_to_loopback_is_refused(r, internal_service, env):
+    env(WEBHOOK_ALLOWED_HOSTS="localhost")
+    with serve_peer() as redirector:
+        redirector.status = 307
+        redirector.headers = {"Location": f"http://127.0.0.1:{internal_service.port}/steal"}
+        message = refused(r, f"http://localhost:{redirector.port}/hook")
+        assert len(redirector.requests) == 1
+    assert "redirected to an internal address" in message and "is a loopback address" in message
+    assert internal_service.requests == []
+
+
+def test_a_redirect_elsewhere_is_not_followed_and_may_succeed_later(r, http_peer):
+    http_peer.status, http_peer.headers = 308, {"Location": "https://93.184.215.14/new-hook"}
+    with pytest.raises(WebhookError, match="308 redirecting to https://93.184.215.14/new-hook; "
+                                           "redirects are not followed"):
+        run(r, "plugins.webhook.deliver", {"url": http_peer.url, "event": "e"})
+    assert len(http_peer.requests) == 1
+
+
+def test_allowed_hosts_let_one_named_host_through(r, internal_service, env):
+    env(WEBHOOK_ALLOWED_HOSTS="hooks.example, LocalHost")
+    result = run(r, "plugins.webhook.deliver",
+                 {"url": f"http://localhost:{internal_service.port}/in", "event": "e"})
+    assert result["status"] == 200 and internal_service.requests[0]["path"] == "/in"
+    refused(r, f"http://127.0.0.1:{internal_service.port}/in")
+    assert len(internal_service.requests) == 1
+
+
+def test_the_address_checked_is_the_address_connected_to(r, internal_service, monkeypatch):
+    """DNS rebinding: a name answering a public address first and loopback afterwards."""
+    real_lookup, real_connect = socket.getaddrinfo, urllib3.util.connection.create_connection
+    lookups, public_tries = [], []
+
+    def rebinding_dns(host, port, *args, **kwargs):
+        if host == "rebind.example":
+            lookups.append(host)
+            host = "93.184.215.14" if len(lookups) == 1 else "127.0.0.1"
+        return real_lookup(host, port, *args, **kwargs)
+
+    def internet(address, *args, **kwargs):
+        """The network: public hosts refuse (nothing leaves the machine), the rest is real."""
+        for *_, sockaddr in socket.getaddrinfo(address[0], address[1]):
+            ip = sockaddr[0]
+            if outbound.internal_kind(ipaddress.ip_address(ip)) is None:
+                public_tries.append(ip)
+                raise ConnectionRefusedError(f"{ip} refused")
+        return real_connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", internet)
+    with pytest.raises(WebhookError, match="unreachable"):
+        run(r, "plugins.webhook.deliver",
+            {"url": f"http://rebind.example:{internal_service.port}/", "event": "e"})
+    assert lookups == ["rebind.example"] and set(public_tries) == {"93.184.215.14"}
+    assert internal_service.requests == []
+
+
+@pytest.mark.parametrize(("address", "kind"), [
+    ("10.1.2.3", "private"), ("172.16.0.1", "private"), ("192.168.1.1", "private"),
+    ("100.64.0.1", "not globally reachable"), ("198.51.100.7", "private"),
+    ("169.254.169.254", "link-local"), ("fe80::1", "link-local"), ("fd00:ec2::254", "private"),
+    ("224.0.0.251", "multicast"), ("ff02::1", "multicast"), ("240.0.0.1", "private"),
+    ("::", "unspecified"), ("::ffff:169.254.169.254", "link-local"),
+    ("::ffff:10.0.0.1", "private"), ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
+    ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+    ("93.184.215.14", None), ("2606:4700:4700::1111", None), ("8.8.8.8", None),
+])
+def test_internal_kind_names_every_internal_range(address, kind):
+    found = outbound.internal_kind(ipaddress.ip_address(address))
+    assert (found is None) if kind is None else (kind in found)
 
 
 def test_subscriptions_keep_secrets_out_of_listings(r):
@@ -612,3 +745,17 @@ def test_ai_rejections_are_permanent_and_overload_is_retryable(r, ai, env):
     ai.status, ai.reply = 200, _completion("Hallo")
     assert run(r, "ai.translate", {"text": "Hello", "target_language": "de"})["text"] == "Hallo"
     assert ai.requests[-1]["headers"]["Authorization"] is None
+
+
+def test_names_and_ids_with_a_final_newline_are_refused(r):
+    with pytest.raises(ValueError, match="events"):
+        plugins.subscribe(r, "https://example.com/h", ["order.paid\n"])
+    with pytest.raises(ValueError, match="plugin name"):
+        plugins.register_plugin("echo2\n")
+    with pytest.raises(ValueError, match="job name"):
+        register_job("my.job\n", "system", JOBS["system.health.check"].model)
+    assert "my.job\n" not in JOBS and "echo2\n" not in plugins.PLUGINS
+    steps = [{"job": "system.health.check"}]
+    with pytest.raises(PermanentFailure) as failure:
+        run(r, "workflows.dispatch", {"name": "w", "steps": steps, "run_id": "run-1\n"})
+    assert failure.value.code == "invalid_run_id"

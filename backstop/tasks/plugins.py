@@ -3,7 +3,8 @@
 A delivery is a POST of ``{"event", "data", "delivery", "timestamp"}`` with the headers
 ``X-Backstop-Event``, ``X-Backstop-Delivery`` and, when a secret is known,
 ``X-Backstop-Signature: t=<unix ts>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>``.
-Receivers check it with :func:`verify_signature`.
+Receivers check it with :func:`verify_signature`. Deliveries to internal addresses are
+refused (:mod:`backstop.outbound`) and redirects are not followed.
 
 Applications add plugins with :func:`register_plugin` in a module listed in
 BACKSTOP_TASK_MODULES; ``plugins.execute`` runs them by name.
@@ -19,12 +20,12 @@ import secrets
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import redis
 import requests
 
-from .. import keys
+from .. import keys, outbound
 from ..config import settings
 from ..contracts import PluginsEventDispatch, PluginsExecute, PluginsWebhookDeliver
 from ..errors import PermanentFailure
@@ -33,7 +34,7 @@ from ..jobs import JobContext, handler
 SIGNATURE_HEADER = "X-Backstop-Signature"
 USER_AGENT = "Backstop-Webhooks/1"
 EXCERPT = 200
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,200}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")  # always fullmatch
 
 Plugin = Callable[[dict, JobContext], Any]
 PLUGINS: dict[str, Plugin] = {}
@@ -73,7 +74,7 @@ def subscribe(r: redis.Redis, url: str, events: list[str], secret: str | None = 
     """
     if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
         raise ValueError(f"webhook url must be an http(s) URL, not {url!r}")
-    bad = [e for e in events if e != "*" and not NAME_PATTERN.match(e)]
+    bad = [e for e in events if e != "*" and not NAME_PATTERN.fullmatch(e)]
     if not events or bad:
         raise ValueError(f"events must be event names or '*'; invalid: {bad or 'empty list'}")
     sub_id = f"wh_{secrets.token_hex(8)}"
@@ -119,9 +120,13 @@ def _headers(payload: PluginsWebhookDeliver, ctx: JobContext, secret, body: str,
 
 
 def _post(url: str, body: str, headers: dict, timeout: float) -> requests.Response:
+    """POST once through outbound's guard; redirects are not followed (see _check_answer)."""
     try:
-        return requests.post(url, data=body.encode(), headers=headers, timeout=timeout,
+        with outbound.session() as http:
+            return http.post(url, data=body.encode(), headers=headers, timeout=timeout,
                              allow_redirects=False)
+    except outbound.DestinationRefused as exc:
+        raise PermanentFailure(f"webhook {url} refused: {exc}", code="webhook_internal") from None
     except requests.Timeout:
         raise WebhookError(f"webhook {url} did not answer within {timeout:.1f} s") from None
     except requests.RequestException as exc:
@@ -131,6 +136,8 @@ def _post(url: str, body: str, headers: dict, timeout: float) -> requests.Respon
 def _check_answer(response: requests.Response, url: str, ctx: JobContext, webhook_id) -> None:
     if 200 <= response.status_code < 300:
         return
+    if response.is_redirect:
+        raise _redirect_failure(response, url)
     excerpt = response.text[:EXCERPT]
     if response.status_code == 410:
         removed = webhook_id is not None and unsubscribe(ctx.redis, webhook_id)
@@ -139,9 +146,25 @@ def _check_answer(response: requests.Response, url: str, ctx: JobContext, webhoo
     raise WebhookError(f"webhook {url} answered {response.status_code}: {excerpt}")
 
 
+def _redirect_failure(response: requests.Response, url: str) -> Exception:
+    """Redirects are not followed; one to an internal address fails permanently."""
+    target = urljoin(url, response.headers["Location"])
+    try:
+        outbound.check_url(target)
+    except outbound.DestinationRefused as exc:
+        return PermanentFailure(
+            f"webhook {url} redirected to an internal address, refused: {exc}",
+            code="webhook_internal")
+    return WebhookError(f"webhook {url} answered {response.status_code} redirecting to "
+                        f"{target[:EXCERPT]}; redirects are not followed: update the URL")
+
+
 @handler("plugins.webhook.deliver")
 def deliver_webhook(payload: PluginsWebhookDeliver, ctx: JobContext) -> dict:
-    """POST the signed event; non-2xx fails (410 Gone permanently)."""
+    """POST the signed event; non-2xx fails (410 Gone permanently).
+
+    An internal destination (backstop.outbound), directly or by redirect, fails permanently.
+    """
     url, ts = str(payload.url), int(time.time())
     secret = _delivery_secret(payload, ctx)
     body = json.dumps({"event": payload.event, "data": payload.data,
@@ -173,7 +196,7 @@ def dispatch_event(payload: PluginsEventDispatch, ctx: JobContext) -> dict:
 # ---- plugins ----
 def register_plugin(name: str) -> Callable[[Plugin], Plugin]:
     """Register ``fn(args: dict, ctx: JobContext) -> result`` as plugin ``name``."""
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise ValueError(f"plugin name {name!r} must match {NAME_PATTERN.pattern}")
 
     def decorate(fn: Plugin) -> Plugin:

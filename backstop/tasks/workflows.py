@@ -32,7 +32,7 @@ from ..jobs import HANDLERS, JobContext, handler, load_handlers
 
 RUN_TTL = 30 * 86_400
 RESULT_LIMIT = 16_000
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,100}$")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,100}")  # always fullmatch
 
 
 def _json_or_text(value: str | None) -> Any:
@@ -107,7 +107,7 @@ def dispatch(payload: WorkflowsDispatch, ctx: JobContext) -> dict:
     """
     _check_steps(payload)
     run_id = payload.run_id or ctx.job_id
-    if not RUN_ID_PATTERN.match(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         raise PermanentFailure(f"run_id {run_id!r} must be 1-100 of A-Z a-z 0-9 _ . : -",
                                code="invalid_run_id")
     created = _create_run(ctx.redis, run_id, payload)
