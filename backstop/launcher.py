@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ from pathlib import Path
 import redis
 
 from . import keys, redis_server
-from .config import settings
+from .config import read_or_create_key, settings
 from .connection import EMBEDDED_URL_FILE, timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,19 +36,11 @@ def start_embedded_redis(var: Path = ROOT / "var") -> tuple[subprocess.Popen, st
     port = int(settings().redis_port)
     if not port_is_free(port):
         port = redis_server.free_port()
-    password = private_secret(var / "redis-password")
+    password = read_or_create_key(var / "redis-password")
     proc = redis_server.start(port, var / "redis", durable=True, password=password)
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     write_private(var / EMBEDDED_URL_FILE.name, url)
     return proc, url
-
-
-def private_secret(path: Path) -> str:
-    """The secret kept in path, generated (0600) the first time."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_private(path, secrets.token_urlsafe(32))
-    return path.read_text().strip()
 
 
 def write_private(path: Path, text: str) -> None:
