@@ -20,6 +20,7 @@ from .dlq import DlqError, Filters
 from .errors import PayloadError
 from .hueys import huey_for
 from .producers import prepare
+from .redaction import REDACTED
 from .registry import entry, event, script_args
 from .scripts import scripts_for
 
@@ -54,7 +55,7 @@ def _secret_paths(value: Any, path: tuple = ()) -> dict[tuple, Any]:
 
 def restore_secrets(edited: Any, original: Any) -> Any:
     """The edited payload with every "[REDACTED]" value put back from the original."""
-    if edited == dlq.REDACTED:
+    if edited == REDACTED:
         return original
     if isinstance(edited, dict) and isinstance(original, dict):
         return {k: restore_secrets(v, original.get(k)) for k, v in edited.items()}
