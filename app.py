@@ -334,7 +334,7 @@ def show_job(job_id: str):
     job = registry.get_job(job_id)
     if job is None:
         abort(404, f"no job {job_id!r} (never enqueued, or removed by retention)")
-    return jsonify(job)
+    return jsonify(registry.redacted(job))
 
 
 @click.group("tokens")

@@ -70,6 +70,19 @@ def decode_record(raw: dict, timeline: list[str]) -> dict:
     return record
 
 
+def redacted(job: dict) -> dict:
+    """A record as a person or a token may read it: payload, result, error, progress message
+    and timeline with secrets redacted. The stored record keeps the exact payload (the
+    worker runs it), so every reader goes through this."""
+    shown = dict(job)
+    for name in ("payload", "result", "error", "timeline"):
+        if name in shown:
+            shown[name] = redact(shown[name])
+    if shown.get("progress_message"):
+        shown["progress_message"] = redact_text(shown["progress_message"])
+    return shown
+
+
 def get_job(job_id: str, r: redis.Redis | None = None) -> dict | None:
     """The record of a job, or None when there is none (never enqueued, or trimmed)."""
     return get_jobs([job_id], r)[0]

@@ -256,3 +256,18 @@ def test_a_job_present_at_worker_deaths_says_so_on_its_page(app, r):
     page = viewer.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert re.search(r"Worker deaths</dt><dd>2 <span", page)
     assert "process of its own" in page
+
+
+def test_the_job_page_and_queue_search_hide_secrets(app):
+    hook = {"url": "http://u:urlpass1@hooks.example/h?api_key=qkey2", "event": "order.paid",
+            "secret": "signsecret3", "data": {"session_id": "sess4", "max_tokens": 800}}
+    job_id = producers.enqueue("plugins.webhook.deliver", hook)
+    viewer = signed_in(app, "vera")
+    page = viewer.get(f"/jobs/{job_id}").get_data(as_text=True)
+    for secret in ("urlpass1", "qkey2", "signsecret3", "sess4"):
+        assert secret not in page
+        search = viewer.get(f"/queues/plugins?state=waiting&q={secret}").get_data(as_text=True)
+        assert job_id not in search, f"search finds the job by {secret}"
+    assert "max_tokens" in page and "800" in page and "order.paid" in page
+    assert job_id in viewer.get("/queues/plugins?state=waiting&q=order.paid").get_data(
+        as_text=True)
