@@ -271,3 +271,33 @@ def test_the_job_page_and_queue_search_hide_secrets(app):
     assert "max_tokens" in page and "800" in page and "order.paid" in page
     assert job_id in viewer.get("/queues/plugins?state=waiting&q=order.paid").get_data(
         as_text=True)
+
+
+def test_edit_replay_to_a_new_destination_names_it_and_needs_the_owner(app):
+    import json
+    import time
+
+    from backstop import dlq, registry
+
+    hook = {"url": "https://hooks.example/in", "event": "order.paid", "secret": "whsec-victim"}
+    dlq.write_records([({"id": "wh-1", "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": hook}, {"type": "WebhookError", "message": "500",
+                                            "stack": "", "code": ""}, 1, time.time())])
+    moved = json.dumps({**dlq.get_record("wh-1")["payload"], "url": "https://evil.example/in"})
+    operator = signed_in(app, "oscar")
+    refused = operator.post("/dlq/records/wh-1/edit", data={"csrf_token": operator.csrf,
+                                                            "payload": moved})
+    assert refused.status_code == 422 and "enter this secret again" in refused.get_data(
+        as_text=True)
+    owner = signed_in(app, "olga")
+    page = owner.post("/dlq/records/wh-1/edit", data={"csrf_token": owner.csrf,
+                                                      "payload": moved}).get_data(as_text=True)
+    assert "data-resend" in page and "https://evil.example/in" in page
+    assert "whsec-victim" not in page
+    confirm = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
+    resend = re.search(r'name="resend_token" value="([^"]+)"', page).group(1)
+    done = owner.post("/dlq/records/wh-1/edit", data={"csrf_token": owner.csrf, "payload": moved,
+                                                      "confirm": confirm, "resend_token": resend})
+    assert done.status_code == 302
+    attempt = done.headers["Location"].rsplit("/", 1)[-1]
+    assert registry.get_job(attempt)["payload"]["secret"] == "whsec-victim"
