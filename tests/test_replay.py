@@ -202,3 +202,14 @@ def test_only_an_owners_confirmation_naming_the_destination_resends_the_secrets(
     assert sent(done["attempt_id"])["secret"] == "whsec-victim"
     with pytest.raises(PayloadError):
         replay.replay(record_id, actor="olga", payload=moved, resend_token=token)
+
+
+def test_a_url_left_as_shown_keeps_its_hidden_password(r):
+    error = {"type": "WebhookError", "message": "answered 500", "stack": "", "code": ""}
+    hook = {**WEBHOOK, "url": "https://u:urlpw@hooks.example/in?token=qtok"}
+    dlq.write_records([({"id": "wh-2", "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": hook}, error, 1, time.time())])
+    edited = {**shown("wh-2"), "event": "order.refunded"}
+    assert edited["url"] == "https://u:[REDACTED]@hooks.example/in?token=[REDACTED]"
+    done = replay.replay("wh-2", actor="oscar", payload=edited)
+    assert sent(done["attempt_id"])["url"] == hook["url"]
