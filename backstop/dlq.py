@@ -136,23 +136,24 @@ NUMBERS = ("attempts", "replay_count")
 TIMES = ("first_failed_at", "last_failed_at", "last_replayed_at", "resolved_at")
 
 
-def redact_hash(raw: dict) -> dict:
-    """A record hash with its readable text (payload, error message, stack) redacted again
-    and the sealed payload untouched: records written under older rules are read under the
-    current ones (redaction is idempotent)."""
+def redact_hash(raw: dict, text_fields: tuple[str, ...] = ("error_message", "stack")) -> dict:
+    """A record hash with its payload and text_fields redacted again and the sealed payload
+    untouched: records written under older rules are read under the current ones (redaction
+    is idempotent). Stacks are redacted when written; listings and exports, which never show
+    them, leave them out of text_fields (a 20 KB stack costs milliseconds)."""
     shown = dict(raw)
     if "payload" in shown:
         shown["payload"] = json.dumps(redact(json.loads(shown["payload"] or "{}")))
-    for name in ("error_message", "stack"):
+    for name in text_fields:
         if name in shown:
             shown[name] = redact_text(shown[name])
     return shown
 
 
 def decode(raw: dict) -> dict:
-    """A record hash as plain data, redacted (redact_hash); the sealed payload is never
-    returned."""
-    raw = redact_hash(raw)
+    """A record hash as plain data, payload and error message redacted again (redact_hash);
+    the sealed payload is never returned."""
+    raw = redact_hash(raw, ("error_message",))
     record = {k: v for k, v in raw.items() if k != "payload_sealed"}
     record["payload"] = json.loads(raw.get("payload") or "{}")
     for name in NUMBERS:
@@ -192,6 +193,7 @@ def detail(record_id: str) -> dict | None:
     replay attempt with its outcome."""
     record = get_record(record_id)
     if record is not None:
+        record["stack"] = redact_text(record.get("stack", ""))
         record["lineage"] = lineage(record_id)
     return record
 

@@ -14,6 +14,7 @@ from .registry import STATES
 
 SEVERITY = {"dead": "error", "alert": "error", "retrying": "warning", "stalled": "warning",
             "paused": "warning", "failed": "warning", "cancelled": "info"}
+UNLISTED = ("error", "result", "timeline")
 SECRET_SETTINGS = ("SECRET_KEY", "AI_API_KEY", "WEBHOOK_SECRET", "REDIS_URL", "SMTP_URL")
 
 
@@ -56,8 +57,9 @@ def queue_page(queue: str, state: str = "waiting", q: str = "", offset: int = 0,
     """A queue's jobs in one state (newest first), optionally searched by id or payload (the
     redacted payload: a search must not find a job by its secret)."""
     state = state if state in STATES else "waiting"
-    jobs = [registry.redacted(j) for j in
-            registry.list_jobs(queue, state, offset, limit if not q else 500)]
+    listed = registry.list_jobs(queue, state, offset, limit if not q else 500)
+    # A listing shows neither errors nor timelines: leave them out rather than redact them.
+    jobs = [registry.redacted({k: v for k, v in j.items() if k not in UNLISTED}) for j in listed]
     if q:
         needle = q.lower()
         jobs = [j for j in jobs if needle in j["id"].lower()
