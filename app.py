@@ -334,7 +334,7 @@ def show_job(job_id: str):
     job = registry.get_job(job_id)
     if job is None:
         abort(404, f"no job {job_id!r} (never enqueued, or removed by retention)")
-    return jsonify(job)
+    return jsonify(registry.redacted(job))
 
 
 @click.group("tokens")
@@ -431,7 +431,7 @@ def replay_dead_letter(record_id: str):
     """Replay one record: {"queue"?, "payload"?} (an edited payload is validated)."""
     body = json_body()
     done = replay.replay(record_id, actor=g.actor, queue=body.get("queue"),
-                         payload=body.get("payload"))
+                         payload=body.get("payload"), resend_token=body.get("resend_token"))
     return jsonify(done), 202
 
 
@@ -441,7 +441,8 @@ def preview_dead_letter_edit(record_id: str):
     payload = json_body().get("payload")
     if not isinstance(payload, dict):
         abort(400, 'send {"payload": {...}}')
-    return jsonify(replay.preview_edit(record_id, payload))
+    owner = tokens.allows(g.token["role"], "owner")
+    return jsonify(replay.preview_edit(record_id, payload, actor=g.actor, owner=owner))
 
 
 @require_token("owner")
@@ -912,7 +913,8 @@ def edit_record(record_id: str):
     """Edit-then-replay: show the diff first, replay on confirmation."""
     try:
         payload = json.loads(request.form.get("payload", ""))
-        preview = replay.preview_edit(record_id, payload if isinstance(payload, dict) else None)
+        preview = replay.preview_edit(record_id, payload if isinstance(payload, dict) else None,
+                                      actor=g.actor, owner=can("owner"))
     except (ValueError, TypeError, BackstopError) as exc:
         message = getattr(exc, "errors", None) or str(exc)
         return render_template("dlq_edit.html", record_id=record_id, error=message,
@@ -922,7 +924,8 @@ def edit_record(record_id: str):
         token = confirm.issue(g.actor, "dlq.edit_replay", scope)
         return render_template("dlq_edit.html", record_id=record_id, preview=preview,
                                token=token, payload=request.form.get("payload", ""))
-    done = replay.replay(record_id, actor=g.actor, payload=payload)
+    done = replay.replay(record_id, actor=g.actor, payload=payload,
+                         resend_token=request.form.get("resend_token"))
     flash(_("Replayed with the edited payload as %(attempt)s.", attempt=done["attempt_id"]), "ok")
     return redirect(url_for("job_page", job_id=done["attempt_id"]))
 

@@ -33,8 +33,8 @@ import redis
 from . import keys
 from .config import secret_key
 from .connection import client
-from .dlq import redact
 from .errors import BackstopError
+from .redaction import redact, redact_text
 
 GENESIS = "genesis"
 SUMMARY_LIMIT = 2000
@@ -80,14 +80,14 @@ def record(actor: str, action: str, target: str = "", *, summary: dict | str = "
     actor: who (a user name, "api:<token name>", "system"); action: what, dotted by area
     ("dlq.replay"); target: what it touched (a job id, a queue); summary: the request in
     brief, a dict (secrets redacted) or text, cut to 2,000 characters; ip, user_agent: of
-    the request; result: "ok", "denied", an error text. Text fields are cut to 500
-    characters and text that is not valid Unicode is replaced, so recording never fails
-    on input. r: a Redis client (default: connection.client()).
+    the request; result: "ok", "denied", an error text (secrets redacted). Text fields are
+    cut to 500 characters and text that is not valid Unicode is replaced, so recording never
+    fails on input. r: a Redis client (default: connection.client()).
     Raises redis.RedisError when Redis fails, AuditError when the head kept moving under
     100 attempts in a row.
     """
     given = {"actor": actor, "action": action, "target": target, "ip": ip,
-             "user_agent": user_agent, "result": result}
+             "user_agent": user_agent, "result": redact_text(result)}
     fields = {name: _clean(value, FIELD_LIMIT) for name, value in given.items()}
     fields.update(t=f"{time.time():.6f}", summary=_summary_field(summary))
     return _append(r or client(), fields)

@@ -24,14 +24,10 @@ from . import keys
 from .config import secret_key, settings
 from .connection import client
 from .errors import BackstopError
+from .redaction import redact, redact_text
 from .registry import script_args
 from .scripts import scripts_for
 
-SECRET_KEY_PATTERN = re.compile(
-    r"pass(word|wd)?|secret|token|api[_-]?key|authorization|credential|private[_-]?key|cookie",
-    re.IGNORECASE)
-URL_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.\-]*://)([^/\s:@]+):([^/\s@]+)@", re.IGNORECASE)
-REDACTED = "[REDACTED]"
 LONE_SURROGATES = re.compile("[\ud800-\udfff]")
 VOLATILE = [
     (re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I), "<uuid>"),
@@ -39,18 +35,6 @@ VOLATILE = [
     (re.compile(r"'[^']*'|\"[^\"]*\""), "<str>"),
     (re.compile(r"\d+(\.\d+)?"), "<n>"),
 ]
-
-
-def redact(value: Any) -> Any:
-    """A copy of a payload with secrets (by key name) and URL credentials replaced."""
-    if isinstance(value, dict):
-        return {k: REDACTED if SECRET_KEY_PATTERN.search(str(k)) and v else redact(v)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return URL_CREDENTIALS.sub(rf"\g<1>\g<2>:{REDACTED}@", value)
-    return value
 
 
 def normalise_message(message: str) -> str:
@@ -77,10 +61,12 @@ def fingerprint(error_type: str, message: str, stack: str) -> str:
 
 
 def describe_exception(exc: BaseException) -> dict:
-    """The error of a failed attempt: type, message, stack and code (valid UTF-8 text)."""
+    """The error of a failed attempt: type, message, stack and code (valid UTF-8 text), with
+    secrets redacted (redaction.redact_text) before anything stores or publishes it."""
     stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    error = {"type": type(exc).__name__, "message": str(exc)[:2000] or type(exc).__name__,
-             "stack": stack[-20_000:], "code": str(getattr(exc, "code", "") or "")}
+    error = {"type": type(exc).__name__, "message": redact_text(str(exc))[:2000],
+             "stack": redact_text(stack)[-20_000:], "code": str(getattr(exc, "code", "") or "")}
+    error["message"] = error["message"] or error["type"]
     return {k: LONE_SURROGATES.sub("\ufffd", v) for k, v in error.items()}
 
 
@@ -129,12 +115,13 @@ def record_fields(job: dict, error: dict, attempts: int, *, existing: bool) -> d
     replay count and lineage, update the rest.
     """
     payload = job.get("payload") or {}
+    message, stack = redact_text(error["message"]), redact_text(error["stack"])
     fields_ = {
         "queue": job["queue"], "job": job["job"], "payload": json.dumps(redact(payload)),
         "payload_sealed": seal(payload), "error_type": error["type"],
-        "error_message": error["message"], "stack": error["stack"], "code": error["code"],
-        "fingerprint": fingerprint(error["type"], error["message"], error["stack"]),
-        "reason": reason_of(error["type"], error["message"]), "attempts": attempts,
+        "error_message": message, "stack": stack, "code": error["code"],
+        "fingerprint": fingerprint(error["type"], message, stack),
+        "reason": reason_of(error["type"], message), "attempts": attempts,
         "tenant_id": str(payload.get("tenant_id", "")),
         "actor_id": str(payload.get("actor_id", "")),
     }
@@ -149,8 +136,24 @@ NUMBERS = ("attempts", "replay_count")
 TIMES = ("first_failed_at", "last_failed_at", "last_replayed_at", "resolved_at")
 
 
+def redact_hash(raw: dict, text_fields: tuple[str, ...] = ("error_message", "stack")) -> dict:
+    """A record hash with its payload and text_fields redacted again and the sealed payload
+    untouched: records written under older rules are read under the current ones (redaction
+    is idempotent). Stacks are redacted when written; listings and exports, which never show
+    them, leave them out of text_fields (a 20 KB stack costs milliseconds)."""
+    shown = dict(raw)
+    if "payload" in shown:
+        shown["payload"] = json.dumps(redact(json.loads(shown["payload"] or "{}")))
+    for name in text_fields:
+        if name in shown:
+            shown[name] = redact_text(shown[name])
+    return shown
+
+
 def decode(raw: dict) -> dict:
-    """A record hash as plain data (the sealed payload is never returned)."""
+    """A record hash as plain data, payload and error message redacted again (redact_hash);
+    the sealed payload is never returned."""
+    raw = redact_hash(raw, ("error_message",))
     record = {k: v for k, v in raw.items() if k != "payload_sealed"}
     record["payload"] = json.loads(raw.get("payload") or "{}")
     for name in NUMBERS:
@@ -190,6 +193,7 @@ def detail(record_id: str) -> dict | None:
     replay attempt with its outcome."""
     record = get_record(record_id)
     if record is not None:
+        record["stack"] = redact_text(record.get("stack", ""))
         record["lineage"] = lineage(record_id)
     return record
 

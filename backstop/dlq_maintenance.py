@@ -15,6 +15,7 @@ from pathlib import Path
 from . import dlq, keys
 from .config import settings
 from .connection import client
+from .redaction import redact
 from .registry import script_args, to_json
 from .replay import delete
 from .scanning import chunks, scan_prefix
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def publish(kind: str, **fields) -> None:
     """An event outside any job (alerts, archives) on the stream and the channel."""
-    body = to_json({"type": kind, "t": time.time(), **fields})
+    body = to_json({"type": kind, "t": time.time(), **redact(fields)})
     xid = client().xadd(keys.events_stream(), {"e": body},
                         maxlen=settings().int("backstop_events_maxlen"), approximate=True)
     client().publish(keys.events_channel(), f"{xid} {body}")
@@ -82,7 +83,7 @@ def _append(path: Path, ids: list[str]) -> None:
     with _open_private(path) as out:
         for raw in pipe.execute():
             if raw:
-                out.write(json.dumps(raw, ensure_ascii=False) + "\n")
+                out.write(json.dumps(dlq.redact_hash(raw), ensure_ascii=False) + "\n")
         out.flush()
         os.fsync(out.fileno())
 

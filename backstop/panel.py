@@ -9,10 +9,12 @@ from . import audit, dlq, redrive, registry, stats
 from .config import SETTINGS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
+from .redaction import redact
 from .registry import STATES
 
 SEVERITY = {"dead": "error", "alert": "error", "retrying": "warning", "stalled": "warning",
             "paused": "warning", "failed": "warning", "cancelled": "info"}
+UNLISTED = ("error", "result", "timeline")
 SECRET_SETTINGS = ("SECRET_KEY", "AI_API_KEY", "WEBHOOK_SECRET", "REDIS_URL", "SMTP_URL")
 
 
@@ -24,7 +26,7 @@ def severity(event: dict) -> str:
 
 def recent_feed(level: str = "", count: int = 50) -> list[dict]:
     """The newest events first, each with its severity; level filters (info/warning/error)."""
-    rows = [{**e, "severity": severity(e)} for e in registry.latest_events(count)]
+    rows = [{**redact(e), "severity": severity(e)} for e in registry.latest_events(count)]
     return [e for e in rows if not level or e["severity"] == level]
 
 
@@ -52,9 +54,12 @@ def queues_page() -> dict:
 
 def queue_page(queue: str, state: str = "waiting", q: str = "", offset: int = 0,
                limit: int = 25) -> dict:
-    """A queue's jobs in one state (newest first), optionally searched by id or payload."""
+    """A queue's jobs in one state (newest first), optionally searched by id or payload (the
+    redacted payload: a search must not find a job by its secret)."""
     state = state if state in STATES else "waiting"
-    jobs = registry.list_jobs(queue, state, offset, limit if not q else 500)
+    listed = registry.list_jobs(queue, state, offset, limit if not q else 500)
+    # A listing shows neither errors nor timelines: leave them out rather than redact them.
+    jobs = [registry.redacted({k: v for k, v in j.items() if k not in UNLISTED}) for j in listed]
     if q:
         needle = q.lower()
         jobs = [j for j in jobs if needle in j["id"].lower()
@@ -70,7 +75,7 @@ def job_page(job_id: str) -> dict | None:
     if job is None:
         return None
     record = dlq.get_record(job.get("dlq_id") or job_id) if job["state"] == "dead" else None
-    return {"job": job, "dlq_record": record}
+    return {"job": registry.redacted(job), "dlq_record": record}
 
 
 def dlq_page(flt: Filters, cursor: str | None = None) -> dict:

@@ -21,6 +21,7 @@ import time
 import redis
 
 from . import audit, dlq, keys
+from .redaction import REDACTED, is_secret_name, redact_text
 from .registry import script_args
 from .scripts import scripts_for
 
@@ -36,7 +37,7 @@ def describe(message: bytes, reason: str) -> dict:
     text = (f"{reason}. Raw message: {len(message)} bytes, sha256 "
             f"{hashlib.sha256(message).hexdigest()[:16]}, header {head!r}; "
             f"text inside: {preview(data)}")
-    return {"type": "PoisonMessage", "message": dlq.redact(text)[:2000], "stack": "",
+    return {"type": "PoisonMessage", "message": redact_text(text)[:2000], "stack": "",
             "code": "poison"}
 
 
@@ -58,7 +59,7 @@ def preview(data: bytes) -> str:
                 strings.append(arg if isinstance(arg, str) else arg.decode(errors="replace"))
     except Exception:  # noqa: BLE001  (a broken pickle still shows what was read before)
         strings.append("<unreadable from here>")
-    shown = [dlq.redact({strings[i - 1]: s})[strings[i - 1]] if i else s
+    shown = [REDACTED if i and is_secret_name(strings[i - 1]) else redact_text(s)
              for i, s in enumerate(strings)]
     return repr([s[:120] for s in shown]) if shown else "(none)"
 

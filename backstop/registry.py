@@ -17,6 +17,7 @@ from . import keys
 from .config import Settings, settings
 from .connection import client
 from .contracts import QUEUES
+from .redaction import redact, redact_text
 from .scripts import scripts_for
 
 STATES = ("waiting", "delayed", "active", "completed", "failed", "dead", "cancelled")
@@ -42,14 +43,16 @@ def to_json(data: dict) -> str:
 
 
 def entry(name: str, t: float, **extra) -> str:
-    """A timeline entry as JSON: what happened and when, with details."""
-    return to_json({"t": t, "event": name, **extra})
+    """A timeline entry as JSON: what happened and when, with details (secrets in them
+    redacted: a timeline is read by every viewer)."""
+    return to_json({"t": t, "event": name, **redact(extra)})
 
 
 def event(kind: str, job_id: str, queue: str, job: str, state: str, t: float, **extra) -> str:
-    """An event as JSON, as published on the channel and the recent-events stream."""
+    """An event as JSON, as published on the channel and the recent-events stream (secrets
+    in the details redacted: the feed is read by every viewer)."""
     return to_json({"type": kind, "job_id": job_id, "queue": queue, "job": job,
-                    "state": state, "t": t, **extra})
+                    "state": state, "t": t, **redact(extra)})
 
 
 def decode_record(raw: dict, timeline: list[str]) -> dict:
@@ -65,6 +68,19 @@ def decode_record(raw: dict, timeline: list[str]) -> dict:
         if record.get(name):
             record[name] = float(record[name])
     return record
+
+
+def redacted(job: dict) -> dict:
+    """A record as a person or a token may read it: payload, result, error, progress message
+    and timeline with secrets redacted. The stored record keeps the exact payload (the
+    worker runs it), so every reader goes through this."""
+    shown = dict(job)
+    for name in ("payload", "result", "error", "timeline"):
+        if name in shown:
+            shown[name] = redact(shown[name])
+    if shown.get("progress_message"):
+        shown["progress_message"] = redact_text(shown["progress_message"])
+    return shown
 
 
 def get_job(job_id: str, r: redis.Redis | None = None) -> dict | None:
@@ -101,7 +117,7 @@ def counts(queues: tuple[str, ...] = QUEUES) -> dict[str, dict[str, int]]:
 
 def report_progress(job_id: str, queue: str, job: str, percent: int, message: str) -> None:
     """Store a running job's progress and publish it as an event."""
-    now = time.time()
+    now, message = time.time(), redact_text(message)
     body = event("progress", job_id, queue, job, "active", now, progress=percent,
                  message=message)
     scripts_for(client()).progress(keys=[keys.job(job_id)],

@@ -11,6 +11,7 @@ import difflib
 import json
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from . import confirm, dlq, keys
@@ -20,10 +21,12 @@ from .dlq import DlqError, Filters
 from .errors import PayloadError
 from .hueys import huey_for
 from .producers import prepare
+from .redaction import REDACTED, is_destination_name, redact, redact_text
 from .registry import entry, event, script_args
 from .scripts import scripts_for
 
 MAX_REPLAYS = 5
+RESEND = "dlq.resend"  # the confirmation an owner gives to send secrets to a new destination
 LOCK_SECONDS = 10
 REFUSALS = {
     "missing": ("no dead-letter record {id!r}", 404),
@@ -38,41 +41,106 @@ def _refuse(code: str, record_id: str, detail: str = "") -> DlqError:
     return DlqError(message.format(id=record_id, detail=detail), code=code, status=status)
 
 
-def _secret_paths(value: Any, path: tuple = ()) -> dict[tuple, Any]:
+def _leaves(value: Any, path: tuple = ()) -> dict[tuple, Any]:
     if isinstance(value, dict):
         found: dict = {}
         for k, v in value.items():
-            found.update(_secret_paths(v, (*path, k)))
+            found.update(_leaves(v, (*path, k)))
         return found
     if isinstance(value, list):
         found = {}
         for i, v in enumerate(value):
-            found.update(_secret_paths(v, (*path, i)))
+            found.update(_leaves(v, (*path, i)))
         return found
     return {path: value}
 
 
-def restore_secrets(edited: Any, original: Any) -> Any:
-    """The edited payload with every "[REDACTED]" value put back from the original."""
-    if edited == dlq.REDACTED:
-        return original
+def _dotted(path: tuple) -> str:
+    return ".".join(map(str, path))
+
+
+def restore_secrets(edited: Any, original: Any, restored: list[str] | None = None,
+                    path: tuple = ()) -> Any:
+    """The edited payload with every value left as the reader saw it put back from the
+    original: "[REDACTED]" under a secret name, or text whose secrets showed as [REDACTED]
+    (a URL with its password hidden). restored: collects the dotted paths put back."""
+    restored = [] if restored is None else restored
     if isinstance(edited, dict) and isinstance(original, dict):
-        return {k: restore_secrets(v, original.get(k)) for k, v in edited.items()}
+        return {k: _restore_key(k, v, original, restored, (*path, k)) for k, v in edited.items()}
     if isinstance(edited, list) and isinstance(original, list):
-        return [restore_secrets(v, original[i] if i < len(original) else None)
-                for i, v in enumerate(edited)]
+        return [restore_secrets(v, original[i] if i < len(original) else None, restored,
+                                (*path, i)) for i, v in enumerate(edited)]
+    if isinstance(edited, str) and isinstance(original, str) and edited != original \
+            and edited == redact_text(original):
+        restored.append(_dotted(path))
+        return original
     return edited
+
+
+def _restore_key(key, edited: Any, original: dict, restored: list[str], path: tuple) -> Any:
+    if edited == REDACTED and redact({key: original.get(key)})[key] == REDACTED:
+        restored.append(_dotted(path))
+        return original[key]
+    return restore_secrets(edited, original.get(key), restored, path)
+
+
+def moved_destinations(original: dict, edited: dict) -> list[dict]:
+    """The destination fields (redaction.is_destination_name: url, to, webhook_id...) whose
+    value the edit changed, added or removed: [{path, old, new}], values redacted."""
+    before, after = _leaves(original), _leaves(edited)
+    paths = [p for p in set(before) | set(after)
+             if any(is_destination_name(str(part)) for part in p if isinstance(part, str))]
+    return [{"path": _dotted(p), "old": redact(before.get(p)), "new": redact(after.get(p))}
+            for p in sorted(paths, key=str) if before.get(p, ...) != after.get(p, ...)]
+
+
+@dataclass
+class Edit:
+    """An edited payload merged with its sealed original and validated.
+
+    resent: the sealed secrets put back (dotted paths); moved: the destinations changed.
+    Secrets go back only to where they came from: when both are non-empty, the edit needs
+    the secrets entered again, or an owner's confirmation (see resend_scope).
+    """
+
+    job: str
+    payload: dict
+    resent: list[str]
+    moved: list[dict]
+
+    def resends_elsewhere(self) -> bool:
+        return bool(self.resent and self.moved)
+
+    def resend_scope(self, record_id: str) -> dict:
+        """What an owner's confirmation is bound to: which secrets go to which destinations."""
+        return {"id": record_id, "secrets": self.resent, "to": self.moved}
+
+    def refusal(self) -> PayloadError:
+        where = ", ".join(m["path"] for m in self.moved)
+        return PayloadError(self.job, [
+            {"field": path, "message": f"enter this secret again: the destination changed "
+                                       f"({where}), so the stored one is not sent there "
+                                       "(an owner may confirm re-sending it)"}
+            for path in self.resent])
+
+
+def merge_edit(job: str, edited: dict, original: dict) -> Edit:
+    """Restore the secrets an edit left as shown, validate the result against the job's
+    contract and compare its destinations with the original's. Raises PayloadError."""
+    resent: list[str] = []
+    merged = validate_payload(job, restore_secrets(edited, original, resent))
+    return Edit(job, merged, resent, moved_destinations(original, merged))
 
 
 def payload_diff(old: dict, new: dict) -> dict:
     """Old against new, as changed paths and as a unified diff of the (redacted) JSON."""
-    before, after = _secret_paths(dlq.redact(old)), _secret_paths(dlq.redact(new))
-    changes = [{"path": ".".join(map(str, p)), "old": before.get(p), "new": after.get(p)}
+    before, after = _leaves(redact(old)), _leaves(redact(new))
+    changes = [{"path": _dotted(p), "old": before.get(p), "new": after.get(p)}
                for p in sorted(set(before) | set(after), key=str)
                if before.get(p, ...) != after.get(p, ...)]
     text = difflib.unified_diff(
-        json.dumps(dlq.redact(old), indent=2, sort_keys=True).splitlines(),
-        json.dumps(dlq.redact(new), indent=2, sort_keys=True).splitlines(),
+        json.dumps(redact(old), indent=2, sort_keys=True).splitlines(),
+        json.dumps(redact(new), indent=2, sort_keys=True).splitlines(),
         "old", "new", lineterm="")
     return {"changes": changes, "unified": "\n".join(text)}
 
@@ -84,40 +152,65 @@ def _record_or_refuse(record_id: str) -> dict:
     return raw
 
 
-def preview_edit(record_id: str, payload: dict) -> dict:
+def preview_edit(record_id: str, payload: dict, *, actor: str = "",
+                 owner: bool = False) -> dict:
     """Validate an edited payload against the job's contract and show its diff; commits
-    nothing. Raises DlqError (missing) or PayloadError (field errors)."""
+    nothing. When the edit would send sealed secrets to a changed destination, an owner gets
+    ``resend`` {secrets, to, token} (pass the token to replay within 60 s); anyone else gets
+    a PayloadError naming the secrets to enter again.
+    Raises DlqError (missing) or PayloadError (field errors)."""
     raw = _record_or_refuse(record_id)
     original = dlq.unseal(raw["payload_sealed"])
-    merged = validate_payload(raw["job"], restore_secrets(payload, original))
-    return {"id": record_id, "job": raw["job"], "payload": dlq.redact(merged),
-            "diff": payload_diff(original, merged)}
+    edit = merge_edit(raw["job"], payload, original)
+    preview = {"id": record_id, "job": raw["job"], "payload": redact(edit.payload),
+               "diff": payload_diff(original, edit.payload)}
+    if edit.resends_elsewhere():
+        if not owner:
+            raise edit.refusal()
+        scope = edit.resend_scope(record_id)
+        preview["resend"] = {"secrets": edit.resent, "to": edit.moved,
+                             "token": confirm.issue(actor, RESEND, scope)}
+    return preview
 
 
 def replay(record_id: str, *, actor: str, queue: str | None = None,
-           payload: dict | None = None) -> dict:
+           payload: dict | None = None, resend_token: str | None = None) -> dict:
     """Replay a record as a new attempt (its original queue, or ``queue``).
 
-    payload: an edited payload, validated against the contract; "[REDACTED]" values keep
-    the original secret. Returns {id, attempt_id, queue, replay_count, diff?}.
+    payload: an edited payload, validated against the contract; values left as shown
+    ("[REDACTED]") keep the original secret while every destination is unchanged; sending
+    them to a changed destination needs resend_token (from an owner's preview_edit).
+    Returns {id, attempt_id, queue, replay_count, diff?}.
     Raises DlqError (missing, resolved, busy, limit, locked) or PayloadError.
     """
     lock = client().lock(keys.dlq_lock(record_id), timeout=LOCK_SECONDS, blocking=False)
     if not lock.acquire():
         raise DlqError(f"record {record_id!r} is being replayed right now", code="locked")
     try:
-        return _replay_locked(record_id, actor, queue, payload)
+        return _replay_locked(record_id, actor, queue, payload, resend_token)
     finally:
         lock.release()
 
 
-def _replay_locked(record_id: str, actor: str, queue: str | None, payload: dict | None) -> dict:
+def _edited_body(record_id: str, raw: dict, original: dict, payload: dict | None, actor: str,
+                 resend_token: str | None) -> dict:
+    if payload is None:
+        return original
+    edit = merge_edit(raw["job"], payload, original)
+    if edit.resends_elsewhere() and not confirm.consume(resend_token or "", actor, RESEND,
+                                                        edit.resend_scope(record_id)):
+        raise edit.refusal()
+    return edit.payload
+
+
+def _replay_locked(record_id: str, actor: str, queue: str | None, payload: dict | None,
+                   resend_token: str | None) -> dict:
     raw = _record_or_refuse(record_id)
     original = dlq.unseal(raw["payload_sealed"])
     chosen = queue or raw["queue"]
     if chosen not in QUEUES:
         raise PayloadError(raw["job"], [{"field": "queue", "message": f"unknown queue {chosen}"}])
-    body = original if payload is None else restore_secrets(payload, original)
+    body = _edited_body(record_id, raw, original, payload, actor, resend_token)
     count = int(raw.get("replay_count") or 0)
     if count >= MAX_REPLAYS:
         raise _refuse("limit", record_id, str(count))

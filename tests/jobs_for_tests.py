@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 from pydantic import Field
 
 from backstop import define_job
 from backstop.contracts import Payload
+from backstop.tasks.plugins import WebhookError
 
 
 class Mark(Payload):
@@ -101,3 +103,19 @@ def nap(payload: Nap, ctx):
         with open(runs, "a") as out:
             out.write(f"{ctx.job_id} {ctx.attempt}\n")
     return {"slept": payload.seconds}
+
+
+class Leak(Payload):
+    url: str = Field(default="", max_length=2_000)
+    secret: str = Field(default="", max_length=200)
+    data: dict[str, Any] = Field(default_factory=dict)
+    error: str = Field(default="", max_length=10_000)
+    max_tokens: int = Field(default=0, ge=0)
+
+
+@define_job("test.leak", queue="system", model=Leak)
+def leak(payload: Leak, ctx):
+    """Fails like a webhook whose URL and answer carry secrets: reports `error` as progress,
+    then raises a WebhookError with it (redaction tests)."""
+    ctx.progress(50, payload.error)
+    raise WebhookError(payload.error)

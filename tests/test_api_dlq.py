@@ -175,3 +175,27 @@ def test_redrive_api_starts_reports_and_cancels(api):
     trail = [(e["action"], e["result"]) for e in audit.entries(action="dlq.redrive.").items]
     assert trail == [("dlq.redrive.change", "ok"), ("dlq.redrive.start", "refused 409"),
                      ("dlq.redrive.start", "ok"), ("dlq.redrive.start", "refused 422")]
+
+
+def test_edit_replay_to_a_new_destination_needs_the_secrets_or_an_owners_confirmation(api):
+    import time
+
+    hook = {"url": "https://hooks.example/in", "event": "order.paid", "secret": "whsec-victim"}
+    dlq.write_records([({"id": "wh-1", "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": hook}, {"type": "WebhookError", "message": "500",
+                                            "stack": "", "code": ""}, 1, time.time())])
+    moved = {**dlq.get_record("wh-1")["payload"], "url": "https://evil.example/in"}
+    operator, owner = auth("operator"), auth("owner")
+    refused = api.post("/api/v1/dlq/wh-1/replay", json={"payload": moved}, headers=operator)
+    assert refused.status_code == 422 and refused.json["fields"][0]["field"] == "secret"
+    preview = api.post("/api/v1/dlq/wh-1/preview", json={"payload": moved}, headers=operator)
+    assert preview.status_code == 422
+    preview = api.post("/api/v1/dlq/wh-1/preview", json={"payload": moved}, headers=owner).json
+    assert preview["resend"]["to"][0]["new"] == "https://evil.example/in"
+    body = {"payload": moved, "resend_token": preview["resend"]["token"]}
+    assert api.post("/api/v1/dlq/wh-1/replay", json=body, headers=operator).status_code == 422
+    body["resend_token"] = api.post("/api/v1/dlq/wh-1/preview", json={"payload": moved},
+                                    headers=owner).json["resend"]["token"]
+    done = api.post("/api/v1/dlq/wh-1/replay", json=body, headers=owner)
+    assert done.status_code == 202 and dlq.get_record("wh-1")["replay_count"] == 1
+    assert "whsec-victim" not in json.dumps(audit.entries(action="dlq.replay").items)

@@ -125,3 +125,31 @@ def test_commands_find_the_embedded_redis_that_run_started(r, tmp_path, monkeypa
         assert connection.redis_url() == "redis://127.0.0.1:6399/0"
     finally:
         connection.reset()
+
+
+HOOK = {"url": "http://u:urlpass1@hooks.example/h?token=qtok2", "event": "order.paid",
+        "secret": "signsecret3", "data": {"password": "datapw4", "max_tokens": 800}}
+HOOK_SECRETS = ("urlpass1", "qtok2", "signsecret3", "datapw4")
+
+
+def test_a_viewer_reads_jobs_and_their_replays_with_secrets_redacted(api):
+    import time
+
+    from backstop import dlq, replay
+
+    created = api.post("/api/v1/jobs", json={"job": "plugins.webhook.deliver", "payload": HOOK},
+                       headers=bearer("operator")).json
+    dlq.write_records([({"id": "wh-dead", "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": HOOK}, {"type": "WebhookError", "message": "x", "stack": "",
+                                            "code": ""}, 1, time.time())])
+    attempt = replay.replay("wh-dead", actor="ops")["attempt_id"]
+    viewer = bearer("viewer")
+    for job_id in (created["id"], attempt):
+        shown = api.get(f"/api/v1/jobs/{job_id}", headers=viewer)
+        assert shown.status_code == 200
+        leaked = [s for s in HOOK_SECRETS if s in shown.get_data(as_text=True)]
+        assert not leaked, f"{job_id} shows {leaked}"
+        payload = shown.json["payload"]
+        assert payload["secret"] == "[REDACTED]" and payload["data"]["password"] == "[REDACTED]"
+        assert payload["url"].startswith("http://u:[REDACTED]@hooks.example/h?token=")
+        assert payload["data"]["max_tokens"] == 800 and payload["event"] == "order.paid"

@@ -184,3 +184,26 @@ def test_archive_files_are_private_whatever_the_umask(r, tmp_path):
     finally:
         os.umask(old_umask)
         apply_env(DLQ_MAX_RECORDS="100000", DLQ_ARCHIVE_DIR="var/dlq-archive")
+
+
+def test_error_text_is_redacted_where_it_is_written(r):
+    hook = ("http://u:PASS1@hooks.example/hook?token=tok2&api_key=key3&sig=sig4&page=2")
+    error = f"webhook {hook} answered 401: Authorization: Bearer bearer567 password=pw6"
+    [job_id] = make_dead([{"url": hook, "error": error}], job="test.leak")
+    secrets = ("PASS1", "tok2", "key3", "sig4", "bearer567", "pw6")
+    record = dlq.detail(job_id)
+    job = registry.get_job(job_id)
+    written = {
+        "record": json.dumps(r.hgetall(keys.dlq_record(job_id))),
+        "job error": json.dumps(job["error"]),
+        "timeline": json.dumps(r.lrange(keys.timeline(job_id), 0, -1)),
+        "events": json.dumps(r.xrange(keys.events_stream())),
+        "progress": r.hget(keys.job(job_id), "progress_message"),
+        "analytics": json.dumps([dlq.analytics(), dlq.fingerprints()]),
+    }
+    for surface, text in written.items():
+        leaked = [s for s in secrets if s in text]
+        assert not leaked, f"{surface} carries {leaked}"
+    assert record["error_type"] == "WebhookError" and "hooks.example/hook" in record["stack"]
+    assert "page=2" in record["error_message"] and "answered 401" in record["error_message"]
+    assert job["timeline"][-1]["error"] == record["error_message"]

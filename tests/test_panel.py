@@ -256,3 +256,48 @@ def test_a_job_present_at_worker_deaths_says_so_on_its_page(app, r):
     page = viewer.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert re.search(r"Worker deaths</dt><dd>2 <span", page)
     assert "process of its own" in page
+
+
+def test_the_job_page_and_queue_search_hide_secrets(app):
+    hook = {"url": "http://u:urlpass1@hooks.example/h?api_key=qkey2", "event": "order.paid",
+            "secret": "signsecret3", "data": {"session_id": "sess4", "max_tokens": 800}}
+    job_id = producers.enqueue("plugins.webhook.deliver", hook)
+    viewer = signed_in(app, "vera")
+    page = viewer.get(f"/jobs/{job_id}").get_data(as_text=True)
+    for secret in ("urlpass1", "qkey2", "signsecret3", "sess4"):
+        assert secret not in page
+        search = viewer.get(f"/queues/plugins?state=waiting&q={secret}").get_data(as_text=True)
+        assert job_id not in search, f"search finds the job by {secret}"
+    assert "max_tokens" in page and "800" in page and "order.paid" in page
+    assert job_id in viewer.get("/queues/plugins?state=waiting&q=order.paid").get_data(
+        as_text=True)
+
+
+def test_edit_replay_to_a_new_destination_names_it_and_needs_the_owner(app):
+    import json
+    import time
+
+    from backstop import dlq, registry
+
+    hook = {"url": "https://hooks.example/in", "event": "order.paid", "secret": "whsec-victim"}
+    dlq.write_records([({"id": "wh-1", "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": hook}, {"type": "WebhookError", "message": "500",
+                                            "stack": "", "code": ""}, 1, time.time())])
+    moved = json.dumps({**dlq.get_record("wh-1")["payload"], "url": "https://evil.example/in"})
+    operator = signed_in(app, "oscar")
+    refused = operator.post("/dlq/records/wh-1/edit", data={"csrf_token": operator.csrf,
+                                                            "payload": moved})
+    assert refused.status_code == 422 and "enter this secret again" in refused.get_data(
+        as_text=True)
+    owner = signed_in(app, "olga")
+    page = owner.post("/dlq/records/wh-1/edit", data={"csrf_token": owner.csrf,
+                                                      "payload": moved}).get_data(as_text=True)
+    assert "data-resend" in page and "https://evil.example/in" in page
+    assert "whsec-victim" not in page
+    confirm = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
+    resend = re.search(r'name="resend_token" value="([^"]+)"', page).group(1)
+    done = owner.post("/dlq/records/wh-1/edit", data={"csrf_token": owner.csrf, "payload": moved,
+                                                      "confirm": confirm, "resend_token": resend})
+    assert done.status_code == 302
+    attempt = done.headers["Location"].rsplit("/", 1)[-1]
+    assert registry.get_job(attempt)["payload"]["secret"] == "whsec-victim"

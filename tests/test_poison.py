@@ -83,7 +83,7 @@ def test_every_message_is_signed_and_a_changed_byte_fails_the_check(r):
 
 def test_a_forged_pickle_never_runs_and_its_job_is_parked_in_the_dlq(r, worker, tmp_path):
     marker = tmp_path / "pwned"
-    producers.enqueue("test.work", {"key": "test:real"}, job_id="victim")
+    producers.enqueue("test.work", {"seconds": 0.05}, job_id="victim")
     r.delete(queue_key())  # the real message is gone; the forged one stands in for it
     push_raw(forged("victim", marker))
     assert worker.run_next("system")
@@ -94,13 +94,13 @@ def test_a_forged_pickle_never_runs_and_its_job_is_parked_in_the_dlq(r, worker, 
     assert record["error_type"] == "PoisonMessage"
     assert "signature does not verify" in record["error_message"]
     assert "system" in record["error_message"], "the pickle's text is shown, not run"
-    assert record["payload"]["key"] == "test:real", "the payload comes from the job's record"
+    assert record["payload"]["seconds"] == 0.05, "the payload comes from the job's record"
     entry = refusals(r)[0]
     assert (entry["target"], entry["result"]) == ("victim", "refused")
 
 
 def test_a_refused_job_replays_as_a_freshly_signed_message(r, worker, tmp_path):
-    producers.enqueue("test.work", {"key": "test:real"}, job_id="victim")
+    producers.enqueue("test.work", {"seconds": 0.05}, job_id="victim")
     r.delete(queue_key())
     push_raw(forged("victim", tmp_path / "pwned"))
     worker.run_next("system")
@@ -165,3 +165,19 @@ def test_a_token_digest_written_by_hand_does_not_verify(r):
     real = tokens.create("ci", "operator")
     assert tokens.verify(real)["role"] == "operator"
     assert hashlib.sha256(real.encode()).hexdigest() not in r.hkeys(keys.api_tokens())
+
+
+def test_the_raw_bytes_shown_of_a_refused_message_are_redacted(r, worker):
+    data = pickle.dumps({"password": "hunter2", "url": "http://u:pw9@hooks.example/x",
+                         "max_tokens": 77})
+    old = os.environ.get("SECRET_KEY", "")
+    apply_env(SECRET_KEY="another-key")
+    secret_key.cache_clear()
+    message = frame("leaky", "test.work", data)
+    apply_env(SECRET_KEY=old)
+    secret_key.cache_clear()
+    push_raw(message)
+    assert worker.run_next("system")
+    shown = dlq.get_record("leaky")["error_message"]
+    assert "hunter2" not in shown and "pw9" not in shown
+    assert "hooks.example" in shown and "max_tokens" in shown

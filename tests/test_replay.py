@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 
 import pytest
 from dlq_helpers import make_dead, one_shot_worker, run_pending
@@ -134,3 +136,80 @@ def test_clear_needs_a_fresh_single_use_token_for_the_same_actor_and_filter(r):
     with pytest.raises(DlqError):
         replay.clear("owner", Filters(), expired["token"])
     assert dlq.count() == 5
+
+
+WEBHOOK = {"url": "https://hooks.example/in", "event": "order.paid", "secret": "whsec-victim",
+           "data": {"password": "pw-victim", "n": 1}}
+
+
+def dead_webhook(record_id: str = "wh-1") -> str:
+    """A dead webhook delivery whose payload carries a signing secret and a password."""
+    error = {"type": "WebhookError", "message": "answered 500", "stack": "", "code": ""}
+    dlq.write_records([({"id": record_id, "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": WEBHOOK}, error, 1, time.time())])
+    return record_id
+
+
+def shown(record_id: str) -> dict:
+    """The payload as the panel and the API show it (what an editor starts from)."""
+    return dlq.get_record(record_id)["payload"]
+
+
+def sent(attempt_id: str) -> dict:
+    return registry.get_job(attempt_id)["payload"]
+
+
+def test_an_edit_that_keeps_every_destination_keeps_the_sealed_secrets(r):
+    record_id = dead_webhook()
+    edited = {**shown(record_id), "event": "order.refunded"}
+    assert edited["secret"] == "[REDACTED]"
+    done = replay.replay(record_id, actor="oscar", payload=edited)
+    assert sent(done["attempt_id"]) == {**WEBHOOK, "event": "order.refunded"}
+
+
+@pytest.mark.parametrize("change", [{"url": "https://evil.example/in"},
+                                    {"url": "https://hooks.example/in-other"},
+                                    {"webhook_id": "wh_other"}])
+def test_an_edit_that_moves_a_destination_must_enter_the_secrets_again(r, change):
+    record_id = dead_webhook()
+    moved = {**shown(record_id), **change}
+    for attempt in (lambda: replay.replay(record_id, actor="oscar", payload=moved),
+                    lambda: replay.preview_edit(record_id, moved, actor="oscar")):
+        with pytest.raises(PayloadError) as refused:
+            attempt()
+        assert {e["field"] for e in refused.value.errors} == {"secret", "data.password"}
+    assert huey_for("plugins").storage.queue_size() == 0
+    assert dlq.get_record(record_id)["replay_count"] == 0
+    entered = {**moved, "secret": "whsec-new", "data": {"password": "pw-new", "n": 1}}
+    done = replay.replay(record_id, actor="oscar", payload=entered)
+    assert sent(done["attempt_id"])["secret"] == "whsec-new"
+    assert "pw-victim" not in json.dumps(sent(done["attempt_id"]))
+
+
+def test_only_an_owners_confirmation_naming_the_destination_resends_the_secrets(r):
+    record_id = dead_webhook()
+    moved = {**shown(record_id), "url": "https://new.example/in"}
+    preview = replay.preview_edit(record_id, moved, actor="olga", owner=True)
+    resend = preview["resend"]
+    assert resend["secrets"] == ["secret", "data.password"]
+    assert resend["to"] == [{"path": "url", "old": "https://hooks.example/in",
+                             "new": "https://new.example/in"}]
+    assert "whsec-victim" not in json.dumps(preview)
+    with pytest.raises(PayloadError):
+        replay.replay(record_id, actor="oscar", payload=moved, resend_token=resend["token"])
+    token = replay.preview_edit(record_id, moved, actor="olga", owner=True)["resend"]["token"]
+    done = replay.replay(record_id, actor="olga", payload=moved, resend_token=token)
+    assert sent(done["attempt_id"])["secret"] == "whsec-victim"
+    with pytest.raises(PayloadError):
+        replay.replay(record_id, actor="olga", payload=moved, resend_token=token)
+
+
+def test_a_url_left_as_shown_keeps_its_hidden_password(r):
+    error = {"type": "WebhookError", "message": "answered 500", "stack": "", "code": ""}
+    hook = {**WEBHOOK, "url": "https://u:urlpw@hooks.example/in?token=qtok"}
+    dlq.write_records([({"id": "wh-2", "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": hook}, error, 1, time.time())])
+    edited = {**shown("wh-2"), "event": "order.refunded"}
+    assert edited["url"] == "https://u:[REDACTED]@hooks.example/in?token=[REDACTED]"
+    done = replay.replay("wh-2", actor="oscar", payload=edited)
+    assert sent(done["attempt_id"])["url"] == hook["url"]
