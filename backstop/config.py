@@ -56,7 +56,9 @@ SETTINGS = [
     Setting("MAIL_FROM", "backstop@localhost", "Sender address of Backstop's mail."),
     Setting("OTP_TTL_SECONDS", "300", "Lifetime of a one-time code."),
     Setting("WEBHOOK_TIMEOUT_SECONDS", "10", "Timeout of one webhook delivery."),
-    Setting("WEBHOOK_SECRET", "", "Default HMAC secret for webhooks that name none."),
+    Setting("WEBHOOK_SECRET", "",
+            "HMAC secret of subscriptions that name none (it signs only deliveries to a "
+            "subscription's own URL)."),
     Setting("WEBHOOK_ALLOW_PRIVATE", "0",
             "1: webhooks may go to loopback, private, link-local and other internal "
             "addresses (refused by default, permanently)."),

@@ -282,13 +282,28 @@ def test_signature_rejects_tampered_body_and_stale_timestamp():
 
 def test_webhook_falls_back_to_default_secret_or_says_unsigned(r, http_peer, env):
     env(WEBHOOK_SECRET="fallback")
-    run(r, "plugins.webhook.deliver", {"url": http_peer.url, "event": "e"})
+    sub = plugins.subscribe(r, http_peer.url, ["e"])
+    run(r, "plugins.webhook.deliver", {"url": http_peer.url, "event": "e", "webhook_id": sub})
     first = http_peer.requests[0]
     assert verify_signature("fallback", first["headers"]["X-Backstop-Signature"], first["body"])
-    env(WEBHOOK_SECRET="")
     result = run(r, "plugins.webhook.deliver", {"url": http_peer.url, "event": "e"})
-    assert http_peer.requests[1]["headers"]["X-Backstop-Signature"] is None
+    assert http_peer.requests[1]["headers"]["X-Backstop-Signature"] is None, \
+        "WEBHOOK_SECRET signs subscriptions' deliveries only"
     assert result["signed"] is False and "unsigned" in result["note"]
+
+
+def test_a_stored_secret_never_signs_a_delivery_to_another_url(r, http_peer, env):
+    env(WEBHOOK_SECRET="fallback")
+    own = plugins.subscribe(r, "https://receiver.example/hook", ["e"], secret="victim-secret")
+    bare = plugins.subscribe(r, "https://other.example/hook", ["e"])
+    for sub in (own, bare):
+        with pytest.raises(PermanentFailure, match="for another URL"):
+            run(r, "plugins.webhook.deliver",
+                {"url": http_peer.url, "event": "e", "webhook_id": sub})
+    with pytest.raises(PermanentFailure, match="does not exist"):
+        run(r, "plugins.webhook.deliver",
+            {"url": http_peer.url, "event": "e", "webhook_id": "wh_gone"})
+    assert http_peer.requests == [], "nothing was sent, signed or not"
 
 
 def test_webhook_500_is_retryable_and_410_is_permanent(r, http_peer):

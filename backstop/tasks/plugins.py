@@ -24,6 +24,7 @@ from urllib.parse import urljoin, urlsplit
 
 import redis
 import requests
+from pydantic import AnyHttpUrl, TypeAdapter
 
 from .. import keys, outbound
 from ..config import settings
@@ -38,6 +39,7 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")  # always fullmatch
 
 Plugin = Callable[[dict, JobContext], Any]
 PLUGINS: dict[str, Plugin] = {}
+URL = TypeAdapter(AnyHttpUrl)  # compares URLs as the delivery contract normalises them
 
 
 class WebhookError(Exception):
@@ -100,15 +102,31 @@ def subscriptions(r: redis.Redis) -> list[dict]:
             for rec in _load_subscriptions(r)]
 
 
-def _subscription_secret(r: redis.Redis, sub_id: str | None) -> str | None:
-    raw = r.hget(keys.webhooks(), sub_id) if sub_id else None
-    return json.loads(raw).get("secret") if raw else None
+def _subscription(r: redis.Redis, sub_id: str) -> dict | None:
+    raw = r.hget(keys.webhooks(), sub_id)
+    return json.loads(raw) if raw else None
 
 
 # ---- delivery ----
 def _delivery_secret(payload: PluginsWebhookDeliver, ctx: JobContext) -> str | None:
-    return (payload.secret or _subscription_secret(ctx.redis, payload.webhook_id)
-            or settings().webhook_secret or None)
+    """The payload's own secret; else, for a subscription's delivery, the subscription's
+    secret or WEBHOOK_SECRET. A stored secret signs only a delivery to its subscription's own
+    URL: whoever may enqueue a delivery must not get a signature for a body of their choosing
+    sent to their own server (they could replay it to the real receiver).
+
+    Raises PermanentFailure when webhook_id names a missing subscription or another URL.
+    """
+    if payload.secret or not payload.webhook_id:
+        return payload.secret or None
+    sub = _subscription(ctx.redis, payload.webhook_id)
+    if sub is None:
+        raise PermanentFailure(f"webhook subscription {payload.webhook_id} does not exist "
+                               "(any more): not delivered", code="webhook_unknown")
+    if str(URL.validate_python(sub["url"])) != str(payload.url):
+        raise PermanentFailure(
+            f"webhook subscription {payload.webhook_id} is for another URL; its secret signs "
+            "only deliveries to that URL: not delivered", code="webhook_url_mismatch")
+    return sub.get("secret") or settings().webhook_secret or None
 
 
 def _headers(payload: PluginsWebhookDeliver, ctx: JobContext, secret, body: str, ts: int):
@@ -176,7 +194,8 @@ def deliver_webhook(payload: PluginsWebhookDeliver, ctx: JobContext) -> dict:
     _check_answer(response, url, ctx, payload.webhook_id)
     result = {"status": response.status_code, "ms": elapsed, "signed": bool(secret)}
     if not secret:
-        result["note"] = "sent unsigned: no secret in the payload, subscription or WEBHOOK_SECRET"
+        result["note"] = ("sent unsigned: no secret in the payload, and no subscription "
+                          "(whose secret or WEBHOOK_SECRET would sign it)")
     return result
 
 
