@@ -53,7 +53,7 @@ from backstop import (
     users,
 )
 from backstop.config import secret_key, settings
-from backstop.connection import is_try_later, redis_url
+from backstop.connection import NO_CLIENT_INFO, is_try_later, redis_url
 from backstop.contracts import QUEUES
 from backstop.dlq import DlqError, FilterError, Filters
 from backstop.errors import BackstopError, PayloadError, UnknownJob
@@ -80,7 +80,8 @@ def create_app() -> Flask:
         RATELIMIT_STORAGE_URI=redis_url(), RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
-        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
+        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1,
+                                   **NO_CLIENT_INFO},
         SOCK_SERVER_OPTIONS={"ping_interval": 20},
     )
     bind_extensions(app)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 import redis
 from redis import exceptions as redis_exceptions
+from redis.maint_notifications import MaintNotificationsConfig
 
 from .config import settings
 
@@ -61,6 +62,13 @@ class KernelTimedConnection(redis.Connection):
             raise
 
 
+# redis-py would send CLIENT SETINFO and CLIENT MAINT_NOTIFICATIONS (a Redis Enterprise
+# feature) on every new connection: round trips, and commands the production ACL user
+# (backstop.redis_acl) need not have.
+NO_CLIENT_INFO = {"driver_info": None,
+                  "maint_notifications_config": MaintNotificationsConfig(enabled=False)}
+
+
 def timeouts(kernel: bool = False) -> dict:
     """Socket options every Redis client of Backstop's uses (settings REDIS_*_TIMEOUT ...).
 
@@ -72,7 +80,7 @@ def timeouts(kernel: bool = False) -> dict:
     options = {"socket_timeout": socket_timeout(),
                "socket_connect_timeout": settings().float("redis_connect_timeout"),
                "health_check_interval": settings().float("redis_health_check_seconds"),
-               "socket_keepalive": True}
+               "socket_keepalive": True, **NO_CLIENT_INFO}
     if kernel and urlsplit(redis_url()).scheme == "redis" and options["socket_timeout"]:
         options.update(connection_class=KernelTimedConnection,
                        kernel_timeout=options["socket_timeout"], socket_timeout=None)

@@ -22,6 +22,9 @@ def redis_url(tmp_path_factory):
     url = f"redis://127.0.0.1:{port}/0"
     os.environ["REDIS_URL"] = url
     yield url
+    if os.environ.get("BACKSTOP_COMMANDSTATS_FILE"):  # what backstop.redis_acl is built from
+        stats = redis.Redis.from_url(url).info("commandstats")
+        Path(os.environ["BACKSTOP_COMMANDSTATS_FILE"]).write_text("\n".join(sorted(stats)))
     proc.terminate()
     proc.wait(10)
 

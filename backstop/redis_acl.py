@@ -1,0 +1,55 @@
+"""A Redis ACL user for production: the commands Backstop runs, on its own keys and channels.
+
+Everything else is refused: no CONFIG, KEYS, FLUSHALL, DEBUG, MONITOR, ACL, MODULE, SCRIPT
+FLUSH, SHUTDOWN, no key outside Backstop's prefixes. COMMANDS is what Redis's commandstats
+showed after the whole test suite (``BACKSTOP_COMMANDSTATS_FILE=/tmp/stats ./test``), less
+what only the tests use; tests/test_redis_acl.py runs every role under this user and checks
+that Redis's ACL log stays empty.
+
+    .venv/bin/python -m backstop.redis_acl [USER]   # prints the ACL SETUSER line
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .config import settings
+
+COMMANDS = (
+    # connection
+    "ping", "echo", "select", "hello", "reset", "client|setname",
+    # scripts (every multi-step write is one script) and transactions
+    "evalsha", "eval", "script|load", "script|exists", "multi", "exec", "discard", "watch",
+    "unwatch",
+    # strings, hashes, lists, sets, sorted sets, streams
+    "get", "set", "getdel", "mget", "incr", "incrby", "decr", "decrby", "append", "del",
+    "unlink", "exists", "expire", "pexpire", "persist", "ttl", "pttl", "type", "scan",
+    "hget", "hset", "hsetnx", "hmget", "hgetall", "hdel", "hexists", "hincrby",
+    "hincrbyfloat", "hkeys", "hvals", "hlen", "hscan",
+    "lpush", "rpush", "lpop", "rpop", "lrange", "lrem", "llen", "lindex", "ltrim", "lmove",
+    "blmove",
+    "sadd", "srem", "smembers", "sismember", "scard",
+    "zadd", "zrem", "zcard", "zcount", "zscore", "zrange", "zrangebyscore", "zrevrange",
+    "zrevrangebyscore", "zremrangebyrank", "zremrangebyscore", "zpopmin",
+    "xadd", "xrange", "xrevrange", "xlen", "xtrim",
+    # the live feed, health and the Redis panel
+    "publish", "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "info", "time",
+    "dbsize",
+)
+
+
+def rules(prefix: str) -> list[str]:
+    """The ACL rules (after ``ACL SETUSER <user>``) for a Backstop using ``prefix``."""
+    return ["on", "resetkeys", "resetchannels", f"~{prefix}:*", f"~huey.*.{prefix}_*",
+            f"~LIMITS:LIMITER/{prefix}-limits/*", f"&{prefix}:*", "-@all",
+            *(f"+{command}" for command in COMMANDS)]
+
+
+def setuser_command(user: str = "backstop", password: str = "CHANGE-ME") -> str:
+    """The ACL SETUSER line to run (in redis-cli, as an administrator) for this prefix."""
+    return " ".join(["ACL SETUSER", user, f">{password}",
+                     *rules(settings().backstop_prefix)])
+
+
+if __name__ == "__main__":
+    print(setuser_command(*sys.argv[1:2]))

@@ -1,0 +1,96 @@
+"""The production Redis ACL user (backstop.redis_acl) is enough for every role and refuses the
+rest: a worker, the producers, the DLQ, audit, tokens and the panel all run under it while
+Redis's ACL log stays empty."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import redis
+from conftest import ROOT, apply_env, wait_for
+from test_panel import PASSWORD, signed_in
+
+import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
+from backstop import audit, dlq, producers, redis_acl, redis_server, registry, replay, tokens
+from backstop import users as panel_users
+
+FAST = {"rate_limit": 0, "backoff_jitter": 0, "backoff_base": 0.05, "attempts": 2}
+
+
+@pytest.fixture
+def restricted(r, tmp_path):
+    """A Redis of its own whose only usable user is the documented Backstop user; yields
+    (its URL for that user, an administrator's client)."""
+    port = redis_server.free_port()
+    proc = redis_server.start(port, tmp_path / "redis", durable=False)
+    setup = redis.Redis(port=port, decode_responses=True)
+    setup.execute_command("ACL", "SETUSER", "admin", "on", ">admin-pw", "~*", "&*", "+@all")
+    setup.execute_command("ACL", "SETUSER", "backstop", ">app-pw", *redis_acl.rules("backstop"))
+    setup.execute_command("ACL", "SETUSER", "default", "off")
+    admin = redis.Redis(port=port, username="admin", password="admin-pw",
+                        decode_responses=True)
+    admin.execute_command("ACL", "LOG", "RESET")
+    url = f"redis://backstop:app-pw@127.0.0.1:{port}/0"
+    apply_env(REDIS_URL=url, BACKSTOP_QUEUES=json.dumps({"system": FAST}), COOKIE_SECURE="0")
+    yield url, admin
+    proc.terminate()
+    proc.wait(10)
+
+
+def denied(admin) -> list[str]:
+    return [f"{e['reason']}: {e['object']} ({e['client-info']})"
+            for e in admin.execute_command("ACL", "LOG")]
+
+
+def test_the_acl_user_refuses_what_backstop_never_needs(restricted):
+    url, _ = restricted
+    app_client = redis.Redis.from_url(url)
+    for command in (("FLUSHALL",), ("CONFIG", "GET", "*"), ("KEYS", "*"), ("MONITOR",),
+                    ("ACL", "LIST"), ("DEBUG", "SLEEP", "0"), ("SET", "elsewhere", "1")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            app_client.execute_command(*command)
+
+
+def test_every_role_runs_under_the_acl_user(restricted, workers):
+    url, admin = restricted
+    marks = {"key": "backstop:test:marks"}  # a job's own writes stay under the prefix too
+    ok = producers.enqueue("test.work", marks, job_id="acl-ok")
+    bad = producers.enqueue("test.fail", marks, job_id="acl-bad")
+    producers.enqueue("test.nap", {}, job_id="acl-later", delay=0.3)
+    log = ROOT / "var" / "acl-worker.log"
+    workers.start("system", {"system": FAST}, log_to=log, REDIS_URL=url,
+                  WORKER_RECONCILE_SECONDS="0.5")
+    try:
+        wait_for(lambda: {j["state"] for j in registry.get_jobs([ok, bad, "acl-later"])}
+                 == {"completed", "dead"}, what="jobs finished")
+    except AssertionError:
+        raise AssertionError(f"{[j['state'] for j in registry.get_jobs([ok, bad, 'acl-later'])]}"
+                             f" {denied(admin)}") from None
+    attempt = replay.replay(bad, actor="olga")["attempt_id"]
+    wait_for(lambda: registry.get_job(attempt)["state"] == "dead", what="the replay failed")
+    assert dlq.page().items and dlq.analytics() and dlq.fingerprints() is not None
+    token = tokens.create("ci", "viewer")
+    assert tokens.verify(token)["role"] == "viewer"
+    audit.record("olga", "acl.check", "x")
+    assert audit.verify().ok
+    browse_the_panel()
+    assert denied(admin) == [], denied(admin)
+
+
+def browse_the_panel() -> None:
+    from app import create_app
+
+    app = create_app()
+    app.testing = True
+    panel_users.create("olga", "owner", PASSWORD)
+    client = signed_in(app, "olga")
+    for path in ("/overview", "/queues", "/queues/system", "/jobs/acl-ok", "/dlq",
+                 "/dlq/records/acl-bad", "/dlq/analytics", "/dlq/export.csv", "/system", "/audit"):
+        assert client.get(path).status_code == 200, path
+    response = client.post("/queues/system/pause", data={"csrf_token": client.csrf})
+    assert response.status_code in (200, 302)
+    page = client.get("/queues").get_data(as_text=True)
+    assert re.search(r"paused", page, re.I)
+    assert ROOT.exists()
