@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -28,6 +29,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask.json.provider import DefaultJSONProvider
 from flask_babel import Babel, format_datetime
 from flask_babel import gettext as _
 from flask_limiter import Limiter
@@ -40,6 +42,7 @@ from wtforms.validators import DataRequired
 
 from backstop import (
     audit,
+    bounded_json,
     confirm,
     dlq,
     export,
@@ -82,10 +85,12 @@ def create_app() -> Flask:
         RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
         SOCK_SERVER_OPTIONS={"ping_interval": 20},
+        MAX_CONTENT_LENGTH=settings().int("max_content_length"),
     )
+    app.json = BoundedJSON(app)
     bind_extensions(app)
     app.register_error_handler(redis.RedisError, redis_error)
-    for code in (400, 401, 403, 404, 405):
+    for code in (400, 401, 403, 404, 405, 413):
         app.register_error_handler(code, json_error)
     app.register_error_handler(BackstopError, api_error)
     app.register_error_handler(429, too_many_requests)
@@ -99,6 +104,16 @@ def create_app() -> Flask:
 
 
 TRANSLATIONS = Path(__file__).resolve().parent / "translations"
+
+
+class BoundedJSON(DefaultJSONProvider):
+    """Request bodies parse with bounded nesting: too deep is a 400 that says so."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return bounded_json.loads(s)
+        except bounded_json.TooDeep as exc:
+            abort(400, f"the body is {exc}")
 
 
 def compile_translations() -> None:
@@ -241,6 +256,9 @@ def redis_unavailable(exc):
 
 
 def json_error(exc):
+    if exc.code == 413:
+        exc.description = (f"the request body is larger than {request.max_content_length} "
+                           "bytes (MAX_CONTENT_LENGTH)")
     if not request.path.startswith("/api/"):
         return exc
     response = jsonify(error=exc.description)
@@ -316,6 +334,7 @@ def create_job():
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("job"), str):
         abort(400, 'send a JSON object with "job" (a job name) and "payload" (an object)')
+    check_option_types(body)
     job_id = body.get("job_id") or request.headers.get("Idempotency-Key")
     try:
         job_id, created = producers.submit(body["job"], body.get("payload", {}), job_id=job_id,
@@ -326,6 +345,20 @@ def create_job():
         return jsonify(error=str(exc), fields=exc.errors), 422
     location = url_for("show_job", job_id=job_id)
     return jsonify(id=job_id, created=created, location=location), 202, {"Location": location}
+
+
+OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a number of seconds"),
+                "priority": ((int,), "an integer")}
+
+
+def check_option_types(body: dict) -> None:
+    """A 400 naming the field when job_id, delay or priority has the wrong JSON type."""
+    for name, (types, wanted) in OPTION_TYPES.items():
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            message = f"{name} must be {wanted}, not {type(value).__name__} {value!r:.40}"
+            response = jsonify(error=message, fields=[{"field": name, "message": message}])
+            abort(make_response(response, 400))
 
 
 @require_token("viewer")
@@ -402,11 +435,40 @@ def filters_from(source: dict) -> Filters:
     return Filters.parse({k: v for k, v in source.items() if k not in ("cursor", "limit")})
 
 
+def body_filter(body: dict) -> Filters:
+    """The "filter" of a JSON body: an object ({} or absent selects every record)."""
+    value = body.get("filter") or {}
+    if not isinstance(value, dict):
+        abort(400, '"filter" must be a JSON object of filters')
+    return Filters.parse(value)
+
+
+def checked_limit(default: int = 50, most: int = 1000) -> int:
+    """?limit=, a whole number from 1 to most; a 400 that says so otherwise."""
+    raw = request.args.get("limit")
+    whole = raw is not None and raw.isascii() and raw.isdigit() and len(raw) < 6
+    limit = default if raw is None else int(raw) if whole else 0
+    if not 1 <= limit <= most:
+        abort(400, f"limit must be a whole number from 1 to {most}")
+    return limit
+
+
+CURSOR = re.compile(r"^\d+(\.\d+)?(e[+-]?\d+)?:[!-~]{1,200}$")
+
+
+def checked_cursor(message: str) -> str | None:
+    """?cursor= as given by a previous page; a 400 with message when it is not one."""
+    cursor = request.args.get("cursor") or None
+    if cursor is not None and not CURSOR.match(cursor):
+        abort(400, message)
+    return cursor
+
+
 @require_token("viewer")
 def list_dead_letters():
     """A page of DLQ records: filters and search in the query string, ?cursor= continues."""
-    page = dlq.page(filters_from(request.args.to_dict()), cursor=request.args.get("cursor"),
-                    limit=request.args.get("limit", 50, type=int))
+    cursor = checked_cursor("cursor: pass the next_cursor of a previous page, unchanged")
+    page = dlq.page(filters_from(request.args.to_dict()), cursor=cursor, limit=checked_limit())
     return jsonify(items=[_summary(i) for i in page.items], next_cursor=page.next_cursor,
                    total=page.total, complete=page.complete, scanned=page.scanned)
 
@@ -485,7 +547,7 @@ def clear_dead_letters():
     """Clear in two calls: {"filter"} answers the count and a token; {"filter", "token"}
     clears."""
     body = json_body()
-    flt = Filters.parse(body.get("filter") or {})
+    flt = body_filter(body)
     if not body.get("token"):
         return jsonify(replay.clear_preview(g.actor, flt))
     return jsonify(replay.clear(g.actor, flt, body["token"]))
@@ -502,7 +564,7 @@ def list_redrives():
 def start_redrive():
     """Start a throttled redrive: {"filter": {...}, "rate": jobs per second, "queue"?}."""
     body = json_body()
-    flt = Filters.parse(body.get("filter") or {})
+    flt = body_filter(body)
     return jsonify(redrive.start(g.actor, flt, body.get("rate"), body.get("queue"))), 202
 
 
@@ -537,7 +599,7 @@ def dlq_trends():
 @require_token("viewer")
 def dlq_fingerprints():
     """Failure groups, largest first (replay, clear or export one with filter fingerprint=)."""
-    return jsonify(items=dlq.fingerprints(request.args.get("limit", 50, type=int)))
+    return jsonify(items=dlq.fingerprints(checked_limit()))
 
 
 @require_token("viewer")
@@ -677,10 +739,16 @@ def login():
     return render_template("login.html", form=form)
 
 
+UNSAFE_NEXT = re.compile(r"[\x00-\x20\x7f\\]")
+
+
 def safe_next(target: str | None) -> str:
-    parts = urlparse(target or "")
-    return target if target and not parts.netloc and not parts.scheme \
-        and target.startswith("/") else url_for("overview_page")
+    """A path on this site to go on to; the overview for anything else (another site, a
+    backslash browsers read as a slash, control characters that would split the header)."""
+    if not target or not target.startswith("/") or UNSAFE_NEXT.search(target):
+        return url_for("overview_page")
+    parts = urlparse(target)
+    return url_for("overview_page") if parts.netloc or parts.scheme else target
 
 
 def logout():
@@ -746,7 +814,8 @@ def dlq_page():
     except FilterError as exc:
         flash(str(exc), "error")
         flt = Filters()
-    context = panel.dlq_page(flt, request.args.get("cursor"))
+    context = panel.dlq_page(flt, checked_cursor(_("This page's link is damaged (cursor); "
+                                                   "open the dead-letter queue again.")))
     return page_or_partial("dlq.html", {**context, "args": args}, ("dlq_rows", "redrives"))
 
 
@@ -777,8 +846,11 @@ def system_page():
 @require_role("viewer")
 def audit_page():
     """The audit log, filterable."""
+    before = request.args.get("before") or None
+    if before is not None and not audit.STREAM_ID.match(before):
+        abort(400, _("This page's link is damaged (before); open the audit log again."))
     context = panel.audit_page(request.args.get("actor", ""), request.args.get("action", ""),
-                               request.args.get("target", ""), request.args.get("before"))
+                               request.args.get("target", ""), before)
     return render_template("audit.html", **context)
 
 
@@ -792,6 +864,17 @@ def confirm_step(action: str, scope: dict, count: int, text: str, **hidden):
     token = confirm.issue(g.actor, action, scope)
     return render_template("confirm.html", text=text, count=count, token=token,
                            action_url=request.path, hidden=hidden, next=request.form.get("next"))
+
+
+def form_filter() -> Filters:
+    """The form's "filter" (JSON of DLQ filters); a 400 naming the problem when it is bad."""
+    try:
+        value = bounded_json.loads(request.form.get("filter") or "{}")
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return Filters.parse(value)
+    except (ValueError, FilterError) as exc:
+        abort(400, _("The filter is not valid: %(reason)s", reason=str(exc)))
 
 
 def confirmed(action: str, scope: dict) -> bool:
@@ -911,7 +994,7 @@ def replay_record(record_id: str):
 def edit_record(record_id: str):
     """Edit-then-replay: show the diff first, replay on confirmation."""
     try:
-        payload = json.loads(request.form.get("payload", ""))
+        payload = bounded_json.loads(request.form.get("payload", ""))
         preview = replay.preview_edit(record_id, payload if isinstance(payload, dict) else None)
     except (ValueError, TypeError, BackstopError) as exc:
         message = getattr(exc, "errors", None) or str(exc)
@@ -949,7 +1032,7 @@ def bulk_records():
     ids = request.form.getlist("ids") or None
     if action not in ("replay", "delete") or (action == "delete" and not can("owner")):
         abort(403)
-    flt = Filters.parse(json.loads(request.form.get("filter") or "{}")) if not ids else None
+    flt = form_filter() if not ids else None
     scope = {"action": action, "ids": sorted(ids or []), "filter": flt and flt.as_dict()}
     count = len(ids) if ids else dlq.count_matching(flt)
     if not confirmed("dlq.bulk", scope):
@@ -967,7 +1050,7 @@ def bulk_records():
 @audited("dlq.clear")
 def clear_records():
     """Clear the DLQ (all, or what the filter selects), after a confirmation."""
-    flt = Filters.parse(json.loads(request.form.get("filter") or "{}"))
+    flt = form_filter()
     token = request.form.get("confirm")
     if not token:
         preview = replay.clear_preview(g.actor, flt)
@@ -989,7 +1072,7 @@ def clear_records():
 @audited("dlq.redrive.start")
 def start_redrive_panel():
     """Start a throttled redrive of what the filter selects, after a confirmation."""
-    flt = Filters.parse(json.loads(request.form.get("filter") or "{}"))
+    flt = form_filter()
     rate = request.form.get("rate", type=float)
     scope = {"filter": flt.as_dict(), "rate": rate}
     if not confirmed("dlq.redrive", scope):

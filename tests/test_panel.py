@@ -256,3 +256,45 @@ def test_a_job_present_at_worker_deaths_says_so_on_its_page(app, r):
     page = viewer.get(f"/jobs/{job_id}").get_data(as_text=True)
     assert re.search(r"Worker deaths</dt><dd>2 <span", page)
     assert "process of its own" in page
+
+
+def test_a_damaged_cursor_in_a_panel_link_is_a_400_not_a_500(app):
+    viewer = signed_in(app, "vera")
+    for path in ("/dlq?cursor=%00%ff", "/dlq?cursor=nan:x&partial=dlq_rows",
+                 "/audit?before=%00%ff"):
+        response = viewer.get(path)
+        assert response.status_code == 400, path
+        assert "link is damaged" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("target", ["/overview\r\nSet-Cookie: evil=1", "/\\evil.example",
+                                    "//evil.example/", "/x\x00y"])
+def test_the_language_switch_goes_on_only_to_a_clean_local_path(app, target):
+    client = signed_in(app, "vera")
+    response = client.post("/lang", data={"lang": "fa", "csrf_token": client.csrf,
+                                          "next": target})
+    assert response.status_code == 302 and response.headers["Location"] == "/overview"
+    assert "evil" not in str(response.headers)
+
+
+@pytest.mark.parametrize("path, form", [
+    ("/dlq/bulk", {"action": "replay", "filter": "{not json"}),
+    ("/dlq/clear", {"filter": "[1, 2]"}),
+    ("/dlq/redrives", {"filter": "[" * 5000 + "]" * 5000, "rate": "1"}),
+])
+def test_an_unparsable_filter_in_a_panel_form_is_a_400_naming_it(app, path, form):
+    owner = signed_in(app, "olga")
+    response = owner.post(path, data={**form, "csrf_token": owner.csrf})
+    assert response.status_code == 400 and "The filter is not valid" in \
+        response.get_data(as_text=True)
+
+
+def test_an_edited_payload_nested_too_deep_is_refused_with_the_form(app):
+    from dlq_helpers import make_dead
+
+    [record_id] = make_dead([{"cause": 1}])
+    operator = signed_in(app, "oscar")
+    response = operator.post(f"/dlq/records/{record_id}/edit", data={
+        "csrf_token": operator.csrf, "payload": "[" * 100_000 + "]" * 100_000})
+    assert response.status_code == 422 and "nested deeper than 64" in \
+        response.get_data(as_text=True)
