@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -79,6 +80,8 @@ def create_app() -> Flask:
     app.config.update(
         SECRET_KEY=secret_key(), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings().cookie_secure == "1",
+        # __Host-: the browser takes it only over HTTPS, from this host, for every path.
+        SESSION_COOKIE_NAME="__Host-session" if settings().cookie_secure == "1" else "session",
         WTF_CSRF_HEADERS=["X-CSRFToken"], WTF_CSRF_TIME_LIMIT=None,
         RATELIMIT_STORAGE_URI=redis_url(), RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         RATELIMIT_HEADERS_ENABLED=True,
@@ -648,7 +651,14 @@ class PanelUser(UserMixin):
 def load_user(key: str):
     name, _, session_id = key.partition(":")
     info = users.get(name)
-    return PanelUser(info, session_id) if info and users.session_valid(name, session_id) else None
+    alive = info and users.session_valid(name, session_id, touch=not background_request())
+    return PanelUser(info, session_id) if alive else None
+
+
+def background_request() -> bool:
+    """A refresh the page makes by itself (the live socket, a poll): not use of the session,
+    so an unattended open tab still reaches the idle timeout."""
+    return request.path == "/ws" or request.headers.get("X-Backstop-Refresh") == "poll"
 
 
 class LoginForm(FlaskForm):
@@ -733,6 +743,9 @@ def login():
                      ip=request.remote_addr or "", user_agent=request.user_agent.string,
                      result="ok" if info else "refused")
         if info:
+            # A fresh cookie session: the anonymous page's CSRF token (and anything planted
+            # before sign-in) does not carry over.
+            session.clear()
             login_user(PanelUser(info, users.open_session(info["name"])))
             return redirect(safe_next(request.args.get("next")))
         flash(_("Wrong user name or password."), "error")
@@ -1188,13 +1201,36 @@ def live_socket(ws):
         return
     subscription = hub().subscribe(socket_topic(request.args.get("topic", "all")),
                                    request.args.get("last_id"))
+    watch = SessionWatch(current_user.name, current_user.session_id)
     try:
-        while ws.connected:
+        while ws.connected and watch.alive():
             if subscription.get(timeout=1) is not None:
                 _drain(subscription)
+                if not watch.alive(now=True):
+                    break
                 ws.send(render_live(page, args))
+        if ws.connected:
+            ws.close(reason=1008, message="the session has ended; sign in again")
     finally:
         subscription.close()
+
+
+class SessionWatch:
+    """Whether a socket's session is still open, asked of Redis at most every CHECK_SECONDS
+    (and whenever a push is about to go out): a sign-out, password change or timeout
+    closes the socket within seconds."""
+
+    CHECK_SECONDS = 2.0
+
+    def __init__(self, name: str, session_id: str):
+        self.name, self.session_id = name, session_id
+        self.checked = time.monotonic()
+
+    def alive(self, now: bool = False) -> bool:
+        if not now and time.monotonic() - self.checked < self.CHECK_SECONDS:
+            return True
+        self.checked = time.monotonic()
+        return users.session_valid(self.name, self.session_id)
 
 
 def socket_topic(topic: str) -> Topic:

@@ -298,3 +298,45 @@ def test_an_edited_payload_nested_too_deep_is_refused_with_the_form(app):
         "csrf_token": operator.csrf, "payload": "[" * 100_000 + "]" * 100_000})
     assert response.status_code == 422 and "nested deeper than 64" in \
         response.get_data(as_text=True)
+
+
+def test_a_session_left_to_background_polls_reaches_its_idle_timeout(app, monkeypatch):
+    from test_users import HOUR, Clock
+
+    clock = Clock()
+    monkeypatch.setattr(users, "time", clock)
+    used, polled = signed_in(app, "vera"), signed_in(app, "vera")
+    poll = {"X-Backstop-Refresh": "poll"}
+    for _ in range(3):
+        clock.advance(3 * HOUR)
+        assert used.get("/overview").status_code == 200
+        assert polled.get("/overview?partial=health", headers=poll).status_code == 200
+    clock.advance(3 * HOUR)  # 12 h since the polled session's last use by its user
+    assert used.get("/overview").status_code == 200
+    assert polled.get("/overview?partial=health", headers=poll).status_code == 302
+
+
+def test_the_sign_in_pages_csrf_token_stops_working_at_sign_in(app):
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    anonymous = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    client.post("/login", data={"name": "oscar", "password": PASSWORD, "csrf_token": anonymous})
+    assert client.get("/overview").status_code == 200
+    refused = client.post("/queues/email/pause", data={"csrf_token": anonymous})
+    assert refused.status_code == 400 and "email" not in queues.paused_queues()
+    fresh = csrf_of(client.get("/overview").get_data(as_text=True))
+    assert fresh != anonymous
+    assert client.post("/queues/email/pause", data={"csrf_token": fresh}).status_code == 302
+
+
+def test_secure_cookies_carry_the_host_prefix(r):
+    apply_env(COOKIE_SECURE="1")
+    from app import create_app
+
+    client = create_app().test_client()
+    cookie = client.get("/login", base_url="https://localhost").headers["Set-Cookie"]
+    assert cookie.startswith("__Host-session=") and "Secure" in cookie and "Path=/" in cookie
+    assert "Domain" not in cookie
+    apply_env(COOKIE_SECURE="0")
+    plain = create_app().test_client().get("/login").headers["Set-Cookie"]
+    assert plain.startswith("session=")
