@@ -38,6 +38,8 @@ from flask_limiter.util import get_remote_address
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_sock import Sock
 from flask_wtf import CSRFProtect, FlaskForm
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
@@ -97,6 +99,7 @@ def create_app() -> Flask:
         app.register_error_handler(code, json_error)
     app.register_error_handler(BackstopError, api_error)
     app.register_error_handler(429, too_many_requests)
+    app.register_error_handler(CSRFError, csrf_refused)
     register_routes(app)
     register_dlq_routes(app)
     register_panel_routes(app)
@@ -210,6 +213,10 @@ def security_headers(response):
 
 def too_many_requests(exc):
     retry_after = getattr(exc, "retry_after", None) or 60
+    view = current_app.view_functions.get(request.endpoint)
+    if getattr(view, "audit_action", None) or request.endpoint in AUTH_ACTIONS:
+        audit_refusal(429, f"rate limit {exc.description} reached; repeats in the next "
+                           f"{retry_after} s are not logged", quiet_seconds=retry_after)
     message = _("Too many requests; try again in %(seconds)s s.", seconds=retry_after)
     if request.path.startswith("/api/"):
         response = jsonify(error=message)
@@ -258,6 +265,12 @@ def redis_unavailable(exc):
     return response
 
 
+def csrf_refused(exc: CSRFError):
+    """A missing or wrong CSRF token: audited as a refused attempt, then a 400."""
+    audit_refusal(400, f"CSRF: {exc.description}")
+    return json_error(exc)
+
+
 def json_error(exc):
     if exc.code == 413:
         exc.description = (f"the request body is larger than {request.max_content_length} "
@@ -280,11 +293,15 @@ def require_token(role: str):
             header = request.headers.get("Authorization", "")
             info = tokens.verify(header.removeprefix("Bearer ").strip())
             if info is None:
+                if header:
+                    audit_refusal(401, "unknown or revoked bearer token")
                 abort(401, "a valid bearer token is required (flask --app app tokens create)")
-            if not tokens.allows(info["role"], role):
-                abort(403, f"this needs the {role} role; the token has {info['role']}")
             g.token = info
             g.actor = f"token:{info['name']}"
+            if not tokens.allows(info["role"], role):
+                message = f"this needs the {role} role; the token has {info['role']}"
+                audit_refusal(403, message)
+                abort(403, message)
             return view(*args, **kwargs)
 
         return wrapped
@@ -293,31 +310,102 @@ def require_token(role: str):
 
 
 def audited(action: str):
-    """Decorator: write the request and its result to the audit log (after require_token)."""
+    """Decorator: write the request and what came of it to the audit log (inside
+    require_token / require_role). A view says more with audit_note(): that it only showed a
+    preview, that it answered a failure with a redirect, what it created."""
 
     def decorate(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
+            g.audit_action, reason = action, None
             try:
                 response = make_response(view(*args, **kwargs))
             except BackstopError as exc:
-                response = make_response(api_error(exc))
-            target = next(iter(kwargs.values()), "")
-            result = "ok" if response.status_code < 400 else f"refused {response.status_code}"
-            audit.record(g.actor, action, str(target), summary=request_summary(),
-                         ip=request.remote_addr or "", user_agent=request.user_agent.string,
-                         result=result)
+                response, reason = make_response(api_error(exc)), str(exc)
+            except HTTPException as exc:
+                status = exc.code or exc.get_response().status_code
+                write_audit_entry(action, kwargs, status, exc.description)
+                raise
+            write_audit_entry(action, kwargs, response.status_code, reason)
             return response
 
+        wrapped.audit_action = action  # wraps() carries it out to the route's view function
         return wrapped
 
     return decorate
 
 
-def request_summary() -> dict:
-    body = request.get_json(silent=True) if request.is_json else None
-    return {"method": request.method, "path": request.path, "args": request.args.to_dict(),
-            "body": body}
+def audit_note(**note) -> None:
+    """Tell `audited` more than the status code can: action (a ".preview" of it), target,
+    result ("failed": answered with a redirect), reason, or anything for the summary."""
+    g.audit_note = {**g.get("audit_note", {}), **note}
+
+
+def write_audit_entry(action: str, kwargs: dict, status: int, reason: str | None) -> None:
+    note = dict(g.pop("audit_note", {}))
+    action = note.pop("action", action)
+    result = note.pop("result", None) or ("ok" if status < 400 else f"refused {status}")
+    target = note.pop("target", None) or str(next(iter(kwargs.values()), ""))
+    summary = request_summary(note.pop("reason", reason), **note)
+    audit.record(g.actor, action, target, summary=summary,
+                 ip=request.remote_addr or "", user_agent=request.user_agent.string,
+                 result=result)
+
+
+def request_summary(reason: str | None = None, **extra) -> dict:
+    try:
+        body = request.get_json(silent=True) if request.is_json else None
+    except HTTPException:
+        body = None  # too large or nested too deep: the refusal's reason says so
+    summary = {"method": request.method, "path": request.path, "args": request.args.to_dict(),
+               "body": body, **extra}
+    return {**summary, "reason": reason} if reason else summary
+
+
+# Endpoints that are audited without the decorator, by the action an attempt is logged as.
+AUTH_ACTIONS = {"login": "auth.login", "logout": "auth.logout"}
+
+
+def audit_refusal(status: int, reason: str, *, action: str | None = None,
+                  quiet_seconds: int = 0) -> None:
+    """Log an attempt refused before its view ran (role, CSRF, rate limit, origin) as
+    "refused <status>" under the action it attempted, with actor, address and target.
+    quiet_seconds: log it once per actor, address and action in that window (for refusals a
+    client can repeat at will). An audit log Redis cannot write to does not turn the
+    refusal into a 500: it is logged here instead."""
+    view = current_app.view_functions.get(request.endpoint)
+    action = action or getattr(view, "audit_action", None) or AUTH_ACTIONS.get(
+        request.endpoint) or f"http.{request.endpoint or 'unrouted'}"
+    actor, ip = refusal_actor(), request.remote_addr or ""
+    fields = {"summary": request_summary(reason), "ip": ip, "result": f"refused {status}",
+              "user_agent": request.user_agent.string}
+    try:
+        if quiet_seconds:
+            audit.record_once(f"{action}|{actor}|{ip}", quiet_seconds, actor, action,
+                              refusal_target(), **fields)
+        else:
+            audit.record(actor, action, refusal_target(), **fields)
+    except (redis.RedisError, audit.AuditError) as exc:
+        log.error("refused %s %s (%s) not audited: %s", request.method, request.path,
+                  reason, exc)
+
+
+def refusal_actor() -> str:
+    if g.get("actor"):
+        return g.actor
+    if request.endpoint == "login":
+        return f"user:{(request.form.get('name') or '')[:64]}"
+    try:
+        signed_in = current_user.is_authenticated
+    except redis.RedisError:
+        signed_in = False
+    return f"user:{current_user.name}" if signed_in else "anonymous"
+
+
+def refusal_target() -> str:
+    if request.endpoint == "login":
+        return (request.form.get("name") or "")[:64]
+    return str(next(iter((request.view_args or {}).values()), ""))
 
 
 def register_routes(app: Flask) -> None:
@@ -526,6 +614,7 @@ def _bulk(action: str):
     if ids is None and not isinstance(body.get("filter"), dict):
         abort(400, 'send "ids": [...] or "filter": {...} ({} selects every record)')
     flt = None if ids is not None else Filters.parse(body["filter"])
+    audit_note(target=scope_target(ids, flt))
     results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
     return jsonify(results=results, count=len(results))
 
@@ -551,7 +640,9 @@ def clear_dead_letters():
     clears."""
     body = json_body()
     flt = body_filter(body)
+    audit_note(target=scope_target(None, flt))
     if not body.get("token"):
+        audit_note(action="dlq.clear.preview")
         return jsonify(replay.clear_preview(g.actor, flt))
     return jsonify(replay.clear(g.actor, flt, body["token"]))
 
@@ -568,7 +659,10 @@ def start_redrive():
     """Start a throttled redrive: {"filter": {...}, "rate": jobs per second, "queue"?}."""
     body = json_body()
     flt = body_filter(body)
-    return jsonify(redrive.start(g.actor, flt, body.get("rate"), body.get("queue"))), 202
+    audit_note(target=scope_target(None, flt))
+    started = redrive.start(g.actor, flt, body.get("rate"), body.get("queue"))
+    audit_note(target=started["id"], filter=flt.as_dict())
+    return jsonify(started), 202
 
 
 @require_token("viewer")
@@ -674,9 +768,11 @@ def require_role(role: str):
         def wrapped(*args, **kwargs):
             if not current_user.is_authenticated:
                 return login_manager.unauthorized()
-            if not tokens.allows(current_user.role, role):
-                abort(403, _("This needs the %(role)s role.", role=role))
             g.actor = f"user:{current_user.name}"
+            if not tokens.allows(current_user.role, role):
+                audit_refusal(403, f"this needs the {role} role; {current_user.name} has "
+                                   f"{current_user.role}")
+                abort(403, _("This needs the %(role)s role.", role=role))
             return view(*args, **kwargs)
 
         return wrapped
@@ -875,6 +971,7 @@ def back(default: str):
 def confirm_step(action: str, scope: dict, count: int, text: str, **hidden):
     """The first of two steps: say what this touches and carry a single-use token."""
     token = confirm.issue(g.actor, action, scope)
+    audit_note(action=f"{g.audit_action}.preview", count=count)
     return render_template("confirm.html", text=text, count=count, token=token,
                            action_url=request.path, hidden=hidden, next=request.form.get("next"))
 
@@ -888,6 +985,13 @@ def form_filter() -> Filters:
         return Filters.parse(value)
     except (ValueError, FilterError) as exc:
         abort(400, _("The filter is not valid: %(reason)s", reason=str(exc)))
+
+
+def scope_target(ids: list[str] | None, flt: Filters | None) -> str:
+    """The audit target of an action on many records: their ids, or the filter."""
+    if ids:
+        return ",".join(ids)
+    return "filter " + json.dumps(flt.as_dict() if flt else {}, sort_keys=True)
 
 
 def confirmed(action: str, scope: dict) -> bool:
@@ -945,6 +1049,7 @@ def bulk_jobs(queue: str):
                             _("%(action)s the selected jobs.", action=action), ids=ids,
                             action=action)
     done = sum(_job_action(action, job_id) for job_id in ids)
+    audit_note(target=",".join(ids), done=done, count=len(ids))
     flash(_("%(done)s of %(count)s jobs done.", done=done, count=len(ids)), "ok")
     return redirect(url_for("queue_page", queue=queue))
 
@@ -968,6 +1073,8 @@ def _job_action(action: str, job_id: str) -> bool:
 def cancel_job(job_id: str):
     """Cancel a job that has not started."""
     ok = registry.cancel_job(job_id, detail=f"cancelled by {g.actor}")
+    if not ok:
+        audit_note(result="failed", reason="only a job that has not started can be cancelled")
     flash(_("Job cancelled.") if ok else _("Only a job that has not started can be cancelled."),
           "ok" if ok else "error")
     return redirect(url_for("job_page", job_id=job_id))
@@ -979,6 +1086,8 @@ def cancel_job(job_id: str):
 def retry_job(job_id: str):
     """Retry a dead job by replaying its DLQ record."""
     ok = _job_action("retry", job_id)
+    if not ok:
+        audit_note(result="failed", reason="only a dead job can be retried")
     flash(_("Job retried.") if ok else _("Only a dead job can be retried."),
           "ok" if ok else "error")
     return redirect(url_for("job_page", job_id=job_id))
@@ -995,6 +1104,7 @@ def replay_record(record_id: str):
     try:
         done = replay.replay(record_id, actor=g.actor)
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
         return redirect(url_for("dlq_record_page", record_id=record_id))
     flash(_("Replayed as %(attempt)s.", attempt=done["attempt_id"]), "ok")
@@ -1011,11 +1121,14 @@ def edit_record(record_id: str):
         preview = replay.preview_edit(record_id, payload if isinstance(payload, dict) else None)
     except (ValueError, TypeError, BackstopError) as exc:
         message = getattr(exc, "errors", None) or str(exc)
+        if not request.form.get("confirm"):
+            audit_note(action="dlq.edit_replay.preview")
         return render_template("dlq_edit.html", record_id=record_id, error=message,
                                payload=request.form.get("payload", "")), 422
     scope = {"id": record_id, "payload": preview["payload"]}
     if not confirmed("dlq.edit_replay", scope):
         token = confirm.issue(g.actor, "dlq.edit_replay", scope)
+        audit_note(action="dlq.edit_replay.preview")
         return render_template("dlq_edit.html", record_id=record_id, preview=preview,
                                token=token, payload=request.form.get("payload", ""))
     done = replay.replay(record_id, actor=g.actor, payload=payload)
@@ -1047,6 +1160,7 @@ def bulk_records():
         abort(403)
     flt = form_filter() if not ids else None
     scope = {"action": action, "ids": sorted(ids or []), "filter": flt and flt.as_dict()}
+    audit_note(target=scope_target(ids, flt), bulk_action=action)
     count = len(ids) if ids else dlq.count_matching(flt)
     if not confirmed("dlq.bulk", scope):
         return confirm_step("dlq.bulk", scope, count, _("%(action)s dead-letter records.",
@@ -1054,6 +1168,7 @@ def bulk_records():
                             ids=ids or [], action=action, filter=request.form.get("filter", ""))
     results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
     done = sum(1 for r in results if r["outcome"] in ("replayed", "deleted"))
+    audit_note(done=done, count=len(results))
     flash(_("%(done)s of %(count)s records done.", done=done, count=len(results)), "ok")
     return redirect(url_for("dlq_page"))
 
@@ -1065,8 +1180,10 @@ def clear_records():
     """Clear the DLQ (all, or what the filter selects), after a confirmation."""
     flt = form_filter()
     token = request.form.get("confirm")
+    audit_note(target=scope_target(None, flt))
     if not token:
         preview = replay.clear_preview(g.actor, flt)
+        audit_note(action="dlq.clear.preview", count=preview["count"])
         return render_template("confirm.html", text=_("Clear the dead-letter queue."),
                                count=preview["count"], token=preview["token"],
                                action_url=request.path,
@@ -1074,8 +1191,10 @@ def clear_records():
     try:
         done = replay.clear(g.actor, flt, token)
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
         return redirect(url_for("dlq_page"))
+    audit_note(deleted=done["deleted"])
     flash(_("%(count)s records deleted.", count=done["deleted"]), "ok")
     return redirect(url_for("dlq_page"))
 
@@ -1088,14 +1207,17 @@ def start_redrive_panel():
     flt = form_filter()
     rate = request.form.get("rate", type=float)
     scope = {"filter": flt.as_dict(), "rate": rate}
+    audit_note(target=scope_target(None, flt), rate=rate)
     if not confirmed("dlq.redrive", scope):
         return confirm_step("dlq.redrive", scope, dlq.count_matching(flt),
                             _("Redrive at %(rate)s jobs/s.", rate=rate),
                             filter=request.form.get("filter", ""), rate=str(rate))
     try:
         started = redrive.start(g.actor, flt, rate)
+        audit_note(target=started["id"], filter=flt.as_dict())
         flash(_("Redrive %(id)s started.", id=started["id"]), "ok")
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
     return redirect(url_for("dlq_page", **flt.as_dict()))
 
@@ -1111,6 +1233,7 @@ def change_redrive_panel(redrive_id: str, verb: str):
     try:
         actions[verb](redrive_id, g.actor)
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
     return redirect(url_for("dlq_page"))
 
@@ -1188,6 +1311,8 @@ def check_socket_request() -> None:
     allowed = [o.strip() for o in settings().panel_origins.split(",") if o.strip()]
     allowed = allowed or [request.host_url.rstrip("/")]
     if request.headers.get("Origin") not in allowed:
+        audit_refusal(403, f"origin {request.headers.get('Origin')!r} may not open the live "
+                           "socket", action="live.connect")
         abort(403, "this origin may not open the live socket")
 
 

@@ -93,6 +93,22 @@ def record(actor: str, action: str, target: str = "", *, summary: dict | str = "
     return _append(r or client(), fields)
 
 
+def record_once(marker: str, seconds: int, actor: str, action: str, target: str = "",
+                **fields) -> str | None:
+    """Like record, but once per marker in `seconds`: for refusals a client can repeat at
+    will (a throttled sign-in), so a flood writes one entry per window, not one per request.
+
+    marker: what counts as the same event (hashed into its key). fields: record's keyword
+    arguments. Returns the entry id, or None when an entry for marker was written within
+    the window. Raises as record does.
+    """
+    r = fields.pop("r", None) or client()
+    digest = hashlib.sha256(marker.encode("utf-8", "replace")).hexdigest()
+    if not r.set(keys.audit_quiet(digest), 1, nx=True, ex=max(1, int(seconds))):
+        return None
+    return record(actor, action, target, r=r, **fields)
+
+
 def _append(r, fields: dict) -> str:
     key = _mac_key()
     with r.pipeline() as pipe:

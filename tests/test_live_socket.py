@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import apply_env
 
-from backstop import producers, registry, users
+from backstop import audit, producers, registry, users
 
 PASSWORD = "correct horse battery"
 MAIL = {"to": ["a@example.com"], "subject": "s", "text": "t"}
@@ -80,6 +80,9 @@ def test_no_session_or_a_foreign_origin_is_refused_before_the_upgrade(plain_http
     allowed, sock = handshake(live_server, "page=overview", live_server, cookie)
     assert (no_session, foreign, missing_origin, allowed) == (401, 403, 403, 101)
     sock.close()
+    refused = audit.entries(action="live.connect").items
+    assert [(e["actor"], e["result"]) for e in refused] == [("user:vic", "refused 403")] * 2
+    assert "evil.example" in refused[1]["summary"]["reason"]
 
 
 def test_a_reconnect_with_the_last_event_id_receives_what_it_missed(plain_http, live_server):

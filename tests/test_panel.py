@@ -340,3 +340,89 @@ def test_secure_cookies_carry_the_host_prefix(r):
     apply_env(COOKIE_SECURE="0")
     plain = create_app().test_client().get("/login").headers["Set-Cookie"]
     assert plain.startswith("session=")
+
+
+def entries_of(action: str) -> list[dict]:
+    return audit.entries(action=action).items
+
+
+def test_refused_attempts_are_audited_with_actor_address_and_target(app):
+    viewer, owner = signed_in(app, "vera"), signed_in(app, "olga")
+    assert viewer.post("/queues/email/pause", data={"csrf_token": viewer.csrf}).status_code \
+        == 403
+    assert owner.post("/queues/email/pause", data={"csrf_token": "forged"}).status_code == 400
+    assert owner.post("/queues/nope/purge", data={"csrf_token": owner.csrf}).status_code == 404
+    assert viewer.get("/dlq/records/missing").status_code == 404
+    role, csrf = reversed(entries_of("queue.pause"))
+    assert (role["actor"], role["target"], role["result"], role["ip"]) == \
+        ("user:vera", "email", "refused 403", "127.0.0.1")
+    assert "needs the operator role" in role["summary"]["reason"]
+    assert (csrf["actor"], csrf["target"], csrf["result"]) == ("user:olga", "email",
+                                                               "refused 400")
+    assert "CSRF" in csrf["summary"]["reason"] and not queues.paused_queues()
+    [purge] = entries_of("queue.purge")
+    assert (purge["actor"], purge["target"], purge["result"]) == ("user:olga", "nope",
+                                                                  "refused 404")
+    [view] = entries_of("dlq.view")
+    assert (view["actor"], view["target"], view["result"]) == ("user:vera", "missing",
+                                                               "refused 404")
+
+
+def test_a_throttled_sign_in_is_audited_once_per_window(app):
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    codes = [client.post("/login", data={"name": "vera", "password": "x" * 12,
+                                         "csrf_token": token}).status_code for _ in range(8)]
+    assert codes == [200] * 5 + [429] * 3
+    results = [(e["actor"], e["target"], e["result"]) for e in entries_of("auth.login")]
+    assert results == [("user:vera", "vera", "refused 429")] + [
+        ("user:vera", "vera", "refused")] * 5
+    forged = client.post("/login", data={"name": "olga", "password": PASSWORD})
+    assert forged.status_code == 400
+    assert entries_of("auth.login")[0]["result"] == "refused 400"
+
+
+def test_a_bad_or_underpowered_token_is_audited(app):
+    from backstop import tokens
+
+    client = app.test_client()
+    bad = client.post("/api/v1/dlq/x/replay", headers={"Authorization": "Bearer bst_nope"})
+    viewer = client.post("/api/v1/dlq/x/replay", headers={
+        "Authorization": f"Bearer {tokens.create('dash', 'viewer')}"})
+    assert (bad.status_code, viewer.status_code) == (401, 403)
+    assert [(e["actor"], e["target"], e["result"]) for e in entries_of("dlq.replay")] == [
+        ("token:dash", "x", "refused 403"), ("anonymous", "x", "refused 401")]
+    assert client.post("/api/v1/dlq/x/replay").status_code == 401
+    assert len(entries_of("dlq.replay")) == 2, "no token at all is no attempt to log"
+
+
+def confirm_token(response) -> str:
+    return re.search(r'name="confirm" value="([^"]+)"', response.get_data(as_text=True)).group(1)
+
+
+def test_the_log_says_what_happened_previews_failures_and_targets(app):
+    from dlq_helpers import make_dead
+
+    [first, second] = make_dead([{"cause": 1, "n": 1}, {"cause": 1, "n": 2}])
+    operator = signed_in(app, "oscar")
+    form = {"csrf_token": operator.csrf}
+    asked = operator.post(f"/dlq/records/{first}/replay", data=form)
+    operator.post(f"/dlq/records/{first}/replay", data={**form, "confirm": confirm_token(asked)})
+    again = operator.post(f"/dlq/records/{first}/replay", data=form)
+    operator.post(f"/dlq/records/{first}/replay", data={**form, "confirm": confirm_token(again)})
+    operator.post(f"/dlq/records/{second}/edit", data={**form, "payload": '{"cause": 0}'})
+    asked = operator.post("/dlq/redrives", data={**form, "rate": "2", "filter": "{}"})
+    operator.post("/dlq/redrives", data={**form, "rate": "2", "filter": "{}",
+                                         "confirm": confirm_token(asked)})
+    redrive_id = audit.entries(action="dlq.redrive.start").items[0]["target"]
+    trail = [(e["action"], e["target"], e["result"]) for e in reversed(entries_of("dlq."))
+             if e["action"] != "dlq.view"]
+    assert trail == [
+        ("dlq.replay.preview", first, "ok"), ("dlq.replay", first, "ok"),
+        ("dlq.replay.preview", first, "ok"), ("dlq.replay", first, "failed"),
+        ("dlq.edit_replay.preview", second, "ok"),
+        ("dlq.redrive.start.preview", "filter {}", "ok"),
+        ("dlq.redrive.start", redrive_id, "ok")]
+    assert re.fullmatch(r"[0-9a-f]{16}", redrive_id)
+    assert "is being replayed" in entries_of("dlq.replay")[0]["summary"]["reason"]
