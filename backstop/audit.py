@@ -80,9 +80,10 @@ def record(actor: str, action: str, target: str = "", *, summary: dict | str = "
     actor: who (a user name, "api:<token name>", "system"); action: what, dotted by area
     ("dlq.replay"); target: what it touched (a job id, a queue); summary: the request in
     brief, a dict (secrets redacted) or text, cut to 2,000 characters; ip, user_agent: of
-    the request; result: "ok", "denied", an error text. Text fields are cut to 500
-    characters and text that is not valid Unicode is replaced, so recording never fails
-    on input. r: a Redis client (default: connection.client()).
+    the request; result: "ok", "refused <HTTP status>" (refused before anything changed),
+    "failed" (attempted; the summary's "reason" says why), "refused" (a wrong password).
+    Text fields are cut to 500 characters and text that is not valid Unicode is replaced,
+    so recording never fails on input. r: a Redis client (default: connection.client()).
     Raises redis.RedisError when Redis fails, AuditError when the head kept moving under
     100 attempts in a row.
     """
