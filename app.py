@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
 from datetime import UTC, datetime
 from functools import wraps
 from pathlib import Path
@@ -28,6 +30,7 @@ from flask import (
     stream_with_context,
     url_for,
 )
+from flask.json.provider import DefaultJSONProvider
 from flask_babel import Babel, format_datetime
 from flask_babel import gettext as _
 from flask_limiter import Limiter
@@ -35,11 +38,14 @@ from flask_limiter.util import get_remote_address
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from flask_sock import Sock
 from flask_wtf import CSRFProtect, FlaskForm
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
 from backstop import (
     audit,
+    bounded_json,
     confirm,
     dlq,
     export,
@@ -76,6 +82,8 @@ def create_app() -> Flask:
     app.config.update(
         SECRET_KEY=secret_key(), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=settings().cookie_secure == "1",
+        # __Host-: the browser takes it only over HTTPS, from this host, for every path.
+        SESSION_COOKIE_NAME="__Host-session" if settings().cookie_secure == "1" else "session",
         WTF_CSRF_HEADERS=["X-CSRFToken"], WTF_CSRF_TIME_LIMIT=None,
         RATELIMIT_STORAGE_URI=redis_url(), RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         RATELIMIT_HEADERS_ENABLED=True,
@@ -83,13 +91,16 @@ def create_app() -> Flask:
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1,
                                    **NO_CLIENT_INFO},
         SOCK_SERVER_OPTIONS={"ping_interval": 20},
+        MAX_CONTENT_LENGTH=settings().int("max_content_length"),
     )
+    app.json = BoundedJSON(app)
     bind_extensions(app)
     app.register_error_handler(redis.RedisError, redis_error)
-    for code in (400, 401, 403, 404, 405):
+    for code in (400, 401, 403, 404, 405, 413):
         app.register_error_handler(code, json_error)
     app.register_error_handler(BackstopError, api_error)
     app.register_error_handler(429, too_many_requests)
+    app.register_error_handler(CSRFError, csrf_refused)
     register_routes(app)
     register_dlq_routes(app)
     register_panel_routes(app)
@@ -100,6 +111,16 @@ def create_app() -> Flask:
 
 
 TRANSLATIONS = Path(__file__).resolve().parent / "translations"
+
+
+class BoundedJSON(DefaultJSONProvider):
+    """Request bodies parse with bounded nesting: too deep is a 400 that says so."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return bounded_json.loads(s)
+        except bounded_json.TooDeep as exc:
+            abort(400, f"the body is {exc}")
 
 
 def compile_translations() -> None:
@@ -193,6 +214,10 @@ def security_headers(response):
 
 def too_many_requests(exc):
     retry_after = getattr(exc, "retry_after", None) or 60
+    view = current_app.view_functions.get(request.endpoint)
+    if getattr(view, "audit_action", None) or request.endpoint in AUTH_ACTIONS:
+        audit_refusal(429, f"rate limit {exc.description} reached; repeats in the next "
+                           f"{retry_after} s are not logged", quiet_seconds=retry_after)
     message = _("Too many requests; try again in %(seconds)s s.", seconds=retry_after)
     if request.path.startswith("/api/"):
         response = jsonify(error=message)
@@ -241,7 +266,16 @@ def redis_unavailable(exc):
     return response
 
 
+def csrf_refused(exc: CSRFError):
+    """A missing or wrong CSRF token: audited as a refused attempt, then a 400."""
+    audit_refusal(400, f"CSRF: {exc.description}")
+    return json_error(exc)
+
+
 def json_error(exc):
+    if exc.code == 413:
+        exc.description = (f"the request body is larger than {request.max_content_length} "
+                           "bytes (MAX_CONTENT_LENGTH)")
     if not request.path.startswith("/api/"):
         return exc
     response = jsonify(error=exc.description)
@@ -260,11 +294,15 @@ def require_token(role: str):
             header = request.headers.get("Authorization", "")
             info = tokens.verify(header.removeprefix("Bearer ").strip())
             if info is None:
+                if header:
+                    audit_refusal(401, "unknown or revoked bearer token")
                 abort(401, "a valid bearer token is required (flask --app app tokens create)")
-            if not tokens.allows(info["role"], role):
-                abort(403, f"this needs the {role} role; the token has {info['role']}")
             g.token = info
             g.actor = f"token:{info['name']}"
+            if not tokens.allows(info["role"], role):
+                message = f"this needs the {role} role; the token has {info['role']}"
+                audit_refusal(403, message)
+                abort(403, message)
             return view(*args, **kwargs)
 
         return wrapped
@@ -273,31 +311,102 @@ def require_token(role: str):
 
 
 def audited(action: str):
-    """Decorator: write the request and its result to the audit log (after require_token)."""
+    """Decorator: write the request and what came of it to the audit log (inside
+    require_token / require_role). A view says more with audit_note(): that it only showed a
+    preview, that it answered a failure with a redirect, what it created."""
 
     def decorate(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
+            g.audit_action, reason = action, None
             try:
                 response = make_response(view(*args, **kwargs))
             except BackstopError as exc:
-                response = make_response(api_error(exc))
-            target = next(iter(kwargs.values()), "")
-            result = "ok" if response.status_code < 400 else f"refused {response.status_code}"
-            audit.record(g.actor, action, str(target), summary=request_summary(),
-                         ip=request.remote_addr or "", user_agent=request.user_agent.string,
-                         result=result)
+                response, reason = make_response(api_error(exc)), str(exc)
+            except HTTPException as exc:
+                status = exc.code or exc.get_response().status_code
+                write_audit_entry(action, kwargs, status, exc.description)
+                raise
+            write_audit_entry(action, kwargs, response.status_code, reason)
             return response
 
+        wrapped.audit_action = action  # wraps() carries it out to the route's view function
         return wrapped
 
     return decorate
 
 
-def request_summary() -> dict:
-    body = request.get_json(silent=True) if request.is_json else None
-    return {"method": request.method, "path": request.path, "args": request.args.to_dict(),
-            "body": body}
+def audit_note(**note) -> None:
+    """Tell `audited` more than the status code can: action (a ".preview" of it), target,
+    result ("failed": answered with a redirect), reason, or anything for the summary."""
+    g.audit_note = {**g.get("audit_note", {}), **note}
+
+
+def write_audit_entry(action: str, kwargs: dict, status: int, reason: str | None) -> None:
+    note = dict(g.pop("audit_note", {}))
+    action = note.pop("action", action)
+    result = note.pop("result", None) or ("ok" if status < 400 else f"refused {status}")
+    target = note.pop("target", None) or str(next(iter(kwargs.values()), ""))
+    summary = request_summary(note.pop("reason", reason), **note)
+    audit.record(g.actor, action, target, summary=summary,
+                 ip=request.remote_addr or "", user_agent=request.user_agent.string,
+                 result=result)
+
+
+def request_summary(reason: str | None = None, **extra) -> dict:
+    try:
+        body = request.get_json(silent=True) if request.is_json else None
+    except HTTPException:
+        body = None  # too large or nested too deep: the refusal's reason says so
+    summary = {"method": request.method, "path": request.path, "args": request.args.to_dict(),
+               "body": body, **extra}
+    return {**summary, "reason": reason} if reason else summary
+
+
+# Endpoints that are audited without the decorator, by the action an attempt is logged as.
+AUTH_ACTIONS = {"login": "auth.login", "logout": "auth.logout"}
+
+
+def audit_refusal(status: int, reason: str, *, action: str | None = None,
+                  quiet_seconds: int = 0) -> None:
+    """Log an attempt refused before its view ran (role, CSRF, rate limit, origin) as
+    "refused <status>" under the action it attempted, with actor, address and target.
+    quiet_seconds: log it once per actor, address and action in that window (for refusals a
+    client can repeat at will). An audit log Redis cannot write to does not turn the
+    refusal into a 500: it is logged here instead."""
+    view = current_app.view_functions.get(request.endpoint)
+    action = action or getattr(view, "audit_action", None) or AUTH_ACTIONS.get(
+        request.endpoint) or f"http.{request.endpoint or 'unrouted'}"
+    actor, ip = refusal_actor(), request.remote_addr or ""
+    fields = {"summary": request_summary(reason), "ip": ip, "result": f"refused {status}",
+              "user_agent": request.user_agent.string}
+    try:
+        if quiet_seconds:
+            audit.record_once(f"{action}|{actor}|{ip}", quiet_seconds, actor, action,
+                              refusal_target(), **fields)
+        else:
+            audit.record(actor, action, refusal_target(), **fields)
+    except (redis.RedisError, audit.AuditError) as exc:
+        log.error("refused %s %s (%s) not audited: %s", request.method, request.path,
+                  reason, exc)
+
+
+def refusal_actor() -> str:
+    if g.get("actor"):
+        return g.actor
+    if request.endpoint == "login":
+        return f"user:{(request.form.get('name') or '')[:64]}"
+    try:
+        signed_in = current_user.is_authenticated
+    except redis.RedisError:
+        signed_in = False
+    return f"user:{current_user.name}" if signed_in else "anonymous"
+
+
+def refusal_target() -> str:
+    if request.endpoint == "login":
+        return (request.form.get("name") or "")[:64]
+    return str(next(iter((request.view_args or {}).values()), ""))
 
 
 def register_routes(app: Flask) -> None:
@@ -317,6 +426,7 @@ def create_job():
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("job"), str):
         abort(400, 'send a JSON object with "job" (a job name) and "payload" (an object)')
+    check_option_types(body)
     job_id = body.get("job_id") or request.headers.get("Idempotency-Key")
     try:
         job_id, created = producers.submit(body["job"], body.get("payload", {}), job_id=job_id,
@@ -327,6 +437,20 @@ def create_job():
         return jsonify(error=str(exc), fields=exc.errors), 422
     location = url_for("show_job", job_id=job_id)
     return jsonify(id=job_id, created=created, location=location), 202, {"Location": location}
+
+
+OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a number of seconds"),
+                "priority": ((int,), "an integer")}
+
+
+def check_option_types(body: dict) -> None:
+    """A 400 naming the field when job_id, delay or priority has the wrong JSON type."""
+    for name, (types, wanted) in OPTION_TYPES.items():
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            message = f"{name} must be {wanted}, not {type(value).__name__} {value!r:.40}"
+            response = jsonify(error=message, fields=[{"field": name, "message": message}])
+            abort(make_response(response, 400))
 
 
 @require_token("viewer")
@@ -403,11 +527,40 @@ def filters_from(source: dict) -> Filters:
     return Filters.parse({k: v for k, v in source.items() if k not in ("cursor", "limit")})
 
 
+def body_filter(body: dict) -> Filters:
+    """The "filter" of a JSON body: an object ({} or absent selects every record)."""
+    value = body.get("filter") or {}
+    if not isinstance(value, dict):
+        abort(400, '"filter" must be a JSON object of filters')
+    return Filters.parse(value)
+
+
+def checked_limit(default: int = 50, most: int = 1000) -> int:
+    """?limit=, a whole number from 1 to most; a 400 that says so otherwise."""
+    raw = request.args.get("limit")
+    whole = raw is not None and raw.isascii() and raw.isdigit() and len(raw) < 6
+    limit = default if raw is None else int(raw) if whole else 0
+    if not 1 <= limit <= most:
+        abort(400, f"limit must be a whole number from 1 to {most}")
+    return limit
+
+
+CURSOR = re.compile(r"^\d+(\.\d+)?(e[+-]?\d+)?:[!-~]{1,200}$")
+
+
+def checked_cursor(message: str) -> str | None:
+    """?cursor= as given by a previous page; a 400 with message when it is not one."""
+    cursor = request.args.get("cursor") or None
+    if cursor is not None and not CURSOR.match(cursor):
+        abort(400, message)
+    return cursor
+
+
 @require_token("viewer")
 def list_dead_letters():
     """A page of DLQ records: filters and search in the query string, ?cursor= continues."""
-    page = dlq.page(filters_from(request.args.to_dict()), cursor=request.args.get("cursor"),
-                    limit=request.args.get("limit", 50, type=int))
+    cursor = checked_cursor("cursor: pass the next_cursor of a previous page, unchanged")
+    page = dlq.page(filters_from(request.args.to_dict()), cursor=cursor, limit=checked_limit())
     return jsonify(items=[_summary(i) for i in page.items], next_cursor=page.next_cursor,
                    total=page.total, complete=page.complete, scanned=page.scanned)
 
@@ -463,6 +616,7 @@ def _bulk(action: str):
     if ids is None and not isinstance(body.get("filter"), dict):
         abort(400, 'send "ids": [...] or "filter": {...} ({} selects every record)')
     flt = None if ids is not None else Filters.parse(body["filter"])
+    audit_note(target=scope_target(ids, flt))
     results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
     return jsonify(results=results, count=len(results))
 
@@ -487,8 +641,10 @@ def clear_dead_letters():
     """Clear in two calls: {"filter"} answers the count and a token; {"filter", "token"}
     clears."""
     body = json_body()
-    flt = Filters.parse(body.get("filter") or {})
+    flt = body_filter(body)
+    audit_note(target=scope_target(None, flt))
     if not body.get("token"):
+        audit_note(action="dlq.clear.preview")
         return jsonify(replay.clear_preview(g.actor, flt))
     return jsonify(replay.clear(g.actor, flt, body["token"]))
 
@@ -504,8 +660,11 @@ def list_redrives():
 def start_redrive():
     """Start a throttled redrive: {"filter": {...}, "rate": jobs per second, "queue"?}."""
     body = json_body()
-    flt = Filters.parse(body.get("filter") or {})
-    return jsonify(redrive.start(g.actor, flt, body.get("rate"), body.get("queue"))), 202
+    flt = body_filter(body)
+    audit_note(target=scope_target(None, flt))
+    started = redrive.start(g.actor, flt, body.get("rate"), body.get("queue"))
+    audit_note(target=started["id"], filter=flt.as_dict())
+    return jsonify(started), 202
 
 
 @require_token("viewer")
@@ -539,7 +698,7 @@ def dlq_trends():
 @require_token("viewer")
 def dlq_fingerprints():
     """Failure groups, largest first (replay, clear or export one with filter fingerprint=)."""
-    return jsonify(items=dlq.fingerprints(request.args.get("limit", 50, type=int)))
+    return jsonify(items=dlq.fingerprints(checked_limit()))
 
 
 @require_token("viewer")
@@ -588,7 +747,14 @@ class PanelUser(UserMixin):
 def load_user(key: str):
     name, _, session_id = key.partition(":")
     info = users.get(name)
-    return PanelUser(info, session_id) if info and users.session_valid(name, session_id) else None
+    alive = info and users.session_valid(name, session_id, touch=not background_request())
+    return PanelUser(info, session_id) if alive else None
+
+
+def background_request() -> bool:
+    """A refresh the page makes by itself (the live socket, a poll): not use of the session,
+    so an unattended open tab still reaches the idle timeout."""
+    return request.path == "/ws" or request.headers.get("X-Backstop-Refresh") == "poll"
 
 
 class LoginForm(FlaskForm):
@@ -604,9 +770,11 @@ def require_role(role: str):
         def wrapped(*args, **kwargs):
             if not current_user.is_authenticated:
                 return login_manager.unauthorized()
-            if not tokens.allows(current_user.role, role):
-                abort(403, _("This needs the %(role)s role.", role=role))
             g.actor = f"user:{current_user.name}"
+            if not tokens.allows(current_user.role, role):
+                audit_refusal(403, f"this needs the {role} role; {current_user.name} has "
+                                   f"{current_user.role}")
+                abort(403, _("This needs the %(role)s role.", role=role))
             return view(*args, **kwargs)
 
         return wrapped
@@ -673,16 +841,25 @@ def login():
                      ip=request.remote_addr or "", user_agent=request.user_agent.string,
                      result="ok" if info else "refused")
         if info:
+            # A fresh cookie session: the anonymous page's CSRF token (and anything planted
+            # before sign-in) does not carry over.
+            session.clear()
             login_user(PanelUser(info, users.open_session(info["name"])))
             return redirect(safe_next(request.args.get("next")))
         flash(_("Wrong user name or password."), "error")
     return render_template("login.html", form=form)
 
 
+UNSAFE_NEXT = re.compile(r"[\x00-\x20\x7f\\]")
+
+
 def safe_next(target: str | None) -> str:
-    parts = urlparse(target or "")
-    return target if target and not parts.netloc and not parts.scheme \
-        and target.startswith("/") else url_for("overview_page")
+    """A path on this site to go on to; the overview for anything else (another site, a
+    backslash browsers read as a slash, control characters that would split the header)."""
+    if not target or not target.startswith("/") or UNSAFE_NEXT.search(target):
+        return url_for("overview_page")
+    parts = urlparse(target)
+    return url_for("overview_page") if parts.netloc or parts.scheme else target
 
 
 def logout():
@@ -748,7 +925,8 @@ def dlq_page():
     except FilterError as exc:
         flash(str(exc), "error")
         flt = Filters()
-    context = panel.dlq_page(flt, request.args.get("cursor"))
+    context = panel.dlq_page(flt, checked_cursor(_("This page's link is damaged (cursor); "
+                                                   "open the dead-letter queue again.")))
     return page_or_partial("dlq.html", {**context, "args": args}, ("dlq_rows", "redrives"))
 
 
@@ -779,8 +957,11 @@ def system_page():
 @require_role("viewer")
 def audit_page():
     """The audit log, filterable."""
+    before = request.args.get("before") or None
+    if before is not None and not audit.STREAM_ID.match(before):
+        abort(400, _("This page's link is damaged (before); open the audit log again."))
     context = panel.audit_page(request.args.get("actor", ""), request.args.get("action", ""),
-                               request.args.get("target", ""), request.args.get("before"))
+                               request.args.get("target", ""), before)
     return render_template("audit.html", **context)
 
 
@@ -792,8 +973,27 @@ def back(default: str):
 def confirm_step(action: str, scope: dict, count: int, text: str, **hidden):
     """The first of two steps: say what this touches and carry a single-use token."""
     token = confirm.issue(g.actor, action, scope)
+    audit_note(action=f"{g.audit_action}.preview", count=count)
     return render_template("confirm.html", text=text, count=count, token=token,
                            action_url=request.path, hidden=hidden, next=request.form.get("next"))
+
+
+def form_filter() -> Filters:
+    """The form's "filter" (JSON of DLQ filters); a 400 naming the problem when it is bad."""
+    try:
+        value = bounded_json.loads(request.form.get("filter") or "{}")
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        return Filters.parse(value)
+    except (ValueError, FilterError) as exc:
+        abort(400, _("The filter is not valid: %(reason)s", reason=str(exc)))
+
+
+def scope_target(ids: list[str] | None, flt: Filters | None) -> str:
+    """The audit target of an action on many records: their ids, or the filter."""
+    if ids:
+        return ",".join(ids)
+    return "filter " + json.dumps(flt.as_dict() if flt else {}, sort_keys=True)
 
 
 def confirmed(action: str, scope: dict) -> bool:
@@ -851,6 +1051,7 @@ def bulk_jobs(queue: str):
                             _("%(action)s the selected jobs.", action=action), ids=ids,
                             action=action)
     done = sum(_job_action(action, job_id) for job_id in ids)
+    audit_note(target=",".join(ids), done=done, count=len(ids))
     flash(_("%(done)s of %(count)s jobs done.", done=done, count=len(ids)), "ok")
     return redirect(url_for("queue_page", queue=queue))
 
@@ -874,6 +1075,8 @@ def _job_action(action: str, job_id: str) -> bool:
 def cancel_job(job_id: str):
     """Cancel a job that has not started."""
     ok = registry.cancel_job(job_id, detail=f"cancelled by {g.actor}")
+    if not ok:
+        audit_note(result="failed", reason="only a job that has not started can be cancelled")
     flash(_("Job cancelled.") if ok else _("Only a job that has not started can be cancelled."),
           "ok" if ok else "error")
     return redirect(url_for("job_page", job_id=job_id))
@@ -885,6 +1088,8 @@ def cancel_job(job_id: str):
 def retry_job(job_id: str):
     """Retry a dead job by replaying its DLQ record."""
     ok = _job_action("retry", job_id)
+    if not ok:
+        audit_note(result="failed", reason="only a dead job can be retried")
     flash(_("Job retried.") if ok else _("Only a dead job can be retried."),
           "ok" if ok else "error")
     return redirect(url_for("job_page", job_id=job_id))
@@ -901,6 +1106,7 @@ def replay_record(record_id: str):
     try:
         done = replay.replay(record_id, actor=g.actor)
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
         return redirect(url_for("dlq_record_page", record_id=record_id))
     flash(_("Replayed as %(attempt)s.", attempt=done["attempt_id"]), "ok")
@@ -913,16 +1119,19 @@ def replay_record(record_id: str):
 def edit_record(record_id: str):
     """Edit-then-replay: show the diff first, replay on confirmation."""
     try:
-        payload = json.loads(request.form.get("payload", ""))
+        payload = bounded_json.loads(request.form.get("payload", ""))
         preview = replay.preview_edit(record_id, payload if isinstance(payload, dict) else None,
                                       actor=g.actor, owner=can("owner"))
     except (ValueError, TypeError, BackstopError) as exc:
         message = getattr(exc, "errors", None) or str(exc)
+        if not request.form.get("confirm"):
+            audit_note(action="dlq.edit_replay.preview")
         return render_template("dlq_edit.html", record_id=record_id, error=message,
                                payload=request.form.get("payload", "")), 422
     scope = {"id": record_id, "payload": preview["payload"]}
     if not confirmed("dlq.edit_replay", scope):
         token = confirm.issue(g.actor, "dlq.edit_replay", scope)
+        audit_note(action="dlq.edit_replay.preview")
         return render_template("dlq_edit.html", record_id=record_id, preview=preview,
                                token=token, payload=request.form.get("payload", ""))
     done = replay.replay(record_id, actor=g.actor, payload=payload,
@@ -953,8 +1162,9 @@ def bulk_records():
     ids = request.form.getlist("ids") or None
     if action not in ("replay", "delete") or (action == "delete" and not can("owner")):
         abort(403)
-    flt = Filters.parse(json.loads(request.form.get("filter") or "{}")) if not ids else None
+    flt = form_filter() if not ids else None
     scope = {"action": action, "ids": sorted(ids or []), "filter": flt and flt.as_dict()}
+    audit_note(target=scope_target(ids, flt), bulk_action=action)
     count = len(ids) if ids else dlq.count_matching(flt)
     if not confirmed("dlq.bulk", scope):
         return confirm_step("dlq.bulk", scope, count, _("%(action)s dead-letter records.",
@@ -962,6 +1172,7 @@ def bulk_records():
                             ids=ids or [], action=action, filter=request.form.get("filter", ""))
     results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
     done = sum(1 for r in results if r["outcome"] in ("replayed", "deleted"))
+    audit_note(done=done, count=len(results))
     flash(_("%(done)s of %(count)s records done.", done=done, count=len(results)), "ok")
     return redirect(url_for("dlq_page"))
 
@@ -971,10 +1182,12 @@ def bulk_records():
 @audited("dlq.clear")
 def clear_records():
     """Clear the DLQ (all, or what the filter selects), after a confirmation."""
-    flt = Filters.parse(json.loads(request.form.get("filter") or "{}"))
+    flt = form_filter()
     token = request.form.get("confirm")
+    audit_note(target=scope_target(None, flt))
     if not token:
         preview = replay.clear_preview(g.actor, flt)
+        audit_note(action="dlq.clear.preview", count=preview["count"])
         return render_template("confirm.html", text=_("Clear the dead-letter queue."),
                                count=preview["count"], token=preview["token"],
                                action_url=request.path,
@@ -982,8 +1195,10 @@ def clear_records():
     try:
         done = replay.clear(g.actor, flt, token)
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
         return redirect(url_for("dlq_page"))
+    audit_note(deleted=done["deleted"])
     flash(_("%(count)s records deleted.", count=done["deleted"]), "ok")
     return redirect(url_for("dlq_page"))
 
@@ -993,17 +1208,20 @@ def clear_records():
 @audited("dlq.redrive.start")
 def start_redrive_panel():
     """Start a throttled redrive of what the filter selects, after a confirmation."""
-    flt = Filters.parse(json.loads(request.form.get("filter") or "{}"))
+    flt = form_filter()
     rate = request.form.get("rate", type=float)
     scope = {"filter": flt.as_dict(), "rate": rate}
+    audit_note(target=scope_target(None, flt), rate=rate)
     if not confirmed("dlq.redrive", scope):
         return confirm_step("dlq.redrive", scope, dlq.count_matching(flt),
                             _("Redrive at %(rate)s jobs/s.", rate=rate),
                             filter=request.form.get("filter", ""), rate=str(rate))
     try:
         started = redrive.start(g.actor, flt, rate)
+        audit_note(target=started["id"], filter=flt.as_dict())
         flash(_("Redrive %(id)s started.", id=started["id"]), "ok")
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
     return redirect(url_for("dlq_page", **flt.as_dict()))
 
@@ -1019,6 +1237,7 @@ def change_redrive_panel(redrive_id: str, verb: str):
     try:
         actions[verb](redrive_id, g.actor)
     except BackstopError as exc:
+        audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")
     return redirect(url_for("dlq_page"))
 
@@ -1096,6 +1315,8 @@ def check_socket_request() -> None:
     allowed = [o.strip() for o in settings().panel_origins.split(",") if o.strip()]
     allowed = allowed or [request.host_url.rstrip("/")]
     if request.headers.get("Origin") not in allowed:
+        audit_refusal(403, f"origin {request.headers.get('Origin')!r} may not open the live "
+                           "socket", action="live.connect")
         abort(403, "this origin may not open the live socket")
 
 
@@ -1109,13 +1330,36 @@ def live_socket(ws):
         return
     subscription = hub().subscribe(socket_topic(request.args.get("topic", "all")),
                                    request.args.get("last_id"))
+    watch = SessionWatch(current_user.name, current_user.session_id)
     try:
-        while ws.connected:
+        while ws.connected and watch.alive():
             if subscription.get(timeout=1) is not None:
                 _drain(subscription)
+                if not watch.alive(now=True):
+                    break
                 ws.send(render_live(page, args))
+        if ws.connected:
+            ws.close(reason=1008, message="the session has ended; sign in again")
     finally:
         subscription.close()
+
+
+class SessionWatch:
+    """Whether a socket's session is still open, asked of Redis at most every CHECK_SECONDS
+    (and whenever a push is about to go out): a sign-out, password change or timeout
+    closes the socket within seconds."""
+
+    CHECK_SECONDS = 2.0
+
+    def __init__(self, name: str, session_id: str):
+        self.name, self.session_id = name, session_id
+        self.checked = time.monotonic()
+
+    def alive(self, now: bool = False) -> bool:
+        if not now and time.monotonic() - self.checked < self.CHECK_SECONDS:
+            return True
+        self.checked = time.monotonic()
+        return users.session_valid(self.name, self.session_id)
 
 
 def socket_topic(topic: str) -> Topic:

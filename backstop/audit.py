@@ -80,9 +80,11 @@ def record(actor: str, action: str, target: str = "", *, summary: dict | str = "
     actor: who (a user name, "api:<token name>", "system"); action: what, dotted by area
     ("dlq.replay"); target: what it touched (a job id, a queue); summary: the request in
     brief, a dict (secrets redacted) or text, cut to 2,000 characters; ip, user_agent: of
-    the request; result: "ok", "denied", an error text (secrets redacted). Text fields are
-    cut to 500 characters and text that is not valid Unicode is replaced, so recording never
-    fails on input. r: a Redis client (default: connection.client()).
+    the request; result: "ok", "refused <HTTP status>" (refused before anything changed),
+    "failed" (attempted; the summary's "reason" says why), "refused" (a wrong password); an
+    error text is redacted. Text fields are cut to 500 characters and text that is not valid
+    Unicode is replaced, so recording never fails on input. r: a Redis client (default:
+    connection.client()).
     Raises redis.RedisError when Redis fails, AuditError when the head kept moving under
     100 attempts in a row.
     """
@@ -91,6 +93,22 @@ def record(actor: str, action: str, target: str = "", *, summary: dict | str = "
     fields = {name: _clean(value, FIELD_LIMIT) for name, value in given.items()}
     fields.update(t=f"{time.time():.6f}", summary=_summary_field(summary))
     return _append(r or client(), fields)
+
+
+def record_once(marker: str, seconds: int, actor: str, action: str, target: str = "",
+                **fields) -> str | None:
+    """Like record, but once per marker in `seconds`: for refusals a client can repeat at
+    will (a throttled sign-in), so a flood writes one entry per window, not one per request.
+
+    marker: what counts as the same event (hashed into its key). fields: record's keyword
+    arguments. Returns the entry id, or None when an entry for marker was written within
+    the window. Raises as record does.
+    """
+    r = fields.pop("r", None) or client()
+    digest = hashlib.sha256(marker.encode("utf-8", "replace")).hexdigest()
+    if not r.set(keys.audit_quiet(digest), 1, nx=True, ex=max(1, int(seconds))):
+        return None
+    return record(actor, action, target, r=r, **fields)
 
 
 def _append(r, fields: dict) -> str:

@@ -72,6 +72,13 @@ SETTINGS = [
             "Signs sessions, OTP hashes, the audit chain; seals DLQ payloads. "
             "Empty: generated once into var/secret_key."),
     Setting("COOKIE_SECURE", "1", "1: session cookie only over HTTPS (browsers allow localhost)."),
+    Setting("MAX_CONTENT_LENGTH", "1048576",
+            "Largest request body the web role reads, in bytes; a larger one gets 413."),
+    Setting("SESSION_LIFETIME_SECONDS", "1209600",
+            "A panel session ends this long after sign-in, however active (default 14 days)."),
+    Setting("SESSION_IDLE_SECONDS", "43200",
+            "A panel session ends after this long without a request from its user (default "
+            "12 h: a working shift; live pushes and polls do not count as use)."),
     Setting("PANEL_ORIGINS", "",
             "Origins allowed to open the live socket (comma-separated). Empty: the panel's own."),
     Setting("HTMX_URL", "", "Load htmx from this URL (a CDN) instead of static/vendor/."),

@@ -220,5 +220,11 @@ def user_sessions(name: str) -> str:
     return _p("sessions", name)
 
 
+def audit_quiet(marker: str) -> str:
+    """Set while a repeated refusal (a throttled client) is not written to the audit log again;
+    marker is a digest of what repeats."""
+    return _p("audit", "quiet", marker)
+
+
 def confirmation(token: str) -> str:
     return _p("confirm", token)

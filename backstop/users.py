@@ -1,7 +1,10 @@
 """Panel users: argon2-hashed passwords, roles, and server-side sessions that can be revoked.
 
-A session is a random id stored under its user; signing out deletes it, a password change
-deletes them all, so a copied cookie stops working at once.
+A session is a random id stored under its user with the time it was opened and last used;
+signing out deletes it, a password change deletes them all, so a copied cookie stops working
+at once. Each session also ends on its own: SESSION_LIFETIME_SECONDS after sign-in however
+active it is (absolute timeout), and SESSION_IDLE_SECONDS after its last use (idle timeout),
+both checked on the server at every request (OWASP session management cheat sheet).
 """
 
 from __future__ import annotations
@@ -11,17 +14,21 @@ import re
 import secrets
 import time
 
+import redis
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import keys
+from .config import settings
 from .connection import client
 from .errors import BackstopError
 from .tokens import ROLES
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@\-]{1,64}$")
 MIN_PASSWORD = 10
-SESSION_SECONDS = 14 * 86400
+# Use is written at most this often per session (or a tenth of the idle timeout, if less):
+# idle timeouts are exact to within a minute.
+TOUCH_SECONDS = 60
 _hasher = PasswordHasher()
 # Verifying against this when the user does not exist keeps both failures equally slow.
 _DECOY = _hasher.hash(secrets.token_urlsafe(16))
@@ -98,17 +105,68 @@ def delete(name: str) -> bool:
 
 
 def open_session(name: str) -> str:
-    """A new server-side session id for the user."""
-    session_id = secrets.token_urlsafe(24)
+    """A new server-side session id for the user; the user's expired sessions are dropped."""
+    session_id, now, key = secrets.token_urlsafe(24), time.time(), keys.user_sessions(name)
+    expired = [sid for sid, raw in client().hgetall(key).items()
+               if not _alive(*_times(raw), now)]
     pipe = client().pipeline()
-    pipe.hset(keys.user_sessions(name), session_id, time.time())
-    pipe.expire(keys.user_sessions(name), SESSION_SECONDS)
+    if expired:
+        pipe.hdel(key, *expired)
+    pipe.hset(key, session_id, _stamp(now, now))
+    # The newest session is the last to reach its lifetime: the hash lives as long as it can.
+    pipe.expire(key, settings().int("session_lifetime_seconds"))
     pipe.execute()
     return session_id
 
 
-def session_valid(name: str, session_id: str) -> bool:
-    return bool(client().hexists(keys.user_sessions(name), session_id))
+def session_valid(name: str, session_id: str, *, touch: bool = False) -> bool:
+    """Whether the session is open: opened less than SESSION_LIFETIME_SECONDS ago and used
+    less than SESSION_IDLE_SECONDS ago. An expired session is deleted. touch: count this
+    check as a use of the session (a request its user made, not a background refresh)."""
+    key = keys.user_sessions(name)
+    raw = client().hget(key, session_id)
+    if raw is None:
+        return False
+    now, (created, seen) = time.time(), _times(raw)
+    if not _alive(created, seen, now):
+        close_session(name, session_id)
+        return False
+    if touch and now - seen >= min(TOUCH_SECONDS, settings().int("session_idle_seconds") / 10):
+        _touch(key, session_id, created, now)
+    return True
+
+
+def _touch(key: str, session_id: str, created: float, now: float) -> None:
+    """Record a use, unless the session was closed meanwhile (never bring one back)."""
+    with client().pipeline() as pipe:
+        try:
+            pipe.watch(key)
+            if pipe.hexists(key, session_id):
+                pipe.multi()
+                pipe.hset(key, session_id, _stamp(created, now))
+                pipe.execute()
+        except redis.WatchError:
+            pass  # the user's sessions changed under us; the next request records its use
+
+
+def _alive(created: float, seen: float, now: float) -> bool:
+    return (now - created < settings().int("session_lifetime_seconds")
+            and now - seen < settings().int("session_idle_seconds"))
+
+
+def _stamp(created: float, seen: float) -> str:
+    return json.dumps({"created": created, "seen": seen})
+
+
+def _times(raw: str) -> tuple[float, float]:
+    """(opened, last used) of a stored session; a bare number is the older format (opened)."""
+    try:
+        value = json.loads(raw)
+        if isinstance(value, dict):
+            return float(value["created"]), float(value["seen"])
+        return float(value), float(value)
+    except (ValueError, TypeError, KeyError):
+        return 0.0, 0.0  # unreadable: treated as expired
 
 
 def close_session(name: str, session_id: str) -> None:

@@ -30,7 +30,9 @@
     if (live || document.hidden || !window.htmx) return;
     document.querySelectorAll("[data-poll]").forEach(function (el) {
       if (el.closest("form:focus-within") || el.querySelector("input:checked")) return;
-      htmx.ajax("GET", el.dataset.poll, { target: el, swap: "outerHTML" });
+      // Marked as a background refresh: it does not keep the session from going idle.
+      htmx.ajax("GET", el.dataset.poll, { target: el, swap: "outerHTML",
+                                          headers: { "X-Backstop-Refresh": "poll" } });
     });
   }
 

@@ -56,7 +56,7 @@ def test_roles_guard_replay_and_delete(api):
     assert again.status_code == 409 and again.json["code"] == "busy"
     assert api.delete(f"/api/v1/dlq/{record_id}", headers=owner).status_code == 200
     results = [e["result"] for e in audit.entries(action="dlq.").items]
-    assert results == ["ok", "refused 409", "ok"][::-1]
+    assert results == ["refused 403", "refused 403", "ok", "refused 409", "ok"][::-1]
 
 
 def test_edit_preview_and_edited_replay(api):
@@ -172,9 +172,13 @@ def test_redrive_api_starts_reports_and_cancels(api):
     assert cancelled.json["status"] == "cancelled"
     listing = api.get("/api/v1/dlq/redrives", headers=operator).json["items"]
     assert [item["id"] for item in listing] == [redrive_id]
-    trail = [(e["action"], e["result"]) for e in audit.entries(action="dlq.redrive.").items]
-    assert trail == [("dlq.redrive.change", "ok"), ("dlq.redrive.start", "refused 409"),
-                     ("dlq.redrive.start", "ok"), ("dlq.redrive.start", "refused 422")]
+    trail = [(e["action"], e["target"], e["result"])
+             for e in audit.entries(action="dlq.redrive.").items]
+    assert trail == [("dlq.redrive.change", redrive_id, "ok"),
+                     ("dlq.redrive.change", redrive_id, "refused 403"),
+                     ("dlq.redrive.start", "filter {}", "refused 409"),
+                     ("dlq.redrive.start", redrive_id, "ok"),
+                     ("dlq.redrive.start", "filter {}", "refused 422")]
 
 
 def test_edit_replay_to_a_new_destination_needs_the_secrets_or_an_owners_confirmation(api):

@@ -153,3 +153,44 @@ def test_a_viewer_reads_jobs_and_their_replays_with_secrets_redacted(api):
         assert payload["secret"] == "[REDACTED]" and payload["data"]["password"] == "[REDACTED]"
         assert payload["url"].startswith("http://u:[REDACTED]@hooks.example/h?token=")
         assert payload["data"]["max_tokens"] == 800 and payload["event"] == "order.paid"
+
+
+@pytest.mark.parametrize("field, value", [("delay", "abc"), ("delay", [1]), ("priority", "x"),
+                                          ("priority", {}), ("job_id", 123), ("job_id", ["a"])])
+def test_an_option_of_the_wrong_type_is_a_400_naming_the_field(api, r, field, value):
+    headers = bearer("operator")
+    before = backstop_keys(r)
+    response = api.post("/api/v1/jobs", json={"job": "email.send", "payload": MAIL,
+                                              field: value}, headers=headers)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.json["fields"][0]["field"] == field and field in response.json["error"]
+    assert backstop_keys(r) == before
+
+
+@pytest.mark.parametrize("levels", [100, 100_000])
+def test_deeply_nested_json_is_a_400_that_says_so(api, levels):
+    body = '{"job": "email.send", "payload": ' + "[" * levels + "]" * levels + "}"
+    response = api.post("/api/v1/jobs", data=body, content_type="application/json",
+                        headers=bearer("operator"))
+    assert response.status_code == 400 and "nested deeper than 64" in response.json["error"]
+
+
+def test_a_body_over_the_size_limit_is_a_413_in_json_and_is_not_parsed(api):
+    body = '{"job": "email.send", "payload": {"text": "' + "x" * (1024 * 1024) + '"}}'
+    response = api.post("/api/v1/jobs", data=body, content_type="application/json",
+                        headers=bearer("operator"))
+    assert response.status_code == 413 and "MAX_CONTENT_LENGTH" in response.json["error"]
+
+
+@pytest.mark.parametrize("query", ["cursor=%00%ff", "cursor=nan:x", "limit=0", "limit=-1",
+                                   "limit=%C2%B2"])
+def test_a_damaged_cursor_or_limit_on_the_dlq_api_is_a_400(api, query):
+    response = api.get(f"/api/v1/dlq?{query}", headers=bearer("viewer"))
+    assert response.status_code == 400 and query.split("=")[0] in response.json["error"]
+
+
+@pytest.mark.parametrize("path, body", [("/api/v1/dlq/clear", {"filter": 5}),
+                                        ("/api/v1/dlq/redrives", {"filter": 5, "rate": 1})])
+def test_a_filter_that_is_not_an_object_is_a_400_not_a_500(api, path, body):
+    response = api.post(path, json=body, headers=bearer("owner"))
+    assert response.status_code == 400 and "filter" in response.json["error"]

@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import apply_env
 
-from backstop import producers, registry, users
+from backstop import audit, producers, registry, users
 
 PASSWORD = "correct horse battery"
 MAIL = {"to": ["a@example.com"], "subject": "s", "text": "t"}
@@ -80,6 +80,9 @@ def test_no_session_or_a_foreign_origin_is_refused_before_the_upgrade(plain_http
     allowed, sock = handshake(live_server, "page=overview", live_server, cookie)
     assert (no_session, foreign, missing_origin, allowed) == (401, 403, 403, 101)
     sock.close()
+    refused = audit.entries(action="live.connect").items
+    assert [(e["actor"], e["result"]) for e in refused] == [("user:vic", "refused 403")] * 2
+    assert "evil.example" in refused[1]["summary"]["reason"]
 
 
 def test_a_reconnect_with_the_last_event_id_receives_what_it_missed(plain_http, live_server):
@@ -95,4 +98,49 @@ def test_a_reconnect_with_the_last_event_id_receives_what_it_missed(plain_http, 
     pushed = read_text_frame(sock)
     assert all(f'data-event-id="{event_id}"' in pushed for event_id in missed_ids)
     assert all(job_id in pushed for job_id in missed)
+    sock.close()
+
+
+def read_frame(sock: socket.socket) -> tuple[int, bytes]:
+    """One unmasked frame from the server: (opcode, payload)."""
+    first, second = recv_exactly(sock, 2)
+    length = second & 0x7F
+    if length == 126:
+        length = struct.unpack(">H", recv_exactly(sock, 2))[0]
+    elif length == 127:
+        length = struct.unpack(">Q", recv_exactly(sock, 8))[0]
+    return first & 0x0F, recv_exactly(sock, length)
+
+
+def first_frame_but_pings(sock: socket.socket) -> tuple[int, bytes]:
+    while True:
+        opcode, payload = read_frame(sock)
+        if opcode not in (9, 10):
+            return opcode, payload
+
+
+@pytest.mark.parametrize("ending", ["sign-out", "password change"])
+def test_an_open_socket_is_closed_when_its_session_ends(plain_http, live_server, ending):
+    users.create("vic", "viewer", PASSWORD)
+    browser = requests.Session()
+    page = browser.get(live_server + "/login").text
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    browser.post(live_server + "/login", data={"name": "vic", "password": PASSWORD,
+                                               "csrf_token": token}, allow_redirects=False)
+    cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
+    status, sock = handshake(live_server, "page=overview&topic=all", live_server, cookie)
+    assert status == 101
+    producers.enqueue("email.send", MAIL)
+    assert first_frame_but_pings(sock)[0] == 1, "a signed-in socket receives the page"
+    if ending == "sign-out":
+        overview = browser.get(live_server + "/overview").text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', overview).group(1)
+        browser.post(live_server + "/logout", data={"csrf_token": csrf}, allow_redirects=False)
+        producers.enqueue("email.send", MAIL)  # a push is due: it must not go out
+    else:
+        users.set_password("vic", "a brand new password")  # a quiet socket: closed all the same
+    sock.settimeout(8)
+    opcode, payload = first_frame_but_pings(sock)
+    assert opcode == 8 and struct.unpack(">H", payload[:2])[0] == 1008
+    assert b"session has ended" in payload[2:]
     sock.close()

@@ -301,3 +301,173 @@ def test_edit_replay_to_a_new_destination_names_it_and_needs_the_owner(app):
     assert done.status_code == 302
     attempt = done.headers["Location"].rsplit("/", 1)[-1]
     assert registry.get_job(attempt)["payload"]["secret"] == "whsec-victim"
+
+
+def test_a_damaged_cursor_in_a_panel_link_is_a_400_not_a_500(app):
+    viewer = signed_in(app, "vera")
+    for path in ("/dlq?cursor=%00%ff", "/dlq?cursor=nan:x&partial=dlq_rows",
+                 "/audit?before=%00%ff"):
+        response = viewer.get(path)
+        assert response.status_code == 400, path
+        assert "link is damaged" in response.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("target", ["/overview\r\nSet-Cookie: evil=1", "/\\evil.example",
+                                    "//evil.example/", "/x\x00y"])
+def test_the_language_switch_goes_on_only_to_a_clean_local_path(app, target):
+    client = signed_in(app, "vera")
+    response = client.post("/lang", data={"lang": "fa", "csrf_token": client.csrf,
+                                          "next": target})
+    assert response.status_code == 302 and response.headers["Location"] == "/overview"
+    assert "evil" not in str(response.headers)
+
+
+@pytest.mark.parametrize("path, form", [
+    ("/dlq/bulk", {"action": "replay", "filter": "{not json"}),
+    ("/dlq/clear", {"filter": "[1, 2]"}),
+    ("/dlq/redrives", {"filter": "[" * 5000 + "]" * 5000, "rate": "1"}),
+])
+def test_an_unparsable_filter_in_a_panel_form_is_a_400_naming_it(app, path, form):
+    owner = signed_in(app, "olga")
+    response = owner.post(path, data={**form, "csrf_token": owner.csrf})
+    assert response.status_code == 400 and "The filter is not valid" in \
+        response.get_data(as_text=True)
+
+
+def test_an_edited_payload_nested_too_deep_is_refused_with_the_form(app):
+    from dlq_helpers import make_dead
+
+    [record_id] = make_dead([{"cause": 1}])
+    operator = signed_in(app, "oscar")
+    response = operator.post(f"/dlq/records/{record_id}/edit", data={
+        "csrf_token": operator.csrf, "payload": "[" * 100_000 + "]" * 100_000})
+    assert response.status_code == 422 and "nested deeper than 64" in \
+        response.get_data(as_text=True)
+
+
+def test_a_session_left_to_background_polls_reaches_its_idle_timeout(app, monkeypatch):
+    from test_users import HOUR, Clock
+
+    clock = Clock()
+    monkeypatch.setattr(users, "time", clock)
+    used, polled = signed_in(app, "vera"), signed_in(app, "vera")
+    poll = {"X-Backstop-Refresh": "poll"}
+    for _ in range(3):
+        clock.advance(3 * HOUR)
+        assert used.get("/overview").status_code == 200
+        assert polled.get("/overview?partial=health", headers=poll).status_code == 200
+    clock.advance(3 * HOUR)  # 12 h since the polled session's last use by its user
+    assert used.get("/overview").status_code == 200
+    assert polled.get("/overview?partial=health", headers=poll).status_code == 302
+
+
+def test_the_sign_in_pages_csrf_token_stops_working_at_sign_in(app):
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    anonymous = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    client.post("/login", data={"name": "oscar", "password": PASSWORD, "csrf_token": anonymous})
+    assert client.get("/overview").status_code == 200
+    refused = client.post("/queues/email/pause", data={"csrf_token": anonymous})
+    assert refused.status_code == 400 and "email" not in queues.paused_queues()
+    fresh = csrf_of(client.get("/overview").get_data(as_text=True))
+    assert fresh != anonymous
+    assert client.post("/queues/email/pause", data={"csrf_token": fresh}).status_code == 302
+
+
+def test_secure_cookies_carry_the_host_prefix(r):
+    apply_env(COOKIE_SECURE="1")
+    from app import create_app
+
+    client = create_app().test_client()
+    cookie = client.get("/login", base_url="https://localhost").headers["Set-Cookie"]
+    assert cookie.startswith("__Host-session=") and "Secure" in cookie and "Path=/" in cookie
+    assert "Domain" not in cookie
+    apply_env(COOKIE_SECURE="0")
+    plain = create_app().test_client().get("/login").headers["Set-Cookie"]
+    assert plain.startswith("session=")
+
+
+def entries_of(action: str) -> list[dict]:
+    return audit.entries(action=action).items
+
+
+def test_refused_attempts_are_audited_with_actor_address_and_target(app):
+    viewer, owner = signed_in(app, "vera"), signed_in(app, "olga")
+    assert viewer.post("/queues/email/pause", data={"csrf_token": viewer.csrf}).status_code \
+        == 403
+    assert owner.post("/queues/email/pause", data={"csrf_token": "forged"}).status_code == 400
+    assert owner.post("/queues/nope/purge", data={"csrf_token": owner.csrf}).status_code == 404
+    assert viewer.get("/dlq/records/missing").status_code == 404
+    role, csrf = reversed(entries_of("queue.pause"))
+    assert (role["actor"], role["target"], role["result"], role["ip"]) == \
+        ("user:vera", "email", "refused 403", "127.0.0.1")
+    assert "needs the operator role" in role["summary"]["reason"]
+    assert (csrf["actor"], csrf["target"], csrf["result"]) == ("user:olga", "email",
+                                                               "refused 400")
+    assert "CSRF" in csrf["summary"]["reason"] and not queues.paused_queues()
+    [purge] = entries_of("queue.purge")
+    assert (purge["actor"], purge["target"], purge["result"]) == ("user:olga", "nope",
+                                                                  "refused 404")
+    [view] = entries_of("dlq.view")
+    assert (view["actor"], view["target"], view["result"]) == ("user:vera", "missing",
+                                                               "refused 404")
+
+
+def test_a_throttled_sign_in_is_audited_once_per_window(app):
+    client = app.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    codes = [client.post("/login", data={"name": "vera", "password": "x" * 12,
+                                         "csrf_token": token}).status_code for _ in range(8)]
+    assert codes == [200] * 5 + [429] * 3
+    results = [(e["actor"], e["target"], e["result"]) for e in entries_of("auth.login")]
+    assert results == [("user:vera", "vera", "refused 429")] + [
+        ("user:vera", "vera", "refused")] * 5
+    forged = client.post("/login", data={"name": "olga", "password": PASSWORD})
+    assert forged.status_code == 400
+    assert entries_of("auth.login")[0]["result"] == "refused 400"
+
+
+def test_a_bad_or_underpowered_token_is_audited(app):
+    from backstop import tokens
+
+    client = app.test_client()
+    bad = client.post("/api/v1/dlq/x/replay", headers={"Authorization": "Bearer bst_nope"})
+    viewer = client.post("/api/v1/dlq/x/replay", headers={
+        "Authorization": f"Bearer {tokens.create('dash', 'viewer')}"})
+    assert (bad.status_code, viewer.status_code) == (401, 403)
+    assert [(e["actor"], e["target"], e["result"]) for e in entries_of("dlq.replay")] == [
+        ("token:dash", "x", "refused 403"), ("anonymous", "x", "refused 401")]
+    assert client.post("/api/v1/dlq/x/replay").status_code == 401
+    assert len(entries_of("dlq.replay")) == 2, "no token at all is no attempt to log"
+
+
+def confirm_token(response) -> str:
+    return re.search(r'name="confirm" value="([^"]+)"', response.get_data(as_text=True)).group(1)
+
+
+def test_the_log_says_what_happened_previews_failures_and_targets(app):
+    from dlq_helpers import make_dead
+
+    [first, second] = make_dead([{"cause": 1, "n": 1}, {"cause": 1, "n": 2}])
+    operator = signed_in(app, "oscar")
+    form = {"csrf_token": operator.csrf}
+    asked = operator.post(f"/dlq/records/{first}/replay", data=form)
+    operator.post(f"/dlq/records/{first}/replay", data={**form, "confirm": confirm_token(asked)})
+    again = operator.post(f"/dlq/records/{first}/replay", data=form)
+    operator.post(f"/dlq/records/{first}/replay", data={**form, "confirm": confirm_token(again)})
+    operator.post(f"/dlq/records/{second}/edit", data={**form, "payload": '{"cause": 0}'})
+    asked = operator.post("/dlq/redrives", data={**form, "rate": "2", "filter": "{}"})
+    operator.post("/dlq/redrives", data={**form, "rate": "2", "filter": "{}",
+                                         "confirm": confirm_token(asked)})
+    redrive_id = audit.entries(action="dlq.redrive.start").items[0]["target"]
+    trail = [(e["action"], e["target"], e["result"]) for e in reversed(entries_of("dlq."))
+             if e["action"] != "dlq.view"]
+    assert trail == [
+        ("dlq.replay.preview", first, "ok"), ("dlq.replay", first, "ok"),
+        ("dlq.replay.preview", first, "ok"), ("dlq.replay", first, "failed"),
+        ("dlq.edit_replay.preview", second, "ok"),
+        ("dlq.redrive.start.preview", "filter {}", "ok"),
+        ("dlq.redrive.start", redrive_id, "ok")]
+    assert re.fullmatch(r"[0-9a-f]{16}", redrive_id)
+    assert "is being replayed" in entries_of("dlq.replay")[0]["summary"]["reason"]
