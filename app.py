@@ -545,13 +545,13 @@ def checked_limit(default: int = 50, most: int = 1000) -> int:
     return limit
 
 
-CURSOR = re.compile(r"^\d+(\.\d+)?(e[+-]?\d+)?:[!-~]{1,200}$")
+CURSOR = re.compile(r"\d+(\.\d+)?(e[+-]?\d+)?:[!-~]{1,200}")  # always fullmatch
 
 
 def checked_cursor(message: str) -> str | None:
     """?cursor= as given by a previous page; a 400 with message when it is not one."""
     cursor = request.args.get("cursor") or None
-    if cursor is not None and not CURSOR.match(cursor):
+    if cursor is not None and not CURSOR.fullmatch(cursor):
         abort(400, message)
     return cursor
 
@@ -958,7 +958,7 @@ def system_page():
 def audit_page():
     """The audit log, filterable."""
     before = request.args.get("before") or None
-    if before is not None and not audit.STREAM_ID.match(before):
+    if before is not None and not audit.STREAM_ID.fullmatch(before):
         abort(400, _("This page's link is damaged (before); open the audit log again."))
     context = panel.audit_page(request.args.get("actor", ""), request.args.get("action", ""),
                                request.args.get("target", ""), before)

@@ -44,7 +44,7 @@ SCAN_CHUNK = 500
 SCAN_LIMIT = 20_000
 VERIFY_CHUNK = 1000
 PUBLIC_FIELDS = ("actor", "action", "target", "ip", "user_agent", "result")
-STREAM_ID = re.compile(r"^\d+-\d+$")
+STREAM_ID = re.compile(r"\d+-\d+")  # always fullmatch
 
 ALTERED = "entry altered"
 CHAIN_BROKEN = "chain broken: an entry before this one was removed or reordered"
@@ -170,7 +170,7 @@ def _scan_back(r, upper: str, lower: str):
 
 
 def _upper_bound(before: str | None, until: float | None) -> str:
-    if before is not None and not STREAM_ID.match(before):
+    if before is not None and not STREAM_ID.fullmatch(before):
         raise ValueError(f"before must be a stream id like 1700000000000-0, not {before!r}")
     until_ms = None if until is None else int(until * 1000)
     if before is None:

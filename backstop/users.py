@@ -24,7 +24,7 @@ from .connection import client
 from .errors import BackstopError
 from .tokens import ROLES
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.@\-]{1,64}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.@\-]{1,64}")  # always fullmatch
 MIN_PASSWORD = 10
 # Use is written at most this often per session (or a tenth of the idle timeout, if less):
 # idle timeouts are exact to within a minute.
@@ -39,7 +39,7 @@ class UserError(BackstopError):
 
 
 def _check(name: str, password: str | None, role: str | None) -> None:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise UserError("a user name is 1-64 characters of letters, digits, _ . @ -")
     if password is not None and len(password) < MIN_PASSWORD:
         raise UserError(f"a password needs at least {MIN_PASSWORD} characters")
@@ -71,7 +71,7 @@ def listing() -> list[dict]:
 
 def authenticate(name: str, password: str) -> dict | None:
     """The user if the password is right, else None (same cost whether the user exists)."""
-    raw = client().hget(keys.users(), name) if NAME_PATTERN.match(name or "") else None
+    raw = client().hget(keys.users(), name) if NAME_PATTERN.fullmatch(name or "") else None
     stored = json.loads(raw)["password"] if raw else _DECOY
     try:
         _hasher.verify(stored, password or "")

@@ -182,8 +182,8 @@ def test_a_body_over_the_size_limit_is_a_413_in_json_and_is_not_parsed(api):
     assert response.status_code == 413 and "MAX_CONTENT_LENGTH" in response.json["error"]
 
 
-@pytest.mark.parametrize("query", ["cursor=%00%ff", "cursor=nan:x", "limit=0", "limit=-1",
-                                   "limit=%C2%B2"])
+@pytest.mark.parametrize("query", ["cursor=%00%ff", "cursor=nan:x", "cursor=1:abc%0A",
+                                   "limit=0", "limit=-1", "limit=%C2%B2"])
 def test_a_damaged_cursor_or_limit_on_the_dlq_api_is_a_400(api, query):
     response = api.get(f"/api/v1/dlq?{query}", headers=bearer("viewer"))
     assert response.status_code == 400 and query.split("=")[0] in response.json["error"]

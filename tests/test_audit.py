@@ -253,3 +253,9 @@ def test_an_append_after_the_tail_was_cut_is_still_found(r):
     r.xdel(keys.audit_log(), ids[2])
     later = audit.record("alice", "dlq.replay", r=r)
     assert audit.verify(r).problems == [{"id": later, "reason": audit.CHAIN_BROKEN}]
+
+
+def test_a_paging_id_with_a_line_break_is_refused(r):
+    audit.record("olga", "queue.pause", "email")
+    with pytest.raises(ValueError):
+        audit.entries(before="1-1\n")

@@ -106,3 +106,10 @@ def test_the_settings_set_both_timeouts_even_short_ones(clock):
         assert not users.session_valid("olga", idle)
         clock.advance(9)  # 108 s after sign-in
         assert not users.session_valid("olga", active, touch=True)
+
+
+@pytest.mark.parametrize("name", ["admin\n", "admin\r\n", "\nadmin", "ad\nmin"])
+def test_a_user_name_with_a_line_break_is_refused(r, name):
+    with pytest.raises(users.UserError, match="name"):
+        users.create(name, "owner", PASSWORD)
+    assert r.hlen(keys.users()) == 0
