@@ -35,7 +35,14 @@ from flask_babel import Babel, format_datetime
 from flask_babel import gettext as _
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from flask_login import (
+    LoginManager,
+    UserMixin,
+    current_user,
+    login_url,
+    login_user,
+    logout_user,
+)
 from flask_sock import Sock
 from flask_wtf import CSRFProtect, FlaskForm
 from flask_wtf.csrf import CSRFError
@@ -139,6 +146,7 @@ def bind_extensions(app: Flask) -> None:
     compile_translations()
     login_manager.init_app(app)
     login_manager.login_view = "login"
+    login_manager.unauthorized_handler(sign_in_again)
     csrf.init_app(app)
     limiter.init_app(app)
     sock.init_app(app)
@@ -851,6 +859,17 @@ def login():
 
 
 UNSAFE_NEXT = re.compile(r"[\x00-\x20\x7f\\]")
+
+
+def sign_in_again():
+    """No (more) session: a page goes to the sign-in page; an htmx request (a poll, a swapped
+    fragment) gets a 401 whose HX-Redirect sends the whole page there, so a sign-in form is
+    never swapped into a fragment."""
+    if not request.headers.get("HX-Request"):
+        return redirect(login_url("login", next_url=request.full_path.rstrip("?")))
+    page = urlparse(request.headers.get("HX-Current-URL", ""))
+    back = page.path + (f"?{page.query}" if page.query else "")
+    return Response(status=401, headers={"HX-Redirect": login_url("login", next_url=back)})
 
 
 def safe_next(target: str | None) -> str:

@@ -471,3 +471,14 @@ def test_the_log_says_what_happened_previews_failures_and_targets(app):
         ("dlq.redrive.start", redrive_id, "ok")]
     assert re.fullmatch(r"[0-9a-f]{16}", redrive_id)
     assert "is being replayed" in entries_of("dlq.replay")[0]["summary"]["reason"]
+
+
+def test_a_background_refresh_without_a_session_sends_the_whole_page_to_sign_in(app):
+    client = app.test_client()
+    response = client.get("/dlq?partial=dlq_rows", headers={
+        "HX-Request": "true", "HX-Current-URL": "http://localhost/dlq?queue=email"})
+    assert response.status_code == 401 and response.get_data() == b""
+    assert response.headers["HX-Redirect"] == "/login?next=%2Fdlq%3Fqueue%3Demail"
+    plain = client.get("/dlq?queue=email")
+    assert plain.status_code == 302 and "/login?next=%2Fdlq%3Fqueue%3Demail" in \
+        plain.headers["Location"]

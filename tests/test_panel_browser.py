@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from browser_support import shot
+from conftest import apply_env
 from playwright.sync_api import expect
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
@@ -159,3 +161,21 @@ def test_a_poison_job_page_shows_the_worker_deaths_and_its_isolated_attempts(
     expect(page.locator("#job")).to_contain_text("killed the process running it")
     expect(page.locator("#job .timeline")).to_contain_text("stalled")
     shot(page, "poison-job")
+
+
+@pytest.fixture
+def quick_polls(r):
+    apply_env(POLL_SECONDS="1")
+    yield
+    apply_env(POLL_SECONDS="5")
+
+
+def test_an_open_page_goes_to_sign_in_when_its_session_ends(quick_polls, live_server, page):
+    sign_in(page, live_server, "olga", "owner")
+    page.goto(live_server + "/dlq?queue=email")
+    expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
+    users.revoke_all("olga")  # signed out everywhere (a password change does this)
+    page.wait_for_url("**/login?next=%2Fdlq%3Fqueue%3Demail", timeout=15_000)
+    expect(page.locator("input[name=password]")).to_be_visible()
+    assert page.locator("#dlq-rows").count() == 0, "no fragment left on a dead session"
+    shot(page, "session-ended")
