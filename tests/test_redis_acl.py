@@ -13,7 +13,18 @@ from conftest import ROOT, apply_env, wait_for
 from test_panel import PASSWORD, signed_in
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
-from backstop import audit, dlq, producers, redis_acl, redis_server, registry, replay, tokens
+from backstop import (
+    audit,
+    connection,
+    dlq,
+    keys,
+    producers,
+    redis_acl,
+    redis_server,
+    registry,
+    replay,
+    tokens,
+)
 from backstop import users as panel_users
 
 FAST = {"rate_limit": 0, "backoff_jitter": 0, "backoff_base": 0.05, "attempts": 2}
@@ -76,7 +87,18 @@ def test_every_role_runs_under_the_acl_user(restricted, workers):
     audit.record("olga", "acl.check", "x")
     assert audit.verify().ok
     browse_the_panel()
+    listen_to_the_live_feed(url)
     assert denied(admin) == [], denied(admin)
+
+
+def listen_to_the_live_feed(url: str) -> None:
+    """What the live hub of the web role does: subscribe, receive, unsubscribe."""
+    pubsub = redis.Redis.from_url(url, **connection.timeouts()).pubsub()
+    pubsub.subscribe(keys.events_channel())
+    producers.enqueue("test.nap", {}, job_id="acl-live")
+    assert wait_for(lambda: pubsub.get_message(timeout=0.1, ignore_subscribe_messages=True),
+                    what="a live event")
+    pubsub.close()
 
 
 def browse_the_panel() -> None:
@@ -94,3 +116,7 @@ def browse_the_panel() -> None:
     page = client.get("/queues").get_data(as_text=True)
     assert re.search(r"paused", page, re.I)
     assert ROOT.exists()
+
+
+def test_the_readme_shows_the_acl_line_for_the_default_prefix():
+    assert redis_acl.setuser_command() in (ROOT / "README.md").read_text()
