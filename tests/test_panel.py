@@ -29,10 +29,15 @@ def csrf_of(page: str) -> str:
     return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
 
 
+def login_form_token(client) -> str:
+    """The CSRF token of the anonymous sign-in form."""
+    page = client.get("/login").get_data(as_text=True)
+    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+
+
 def signed_in(app, name: str):
     client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    token = login_form_token(client)
     response = client.post("/login", data={"name": name, "password": PASSWORD,
                                            "csrf_token": token})
     assert response.status_code == 302, response.get_data(as_text=True)[:500]
@@ -49,8 +54,7 @@ def test_pages_need_a_session(app):
 
 def test_a_failed_sign_in_reveals_nothing_and_is_audited(app):
     client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    token = login_form_token(client)
     wrong_user = client.post("/login", data={"name": "nobody", "password": PASSWORD,
                                              "csrf_token": token}).get_data(as_text=True)
     wrong_password = client.post("/login", data={"name": "vera", "password": "nope-nope-nope",
@@ -63,8 +67,7 @@ def test_a_failed_sign_in_reveals_nothing_and_is_audited(app):
 
 def test_sign_in_is_throttled_per_user_name(app):
     client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    token = login_form_token(client)
     codes = [client.post("/login", data={"name": "vera", "password": "x" * 12,
                                          "csrf_token": token}).status_code for _ in range(7)]
     assert codes[:5] == [200] * 5 and codes[5] == 429
@@ -224,8 +227,7 @@ def test_rate_limits_keep_working_in_memory_while_redis_is_down(r):
         from app import create_app
 
         client = create_app().test_client()
-        page = client.get("/login").get_data(as_text=True)
-        token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+        token = login_form_token(client)
         codes = [client.post("/login", data={"name": "vera", "password": "x" * 12,
                                              "csrf_token": token}).status_code
                  for _ in range(6)]
@@ -363,8 +365,7 @@ def test_a_session_left_to_background_polls_reaches_its_idle_timeout(app, monkey
 
 def test_the_sign_in_pages_csrf_token_stops_working_at_sign_in(app):
     client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    anonymous = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    anonymous = login_form_token(client)
     client.post("/login", data={"name": "oscar", "password": PASSWORD, "csrf_token": anonymous})
     assert client.get("/overview").status_code == 200
     refused = client.post("/queues/email/pause", data={"csrf_token": anonymous})
@@ -415,8 +416,7 @@ def test_refused_attempts_are_audited_with_actor_address_and_target(app):
 
 def test_a_throttled_sign_in_is_audited_once_per_window(app):
     client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    token = login_form_token(client)
     codes = [client.post("/login", data={"name": "vera", "password": "x" * 12,
                                          "csrf_token": token}).status_code for _ in range(8)]
     assert codes == [200] * 5 + [429] * 3
