@@ -59,7 +59,7 @@ def _signing_key(secret: str) -> bytes:
 
 
 def _signature(signed: bytes) -> bytes:
-    return hmac.new(_signing_key(secret_key()), signed, hashlib.sha256).hexdigest().encode()
+    return hmac.digest(_signing_key(secret_key()), signed, "sha256").hex().encode()
 
 
 def frame(job_id: str, job_name: str, data: bytes) -> bytes:

@@ -1,11 +1,14 @@
 """Backstop before and after a change: enqueue rate and worker throughput of two revisions,
-interleaved (before, after, before, after ...) against one Redis started here.
+interleaved (before, after, after, before ...) against one Redis started here.
 
 The "before" revision is checked out into a temporary git worktree; both sides run the same
 no-op job (bench.jobs) with the same interpreter and settings. Prints medians and the ratios
 after / before (1.00 = no change; 0.97 = 3% slower).
 
-    .venv/bin/python bench/before_after.py --before 5b96d77 [--jobs 5000] [--rounds 5]
+    .venv/bin/python bench/before_after.py --before 5b96d77 [--after REV] [--jobs 5000]
+        [--rounds 5]
+
+--after defaults to the working tree.
 """
 
 from __future__ import annotations
@@ -79,24 +82,28 @@ def main() -> None:
     proc = redis_server.start(port, Path(tempfile.mkdtemp()), durable=False)
     url = f"redis://127.0.0.1:{port}/0"
     before = checkout(ARGS.before)
+    after = checkout(ARGS.after) if ARGS.after else ROOT
     results: dict[str, list] = {"before": [], "after": []}
     try:
         for n in range(ARGS.rounds):
-            for side, tree in (("before", before), ("after", ROOT)):
+            sides = [("before", before), ("after", after)]
+            for side, tree in sides if n % 2 == 0 else sides[::-1]:  # ABBA: no order bias
                 results[side].append(one_round(tree, url))
             print(f"round {n + 1}: before {results['before'][-1]}, after "
                   f"{results['after'][-1]}", file=sys.stderr)
     finally:
         proc.terminate()
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)],
-                       check=False)
+        for tree in {before, after} - {ROOT}:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                           check=False)
     report(results)
 
 
 def report(results: dict) -> None:
     med = {side: [statistics.median(r[i] for r in rows) for i in (0, 1)]
            for side, rows in results.items()}
-    print(f"before {ARGS.before}, after the working tree; jobs per round {ARGS.jobs}, "
+    print(f"before {ARGS.before}, after {ARGS.after or 'the working tree'}; jobs per round "
+          f"{ARGS.jobs}, "
           f"rounds {ARGS.rounds}, thread workers {ARGS.workers}")
     for i, what in enumerate(("enqueue/s  ", "processed/s")):
         print(f"{what} before {med['before'][i]:8.0f}   after {med['after'][i]:8.0f}   "
@@ -106,6 +113,7 @@ def report(results: dict) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git revision to compare against")
+    parser.add_argument("--after", default="", help="git revision (default: working tree)")
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
