@@ -9,6 +9,7 @@ from . import audit, dlq, redrive, registry, stats
 from .config import SETTINGS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
+from .poison import UNREADABLE
 from .redaction import redact
 from .registry import STATES
 
@@ -86,7 +87,9 @@ def dlq_page(flt: Filters, cursor: str | None = None) -> dict:
 
 def dlq_record_page(record_id: str) -> dict | None:
     record = dlq.detail(record_id)
-    return None if record is None else {"record": record}
+    if record is None:
+        return None
+    return {"record": record, "replayable": record["job"] != UNREADABLE}
 
 
 def dlq_analytics_page(tab: str = "overview", hours: int = 24) -> dict:

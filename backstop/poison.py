@@ -29,6 +29,7 @@ log = logging.getLogger("backstop.worker")
 
 PREVIEW_STRINGS = 40
 MALFORMED = "not a Backstop message frame (id, job name, signature, data)"
+UNREADABLE = "(unreadable)"  # the job name of a malformed message's record: nothing to replay
 
 
 def describe(message: bytes, reason: str) -> dict:
@@ -58,7 +59,7 @@ def preview(data: bytes) -> str:
             if isinstance(arg, bytes | str) and len(strings) < PREVIEW_STRINGS:
                 strings.append(arg if isinstance(arg, str) else arg.decode(errors="replace"))
     except Exception:  # noqa: BLE001  (a broken pickle still shows what was read before)
-        strings.append("<unreadable from here>")
+        strings.append("<not readable as a pickle past this point>")
     shown = [REDACTED if i and is_secret_name(strings[i - 1]) else redact_text(s)
              for i, s in enumerate(strings)]
     return repr([s[:120] for s in shown]) if shown else "(none)"
@@ -82,7 +83,7 @@ def drain(raw: redis.Redis, worker_id: str, queue: str, limit: int = 100) -> int
     moved = 0
     for message in raw.lrange(keys.bad_messages(queue), -limit, -1):
         record_id = f"poison-{hashlib.sha256(message).hexdigest()[:16]}"
-        job = {"id": record_id, "queue": queue, "job": "(unreadable)", "payload": {}}
+        job = {"id": record_id, "queue": queue, "job": UNREADABLE, "payload": {}}
         fields = dlq.record_fields(job, describe(message, MALFORMED), 1, existing=False)
         now = time.time()
         with raw.pipeline() as pipe:  # MULTI: parked in the DLQ or still in the list

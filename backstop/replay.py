@@ -20,6 +20,7 @@ from .contracts import QUEUES, queue_config, validate_payload
 from .dlq import DlqError, Filters
 from .errors import PayloadError
 from .hueys import huey_for
+from .poison import UNREADABLE
 from .producers import prepare
 from .redaction import REDACTED, is_destination_name, redact, redact_text
 from .registry import entry, event, script_args
@@ -33,6 +34,8 @@ REFUSALS = {
     "resolved": ("record {id!r} is resolved: its replay {detail} completed", 409),
     "busy": ("record {id!r} is being replayed: attempt {detail} has not finished", 409),
     "limit": ("record {id!r} was replayed {detail} times, the limit is 5", 409),
+    "unreadable": ("record {id!r} is a queue message no worker could read: there is no job "
+                   "to replay; look at it, then delete it", 409),
 }
 
 
@@ -206,6 +209,8 @@ def _edited_body(record_id: str, raw: dict, original: dict, payload: dict | None
 def _replay_locked(record_id: str, actor: str, queue: str | None, payload: dict | None,
                    resend_token: str | None) -> dict:
     raw = _record_or_refuse(record_id)
+    if raw["job"] == UNREADABLE:
+        raise _refuse("unreadable", record_id)
     original = dlq.unseal(raw["payload_sealed"])
     chosen = queue or raw["queue"]
     if chosen not in QUEUES:

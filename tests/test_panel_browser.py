@@ -182,3 +182,39 @@ def test_an_open_page_goes_to_sign_in_when_its_session_ends(quick_polls, live_se
     expect(page.locator("input[name=password]")).to_be_visible()
     assert page.locator("#dlq-rows").count() == 0, "no fragment left on a dead session"
     shot(page, "session-ended")
+
+
+def test_an_owner_sees_where_an_edit_would_send_a_secret_and_a_poison_record(
+        live_server, page, tmp_path):
+    import json
+    import time
+
+    from backstop import dlq
+    from backstop.hueys import huey_for
+
+    hook = {"url": "https://hooks.example/in", "event": "order.paid", "secret": "whsec-victim"}
+    dlq.write_records([({"id": "wh-1", "queue": "plugins", "job": "plugins.webhook.deliver",
+                         "payload": hook}, {"type": "WebhookError", "message": "500",
+                                            "stack": "", "code": ""}, 1, time.time())])
+    sign_in(page, live_server, "olga", "owner")
+    page.goto(live_server + "/dlq/records/wh-1")
+    edited = {**dlq.get_record("wh-1")["payload"], "url": "https://evil.example/in"}
+    page.fill("textarea[name=payload]", json.dumps(edited, indent=2))
+    page.click("text=Check and show the diff")
+    warning = page.locator("[data-resend]")
+    expect(warning).to_contain_text("secret")
+    expect(warning).to_contain_text("https://evil.example/in")
+    assert "whsec-victim" not in page.content()
+    shot(page, "dlq-edit-resend")
+    huey_for("plugins").storage.conn.rpush(huey_for("plugins").storage.queue_key,
+                                           b"not a message at all")
+    from backstop.runner import WorkerProcess
+
+    assert WorkerProcess(("plugins",)).run_next("plugins")  # START parks it, then the DLQ
+    [poison] = [rec for rec in dlq.page().items if rec["id"].startswith("poison-")]
+    page.goto(live_server + f"/dlq/records/{poison['id']}")
+    expect(page.locator("body")).to_contain_text("PoisonMessage")
+    expect(page.locator("body")).to_contain_text("not a Backstop message frame")
+    expect(page.locator("[data-action=replay]")).to_have_count(0)  # nothing to replay
+    expect(page.locator("text=Delete")).to_be_visible()
+    shot(page, "dlq-poison")

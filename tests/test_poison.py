@@ -13,8 +13,9 @@ import pytest
 from conftest import apply_env, wait_for
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
-from backstop import audit, dlq, keys, producers, registry, tokens
+from backstop import audit, dlq, keys, producers, registry, replay, tokens
 from backstop.config import secret_key
+from backstop.dlq import DlqError
 from backstop.hueys import BadMessage, frame, huey_for, open_message
 from backstop.runner import WorkerProcess
 
@@ -104,8 +105,6 @@ def test_a_refused_job_replays_as_a_freshly_signed_message(r, worker, tmp_path):
     r.delete(queue_key())
     push_raw(forged("victim", tmp_path / "pwned"))
     worker.run_next("system")
-    from backstop import replay
-
     new_id = replay.replay("victim", actor="olga")["attempt_id"]
     assert worker.run_next("system")
     assert registry.get_job(new_id)["state"] == "completed"
@@ -124,6 +123,8 @@ def test_a_newline_in_a_frame_id_touches_no_record_and_is_parked(r, worker):
     assert len(poison) == 1 and poison[0]["job"] == "(unreadable)"
     assert "not a Backstop message frame" in dlq.get_record(poison[0]["id"])["error_message"]
     assert refusals(r)[0]["target"] == poison[0]["id"]
+    with pytest.raises(DlqError, match="no job to replay"):
+        replay.replay(poison[0]["id"], actor="olga")
     assert worker.run_next("system"), "the real job still runs"
     assert registry.get_job("victim")["state"] == "completed"
 
