@@ -73,7 +73,7 @@ def refused(worker_id: str, queue: str, target: str, reason: str, message: bytes
                      summary={"queue": queue, "reason": reason, "bytes": len(message),
                               "sha256": hashlib.sha256(message).hexdigest()},
                      result="refused")
-    except redis.RedisError as exc:
+    except (redis.RedisError, audit.AuditError) as exc:
         log.error("could not audit the refused message: %s", exc)
 
 
