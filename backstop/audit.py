@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 import redis
 
 from . import keys
-from .config import secret_key
+from .config import derived_key
 from .connection import client
 from .errors import BackstopError
 from .redaction import redact, redact_text
@@ -255,7 +255,7 @@ class _Chain:
 
 
 def _mac_key() -> bytes:
-    return hmac.new(secret_key().encode(), b"audit", hashlib.sha256).digest()
+    return derived_key(b"audit")
 
 
 def _mac(key: bytes, fields: dict) -> str:

@@ -6,6 +6,8 @@ The README's settings table is generated from SETTINGS (``python -m backstop.con
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 import tempfile
@@ -131,16 +133,30 @@ def read_or_create_key(path: Path) -> str:
 
 
 def _link_new_key(path: Path) -> None:
+    write_private(path, secrets.token_hex(32), replace=False)
+
+
+def write_private(path: Path, text: str, *, replace: bool = True) -> None:
+    """Write text to path, readable by this user only (0600 whatever the umask), whole or not
+    at all: it is written to a private temp file beside path, then put in place.
+
+    replace=False: only if path does not exist yet (a hard link never replaces a file, so
+    of several processes racing exactly one wins and the others keep the winner's file).
+    """
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
     try:
         with os.fdopen(fd, "w") as out:
-            out.write(secrets.token_hex(32))
+            out.write(text)
             out.flush()
             os.fsync(out.fileno())
-        with contextlib.suppress(FileExistsError):  # another process won: use its key
-            os.link(temp, path)
+        if replace:
+            os.replace(temp, path)
+        else:
+            with contextlib.suppress(FileExistsError):  # another process won: use its file
+                os.link(temp, path)
     finally:
-        os.unlink(temp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
 def _restrict(path: Path) -> None:
@@ -148,6 +164,17 @@ def _restrict(path: Path) -> None:
     if path.stat().st_mode & 0o077:
         with contextlib.suppress(OSError):
             path.chmod(0o600)
+
+
+def derived_key(purpose: bytes) -> bytes:
+    """A key for one purpose ("backstop-api-token" ...), derived from SECRET_KEY, so one
+    purpose's MACs never verify as another's."""
+    return _derived_key(secret_key(), purpose)
+
+
+@lru_cache(maxsize=16)
+def _derived_key(secret: str, purpose: bytes) -> bytes:
+    return hmac.new(secret.encode(), purpose, hashlib.sha256).digest()
 
 
 @lru_cache(maxsize=1)

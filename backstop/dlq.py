@@ -109,13 +109,14 @@ class DlqError(BackstopError):
 
 
 def record_fields(job: dict, error: dict, attempts: int, *, existing: bool) -> dict:
-    """The DLQ hash fields for a job's final failure.
+    """The DLQ hash fields for a job's final failure. error: as describe_exception makes it
+    (secrets already redacted); the payload is redacted here.
 
     existing: the job replayed a record that already exists; keep that record's identity,
     replay count and lineage, update the rest.
     """
     payload = job.get("payload") or {}
-    message, stack = redact_text(error["message"]), redact_text(error["stack"])
+    message, stack = error["message"], error["stack"]
     fields_ = {
         "queue": job["queue"], "job": job["job"], "payload": json.dumps(redact(payload)),
         "payload_sealed": seal(payload), "error_type": error["type"],
@@ -543,6 +544,8 @@ def write_records(items: list[tuple[dict, dict, int, float]]) -> int:
     r = client()
     pipe = r.pipeline(transaction=False)
     for job, error, attempts, failed_at in items:
+        error = {**error, "message": redact_text(error["message"]),
+                 "stack": redact_text(error["stack"])}  # given from outside: not yet redacted
         fields_ = record_fields(job, error, attempts, existing=False)
         pairs = [item for pair in fields_.items() for item in pair]
         scripts_for(r).dlq_write(args=script_args(job["id"], failed_at, hour_bucket(failed_at),

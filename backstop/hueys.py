@@ -8,7 +8,6 @@ workers.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from functools import cache
 
@@ -16,7 +15,7 @@ from huey import Huey
 from huey.storage import RedisStorage
 
 from . import keys
-from .config import secret_key
+from .config import derived_key
 from .connection import raw_pool, socket_timeout
 from .execution import run_current_job
 
@@ -53,13 +52,8 @@ class BadMessage(ValueError):
     """A queue message a worker must not run: not framed, or its signature does not verify."""
 
 
-@cache
-def _signing_key(secret: str) -> bytes:
-    return hmac.new(secret.encode(), b"backstop-queue-message", hashlib.sha256).digest()
-
-
 def _signature(signed: bytes) -> bytes:
-    return hmac.digest(_signing_key(secret_key()), signed, "sha256").hex().encode()
+    return hmac.digest(derived_key(b"backstop-queue-message"), signed, "sha256").hex().encode()
 
 
 def frame(job_id: str, job_name: str, data: bytes) -> bytes:
@@ -71,13 +65,8 @@ def frame(job_id: str, job_name: str, data: bytes) -> bytes:
 def unframe(message: bytes) -> tuple[str, str, bytes]:
     """(job id, job name, Huey data) of a framed message, signature NOT checked (use
     open_message before unpickling). Raises BadMessage if it is not a Backstop frame."""
-    parts = message.split(b"\n", 3)
-    if len(parts) != 4 or len(parts[2]) != SIGNATURE_LENGTH:
-        raise BadMessage("not a Backstop message frame (id, job name, signature, data)")
-    try:
-        return parts[0].decode(), parts[1].decode(), parts[3]
-    except UnicodeDecodeError:
-        raise BadMessage("the frame's id or job name is not text") from None
+    job_id, job_name, _, data = _parts(message)
+    return job_id, job_name, data
 
 
 def open_message(message: bytes) -> tuple[str, str, bytes]:
@@ -86,12 +75,22 @@ def open_message(message: bytes) -> tuple[str, str, bytes]:
     Raises BadMessage if it is unframed or its signature does not verify (forged, altered,
     or signed with another SECRET_KEY).
     """
-    job_id, job_name, data = unframe(message)
-    head = f"{job_id}\n{job_name}\n".encode()
-    if not hmac.compare_digest(message.split(b"\n", 3)[2], _signature(head + data)):
+    job_id, job_name, signature, data = _parts(message)
+    head = message[:len(message) - len(data) - SIGNATURE_LENGTH - 1]
+    if not hmac.compare_digest(signature, _signature(head + data)):
         raise BadMessage("the message's signature does not verify: it was forged or altered "
                          "in Redis, or signed with another SECRET_KEY")
     return job_id, job_name, data
+
+
+def _parts(message: bytes) -> tuple[str, str, bytes, bytes]:
+    parts = message.split(b"\n", 3)
+    if len(parts) != 4 or len(parts[2]) != SIGNATURE_LENGTH:
+        raise BadMessage("not a Backstop message frame (id, job name, signature, data)")
+    try:
+        return parts[0].decode(), parts[1].decode(), parts[2], parts[3]
+    except UnicodeDecodeError:
+        raise BadMessage("the frame's id or job name is not text") from None
 
 
 def run_job(job_name: str, payload: dict):

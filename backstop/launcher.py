@@ -18,7 +18,7 @@ from pathlib import Path
 import redis
 
 from . import keys, redis_server
-from .config import read_or_create_key, settings
+from .config import read_or_create_key, settings, write_private
 from .connection import EMBEDDED_URL_FILE, timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,15 +41,6 @@ def start_embedded_redis(var: Path = ROOT / "var") -> tuple[subprocess.Popen, st
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     write_private(var / EMBEDDED_URL_FILE.name, url)
     return proc, url
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write text to path readable by this user only (replacing the file)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def redacted_url(url: str) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -10,6 +9,8 @@ import time
 from pathlib import Path
 
 import redis
+
+from .config import write_private
 
 
 def find_binary() -> str:
@@ -44,7 +45,8 @@ def start(port: int, data_dir: Path, *, durable: bool, password: str = "") -> su
     data_dir.mkdir(parents=True, exist_ok=True)
     args = [find_binary()]
     if password:
-        args.append(str(_private_config(data_dir, f"requirepass {password}\n")))
+        write_private(data_dir / "redis.conf", f"requirepass {password}\n")
+        args.append(str(data_dir / "redis.conf"))
     args += ["--bind", "127.0.0.1", "--port", str(port), "--dir", str(data_dir),
              "--save", "", "--daemonize", "no", "--logfile", str(data_dir / "redis.log")]
     args += (["--appendonly", "yes", "--appendfsync", "everysec"] if durable
@@ -54,15 +56,6 @@ def start(port: int, data_dir: Path, *, durable: bool, password: str = "") -> su
     auth = f":{password}@" if password else ""
     wait_until_ready(f"redis://{auth}127.0.0.1:{port}/0", proc)
     return proc
-
-
-def _private_config(data_dir: Path, text: str) -> Path:
-    path = data_dir / "redis.conf"
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    return path
 
 
 def wait_until_ready(url: str, proc: subprocess.Popen | None = None, seconds: float = 15) -> None:

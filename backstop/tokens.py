@@ -13,7 +13,7 @@ import secrets
 import time
 
 from . import keys
-from .config import secret_key
+from .config import derived_key
 from .connection import client
 
 ROLES = ("viewer", "operator", "owner")
@@ -21,8 +21,7 @@ PREFIX = "bst_"
 
 
 def _digest(token: str) -> str:
-    key = hmac.new(secret_key().encode(), b"backstop-api-token", hashlib.sha256).digest()
-    return hmac.new(key, token.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(derived_key(b"backstop-api-token"), token.encode(), hashlib.sha256).hexdigest()
 
 
 def create(name: str, role: str) -> str:
