@@ -10,8 +10,11 @@
 
   function rememberTimeZone() {
     const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-    if (!document.cookie.includes("tz=" + zone)) {
-      document.cookie = "tz=" + encodeURIComponent(zone) + "; path=/; max-age=31536000; samesite=lax";
+    // IANA names ("Asia/Tehran", "America/Port-au-Prince") are cookie-safe as they are;
+    // written raw so that the server reads the zone itself, not a %-encoded form of it.
+    if (!/^[A-Za-z0-9_+\/-]+$/.test(zone)) return;
+    if (!document.cookie.split("; ").includes("tz=" + zone)) {
+      document.cookie = "tz=" + zone + "; path=/; max-age=31536000; samesite=lax";
     }
   }
 
