@@ -39,6 +39,11 @@
     });
   }
 
+  function dismiss(event) {
+    const button = event.target.closest("[data-dismiss]");
+    if (button) button.closest(".toast").remove();
+  }
+
   function autoSubmit(event) {
     if (event.target.matches("[data-autosubmit]")) event.target.form.requestSubmit();
   }
@@ -50,6 +55,7 @@
   document.addEventListener("htmx:wsClose", function () { showMode(false); });
   document.addEventListener("htmx:wsError", function () { showMode(false); });
   document.addEventListener("change", autoSubmit);
+  document.addEventListener("click", dismiss);
   document.addEventListener("DOMContentLoaded", function () {
     rememberTimeZone();
     const seconds = Number(document.body.dataset.pollSeconds || 5);
