@@ -238,3 +238,44 @@ def test_the_trend_chart_has_gridlines_and_every_label_inside_it(seeded, signed_
     sizes = page.eval_on_selector_all(".chart-x span, .chart-y span",
                                       "(els) => els.map((el) => getComputedStyle(el).fontSize)")
     assert set(sizes) == {"12px"}
+
+
+def button_colour(page) -> str:
+    return page.eval_on_selector("[data-confirm-button]",
+                                 "(el) => getComputedStyle(el).backgroundColor")
+
+
+def test_only_destructive_confirmations_are_red(seeded, signed_in_page):
+    base, ids = seeded
+    page = signed_in_page("en", DESK)
+    colours = {}
+    for name, button in (("replay", "button[data-action=replay]"), ("delete", "button.danger")):
+        page.goto(base + f"/dlq/records/{ids['dead']}")
+        page.click(button)
+        page.wait_for_selector("[data-confirm-button]")
+        colours[name] = button_colour(page)
+    assert colours == {"replay": "rgb(37, 99, 235)", "delete": "rgb(185, 28, 28)"}
+
+
+def test_a_message_covers_no_button_and_can_be_dismissed(seeded, signed_in_page):
+    base, _ = seeded
+    page = signed_in_page("en", DESK)
+    page.goto(base + "/queues/email")
+    page.click("main button >> text=Pause")
+    toast = page.locator("#toasts .toast")
+    toast.wait_for()
+    box = toast.bounding_box()
+    covered = [b for b in boxes(page, "main button, main a.button, main input, main select")
+               if b["x"] < box["x"] + box["width"] and box["x"] < b["x"] + b["width"]
+               and b["y"] < box["y"] + box["height"] and box["y"] < b["y"] + b["height"]]
+    assert covered == []
+    toast.locator("[data-dismiss]").click()
+    assert page.locator("#toasts .toast").count() == 0
+
+
+def test_a_finished_search_says_how_many_matched(seeded, signed_in_page):
+    base, _ = seeded
+    page = signed_in_page("en", DESK)
+    page.goto(base + "/dlq?q=smtp.example.com")
+    summary = page.locator("#dlq-rows > form > p").inner_text()
+    assert summary == "21 records match.", summary
