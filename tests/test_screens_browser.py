@@ -14,7 +14,8 @@ from browser_support import shot
 from conftest import apply_env
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the seeding runs)
-from backstop import dlq, keys, producers, redrive, users
+from backstop import dlq, keys, producers, redrive, registry, users
+from backstop.dates import format_when
 from backstop.dlq import Filters
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
@@ -279,3 +280,20 @@ def test_a_finished_search_says_how_many_matched(seeded, signed_in_page):
     page.goto(base + "/dlq?q=smtp.example.com")
     summary = page.locator("#dlq-rows > form > p").inner_text()
     assert summary == "21 records match.", summary
+
+
+def test_times_are_shown_in_the_browsers_time_zone(seeded, browser):
+    base, ids = seeded
+    context = browser.new_context(viewport={"width": DESK, "height": 860},
+                                  timezone_id="Asia/Tehran")
+    try:
+        page = context.new_page()
+        sign_in(page, base)  # the first page tells the server the zone, in a cookie
+        assert {c["name"]: c["value"] for c in context.cookies()}["tz"] == "Asia/Tehran"
+        page.goto(base + f"/jobs/{ids['job']}")
+        created = registry.get_job(ids["job"])["created_at"]
+        shown = page.locator("#job dt:has-text('Created') + dd").inner_text()
+        assert shown == format_when(created, "en", "Asia/Tehran") != format_when(created, "en",
+                                                                                   "UTC")
+    finally:
+        context.close()
