@@ -56,6 +56,7 @@ from backstop import (
     confirm,
     dlq,
     export,
+    live,
     panel,
     producers,
     queues,
@@ -1341,26 +1342,39 @@ def check_socket_request() -> None:
 
 @sock.route("/ws", endpoint="live_socket")
 def live_socket(ws):
-    """Push the page's partials whenever a matching event arrives; ping when idle."""
+    """Push the page's partials for each burst of matching events; close saying why it ended."""
     args = {k: v for k, v in request.args.items() if k not in SOCKET_ARGS}
     page = request.args.get("page", "overview")
     if page not in LIVE_PAGES:
         ws.close(reason=1008, message="unknown page")
         return
-    subscription = hub().subscribe(socket_topic(request.args.get("topic", "all")),
-                                   request.args.get("last_id"))
+    ended = pump_live(ws, page, args)
+    if ws.connected:
+        ws.close(*LIVE_CLOSE[ended])
+
+
+# How a socket closes for each live.ENDINGS: 1013 and 1012 make the page reconnect
+# (polling meanwhile); 1008 does not.
+LIVE_CLOSE = {
+    "stopped": (1008, "the session has ended; sign in again"),
+    "lagging": (1013, "the page fell behind the live events; reconnecting"),
+    "closed": (1012, "live updates restarted; reconnecting"),
+    "unavailable": (1013, "live updates unavailable: Redis did not answer; polling meanwhile"),
+}
+
+
+def pump_live(ws, page: str, args: dict) -> str:
+    """Subscribe to the socket's topic and pump its events as pushes; why it ended."""
     watch = SessionWatch(current_user.name, current_user.session_id)
     try:
-        while ws.connected and watch.alive():
-            if subscription.get(timeout=1) is not None:
-                _drain(subscription)
-                if not watch.alive(now=True):
-                    break
-                ws.send(render_live(page, args))
-        if ws.connected:
-            ws.close(reason=1008, message="the session has ended; sign in again")
-    finally:
-        subscription.close()
+        subscription = hub().subscribe(socket_topic(request.args.get("topic", "all")),
+                                       request.args.get("last_id"))
+    except (live.Unavailable, redis.RedisError) as exc:
+        log.warning("live socket: no subscription (%s)", exc)
+        return "unavailable"
+    with subscription:
+        return live.pump(subscription, ws.send, lambda events: render_live(page, args),
+                         lambda urgent: ws.connected and watch.alive(now=urgent))
 
 
 class SessionWatch:
@@ -1388,12 +1402,6 @@ def socket_topic(topic: str) -> Topic:
     if kind == "job" and value:
         return Topic(job_id=value)
     return Topic()
-
-
-def _drain(subscription, seconds: float = 0.01) -> None:
-    """Fold a burst of events into one push."""
-    while subscription.get(timeout=seconds) is not None:
-        pass
 
 
 def render_live(page: str, args: dict) -> str:
