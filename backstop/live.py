@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -462,6 +463,18 @@ def resolve_id(body: str) -> str | None:
     return None
 
 
+class Feed(Protocol):
+    """What pump reads: a Subscription, or anything that behaves like one."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def lagging(self) -> bool: ...
+
+    def get(self, timeout: float | None = None) -> dict | None: ...
+
+
 ENDINGS = {
     "stopped": "alive() said to stop (the socket closed or its session ended)",
     "lagging": "the subscriber fell behind and was dropped: reconnect",
@@ -470,7 +483,7 @@ ENDINGS = {
 }
 
 
-def pump(subscription: Subscription, send: Callable[[str], object],
+def pump(subscription: Feed, send: Callable[[str], object],
          render: Callable[[list[dict]], str], alive: Callable[[bool], bool], *,
          idle: float = IDLE_SECONDS, batch_seconds: float = BATCH_SECONDS,
          batch_size: int = BATCH_SIZE) -> str:
@@ -498,7 +511,7 @@ def pump(subscription: Subscription, send: Callable[[str], object],
     return "stopped"
 
 
-def gather(subscription: Subscription, first: dict, seconds: float = BATCH_SECONDS,
+def gather(subscription: Feed, first: dict, seconds: float = BATCH_SECONDS,
            size: int = BATCH_SIZE) -> list[dict]:
     """first and the events that follow it closely: until QUIET_SECONDS pass without one,
     seconds pass since first, or size events are gathered (whichever comes first)."""

@@ -247,11 +247,15 @@ class CountingSubscription:
         return self.sub.lagging
 
 
+def event_ids(events: list[dict]) -> str:
+    """A push that names the events it folded."""
+    return " ".join(event["id"] for event in events)
+
+
 class PumpRun:
     """live.pump in a thread: what it sent (time, text), how it ended, what it raised."""
 
-    def __init__(self, sub, render=lambda events: " ".join(e["id"] for e in events),
-                 alive=None, **options):
+    def __init__(self, sub, render=event_ids, alive=None, **options):
         self.sent: list[tuple[float, str]] = []
         self.stop = threading.Event()
         self.ended: str | None = None
