@@ -147,3 +147,20 @@ def test_a_core_refusal_in_the_panel_is_a_page_and_in_the_api_json(app):
         body, status = backstop_error(refusal)
     assert status == 409 and body.get_json() == {"error": "replay limit reached (5 of 5)",
                                                  "code": "limit"}
+
+
+@pytest.mark.parametrize("lang, tz_cookie, zone", [("en", "Asia%2FTehran", "Asia/Tehran"),
+                                                    ("fa", "UTC", "UTC")])
+def test_times_follow_the_viewers_zone_language_and_calendar(app, lang, tz_cookie, zone):
+    """The tz cookie may arrive encoded (Asia%2FTehran); Persian gets Solar Hijri dates."""
+    from backstop.dates import format_when
+
+    job_id = producers.enqueue("email.send", MAIL)
+    client = signed_in(app, "vera")
+    client.set_cookie("tz", tz_cookie)
+    client.set_cookie("lang", lang)
+    page = client.get(f"/jobs/{job_id}").get_data(as_text=True)
+    shown = format_when(registry.get_job(job_id)["created_at"], lang, zone)
+    assert shown in page
+    if lang == "fa":
+        assert any(digit in shown for digit in "۰۱۲۳۴۵۶۷۸۹") and "20" not in shown

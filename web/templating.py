@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 
 from flask import Flask, url_for
-from flask_babel import format_datetime
 from flask_login import current_user
 
 from backstop import tokens
 from backstop.config import settings
-from web.i18n import LANGUAGES, RTL, select_locale
+from backstop.dates import format_when
+from web.i18n import LANGUAGES, RTL, select_locale, select_timezone
 
 
 def register_templating(app: Flask) -> None:
@@ -21,10 +20,8 @@ def register_templating(app: Flask) -> None:
 
 
 def when(ts) -> str:
-    """A unix time in the viewer's zone and language."""
-    if not ts:
-        return "—"
-    return format_datetime(datetime.fromtimestamp(float(ts), UTC), "medium")
+    """A unix time in the viewer's zone, language, calendar and digits."""
+    return format_when(ts, select_locale(), select_timezone())
 
 
 def pretty_json(value) -> str:
