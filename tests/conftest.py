@@ -12,6 +12,12 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# Cheap argon2 costs for every test and every process a test starts (workers, the CLI):
+# production keeps RFC 9106's 64 MiB x 3 passes (tests/test_users.py checks the defaults).
+CHEAP_PASSWORD_HASHING = {"PASSWORD_HASH_TIME_COST": "1", "PASSWORD_HASH_MEMORY_KIB": "8",
+                          "PASSWORD_HASH_PARALLELISM": "1"}
+os.environ.update(CHEAP_PASSWORD_HASHING)
+
 from backstop import config, connection, contracts, redis_server  # noqa: E402
 
 
