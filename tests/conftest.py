@@ -53,6 +53,15 @@ def r(redis_url) -> redis.Redis:
     return client
 
 
+@pytest.fixture
+def cli(r):
+    """Runs the web role's flask commands in this process: cli("tokens", "create", "bot")."""
+    from app import create_app
+
+    runner = create_app().test_cli_runner()
+    return lambda *args, **options: runner.invoke(args=list(args), **options)
+
+
 import json as _json  # noqa: E402
 import signal as _signal  # noqa: E402
 import subprocess  # noqa: E402

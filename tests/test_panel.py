@@ -153,24 +153,15 @@ def test_persian_is_right_to_left(app):
     assert '<html lang="fa" dir="rtl">' in page
 
 
-def test_users_are_created_from_the_command_line_with_the_password_on_stdin(r, redis_url):
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    made = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "users", "create",
-                           "cli-owner", "--role", "owner"], input=f"{PASSWORD}\n", cwd=ROOT,
-                          capture_output=True, text=True,
-                          env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"})
-    assert made.returncode == 0, made.stderr
+def test_users_are_created_from_the_command_line_with_the_password_on_stdin(cli):
+    made = cli("users", "create", "cli-owner", "--role", "owner", input=f"{PASSWORD}\n")
+    assert made.exit_code == 0, made.output
+    assert made.stdout.strip().endswith("created cli-owner (owner)")
     assert users.authenticate("cli-owner", PASSWORD)["role"] == "owner"
-    assert PASSWORD not in made.stdout
-    short = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "users", "create",
-                            "weak", "--role", "viewer"], input="short\n", cwd=ROOT,
-                           capture_output=True, text=True,
-                           env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"})
-    assert short.returncode != 0 and "at least 10 characters" in short.stderr
+    assert PASSWORD not in made.output
+    short = cli("users", "create", "weak", "--role", "viewer", input="short\n")
+    assert short.exit_code == 1 and "at least 10 characters" in short.stderr
+    assert users.get("weak") is None
 
 
 def test_a_redrive_is_started_confirmed_and_cancelled_from_the_panel(app):
