@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ class Settings:
         env = os.environ if environ is None else environ
         for setting in SETTINGS:
             setattr(self, setting.name.lower(), env.get(setting.env, setting.default))
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> str: ...  # one str attribute per setting
 
     def int(self, name: str) -> int:
         return int(getattr(self, name))
