@@ -172,7 +172,8 @@ def test_a_forced_stray_is_back_in_its_queue_within_the_reconcile_interval_and_r
 def test_a_job_running_longer_than_the_grace_period_is_not_taken_back(r, workers, tmp_path):
     runs_file = tmp_path / "runs"
     workers.start("system", {"system": FAST}, TEST_RUNS_FILE=str(runs_file), **QUICK)
-    job_id = producers.enqueue("test.nap", {"seconds": 6})
+    # Runs past the grace (4 s, its least: socket + connect timeouts + 1) and two reconciles.
+    job_id = producers.enqueue("test.nap", {"seconds": 5})
     wait_for(lambda: states([job_id]) == ["completed"], timeout=20, what="the long job")
     assert runs(runs_file) == {job_id: 1}
     assert "stalled" not in [e["event"] for e in registry.get_job(job_id)["timeline"]]
