@@ -164,6 +164,25 @@ def test_users_are_created_from_the_command_line_with_the_password_on_stdin(cli)
     assert users.get("weak") is None
 
 
+def test_a_password_piped_to_a_real_process_is_read_without_echo_or_warning(r, redis_url):
+    """A separate process on purpose: only there is stdin really not a terminal (the test
+    runner fakes stdin), the case where a hidden prompt falls back to an echoing read."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    made = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "users", "create",
+                           "piped", "--role", "viewer"], input=f"{PASSWORD}\n", cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, start_new_session=True,
+                          env={**os.environ, "REDIS_URL": redis_url})
+    assert made.returncode == 0, made.stderr
+    assert PASSWORD not in made.stdout + made.stderr
+    assert "Warning" not in made.stderr, made.stderr  # getpass: "input may be echoed"
+    assert users.authenticate("piped", PASSWORD)["role"] == "viewer"
+
+
 def test_a_redrive_is_started_confirmed_and_cancelled_from_the_panel(app):
     from dlq_helpers import make_dead
 
