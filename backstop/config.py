@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,13 @@ SETTINGS = [
     Setting("SESSION_IDLE_SECONDS", "43200",
             "A panel session ends after this long without a request from its user (default "
             "12 h: a working shift; live pushes and polls do not count as use)."),
+    Setting("PASSWORD_HASH_TIME_COST", "3",
+            "Argon2id passes per password hash (default: RFC 9106's low-memory profile)."),
+    Setting("PASSWORD_HASH_MEMORY_KIB", "65536",
+            "Argon2id memory per password hash, in KiB (default 64 MiB, RFC 9106)."),
+    Setting("PASSWORD_HASH_PARALLELISM", "4",
+            "Argon2id lanes per password hash (default 4, RFC 9106). Stored hashes keep "
+            "the costs they were made with."),
     Setting("PANEL_ORIGINS", "",
             "Origins allowed to open the live socket (comma-separated). Empty: the panel's own."),
     Setting("HTMX_URL", "", "Load htmx from this URL (a CDN) instead of static/vendor/."),
@@ -98,6 +106,9 @@ class Settings:
         env = os.environ if environ is None else environ
         for setting in SETTINGS:
             setattr(self, setting.name.lower(), env.get(setting.env, setting.default))
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> str: ...  # one str attribute per setting
 
     def int(self, name: str) -> int:
         return int(getattr(self, name))

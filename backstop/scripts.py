@@ -7,8 +7,12 @@ shape as ``keys.state_index``; job record keys from ``keys.job_prefix()`` + id.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import redis
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
 
 PRELUDE = r"""
 local IDX, JOBP, TLP, STREAM, CHANNEL = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -414,6 +418,9 @@ class Scripts:
     def __init__(self, client: redis.Redis):
         for name, source in SOURCES.items():
             setattr(self, name, client.register_script(source))
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Script: ...  # one per SOURCES entry
 
 
 @lru_cache(maxsize=8)

@@ -13,6 +13,7 @@ import json
 import re
 import secrets
 import time
+from functools import lru_cache
 
 import redis
 from argon2 import PasswordHasher
@@ -29,9 +30,25 @@ MIN_PASSWORD = 10
 # Use is written at most this often per session (or a tenth of the idle timeout, if less):
 # idle timeouts are exact to within a minute.
 TOUCH_SECONDS = 60
-_hasher = PasswordHasher()
-# Verifying against this when the user does not exist keeps both failures equally slow.
-_DECOY = _hasher.hash(secrets.token_urlsafe(16))
+
+
+def _hasher() -> PasswordHasher:
+    """The argon2id hasher with the PASSWORD_HASH_* costs of the current settings."""
+    current = settings()
+    return _hasher_for(current.int("password_hash_time_cost"),
+                       current.int("password_hash_memory_kib"),
+                       current.int("password_hash_parallelism"))
+
+
+@lru_cache(maxsize=4)
+def _hasher_for(time_cost: int, memory_kib: int, parallelism: int) -> PasswordHasher:
+    return PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+
+
+@lru_cache(maxsize=4)
+def _decoy(hasher: PasswordHasher) -> str:
+    """A hash verified when the user does not exist: both failures are equally slow."""
+    return hasher.hash(secrets.token_urlsafe(16))
 
 
 class UserError(BackstopError):
@@ -50,7 +67,7 @@ def _check(name: str, password: str | None, role: str | None) -> None:
 def create(name: str, role: str, password: str) -> None:
     """Create a user. Raises UserError for a bad name, role or short password, or a clash."""
     _check(name, password, role)
-    record = {"name": name, "role": role, "password": _hasher.hash(password),
+    record = {"name": name, "role": role, "password": _hasher().hash(password),
               "created_at": time.time()}
     if not client().hsetnx(keys.users(), name, json.dumps(record)):
         raise UserError(f"user {name!r} exists already")
@@ -72,9 +89,9 @@ def listing() -> list[dict]:
 def authenticate(name: str, password: str) -> dict | None:
     """The user if the password is right, else None (same cost whether the user exists)."""
     raw = client().hget(keys.users(), name) if NAME_PATTERN.fullmatch(name or "") else None
-    stored = json.loads(raw)["password"] if raw else _DECOY
+    stored = json.loads(raw)["password"] if raw else _decoy(_hasher())
     try:
-        _hasher.verify(stored, password or "")
+        _hasher().verify(stored, password or "")
     except (VerificationError, InvalidHashError):
         return None
     return get(name) if raw else None
@@ -86,7 +103,7 @@ def set_password(name: str, password: str) -> None:
     raw = client().hget(keys.users(), name)
     if raw is None:
         raise UserError(f"no user {name!r}")
-    record = {**json.loads(raw), "password": _hasher.hash(password)}
+    record = {**json.loads(raw), "password": _hasher().hash(password)}
     client().hset(keys.users(), name, json.dumps(record))
     revoke_all(name)
 

@@ -12,6 +12,12 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# Cheap argon2 costs for every test and every process a test starts (workers, the CLI):
+# production keeps RFC 9106's 64 MiB x 3 passes (tests/test_users.py checks the defaults).
+CHEAP_PASSWORD_HASHING = {"PASSWORD_HASH_TIME_COST": "1", "PASSWORD_HASH_MEMORY_KIB": "8",
+                          "PASSWORD_HASH_PARALLELISM": "1"}
+os.environ.update(CHEAP_PASSWORD_HASHING)
+
 from backstop import config, connection, contracts, redis_server  # noqa: E402
 
 
@@ -45,6 +51,15 @@ def r(redis_url) -> redis.Redis:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushall()
     return client
+
+
+@pytest.fixture
+def cli(r):
+    """Runs the web role's flask commands in this process: cli("tokens", "create", "bot")."""
+    from app import create_app
+
+    runner = create_app().test_cli_runner()
+    return lambda *args, **options: runner.invoke(args=list(args), **options)
 
 
 import json as _json  # noqa: E402

@@ -5,11 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT
 from dlq_helpers import make_dead
 
 from backstop import audit, dlq, keys, tokens
@@ -129,27 +126,23 @@ def test_csv_export_of_hostile_payloads_is_inert_text(api):
     assert len(exports) == 2
 
 
-def test_audit_verify_cli_detects_an_edited_entry(api, r, redis_url):
+def test_audit_verify_cli_detects_an_edited_entry(api, r, cli):
     make_dead([{"cause": 1, "n": 1}])
     api.get("/api/v1/dlq/analytics", headers=auth("viewer"))
     record_id = dlq.page().items[0]["id"]
     api.get(f"/api/v1/dlq/{record_id}", headers=auth("viewer"))
     api.post(f"/api/v1/dlq/{record_id}/replay", headers=auth("operator"))
 
-    def verify():
-        return subprocess.run([sys.executable, "-m", "flask", "--app", "app", "audit", "verify"],
-                              cwd=ROOT, capture_output=True, text=True,
-                              env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"})
-
-    assert verify().returncode == 0
+    intact = cli("audit", "verify")
+    assert intact.exit_code == 0 and intact.stdout.startswith("ok: "), intact.output
     entries = r.xrange(keys.audit_log())
     r.delete(keys.audit_log())
     for n, (entry_id, fields) in enumerate(entries):
         if n == 0:
             fields = {**fields, "actor": "token:someone-else"}
         r.xadd(keys.audit_log(), fields, id=entry_id)
-    tampered = verify()
-    assert tampered.returncode == 1 and "TAMPERED" in tampered.stdout
+    tampered = cli("audit", "verify")
+    assert tampered.exit_code == 1 and "TAMPERED" in tampered.stdout
     assert entries[0][0] in tampered.stdout
 
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT
 
 from backstop import tokens
 
@@ -85,12 +81,11 @@ def test_tokens_are_stored_hashed(r):
     assert tokens.revoke("ci") == 1 and tokens.verify(token) is None
 
 
-def test_cli_creates_a_working_token(r, redis_url):
-    made = subprocess.run([sys.executable, "-m", "flask", "--app", "app", "tokens", "create",
-                           "deploy-bot", "--role", "operator"], cwd=ROOT, capture_output=True,
-                          text=True, env={"REDIS_URL": redis_url, "PATH": "/usr/bin:/bin"})
-    assert made.returncode == 0, made.stderr
-    assert tokens.verify(made.stdout.strip())["name"] == "deploy-bot"
+def test_cli_creates_a_working_token(cli):
+    made = cli("tokens", "create", "deploy-bot", "--role", "operator")
+    assert made.exit_code == 0, made.output
+    made_token = tokens.verify(made.stdout.strip())
+    assert (made_token["name"], made_token["role"]) == ("deploy-bot", "operator")
 
 
 def test_redis_outage_is_a_503_not_a_crash(api):

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
-from conftest import ROOT
+from conftest import ROOT, wait_for
 
 from backstop import audit, keys
 
@@ -67,12 +67,20 @@ def test_entries_filter_by_actor_action_prefix_and_target(r):
     assert actions(actor="alice", action="dlq.", target="job-1") == ["dlq.replay"]
 
 
+def redis_clock_ms(r) -> int:
+    seconds, micros = r.time()
+    return seconds * 1000 + micros // 1000
+
+
 def test_entries_filter_by_time_range(r):
-    audit.record("alice", "old", r=r)
-    time.sleep(0.02)
-    middle = time.time()
-    time.sleep(0.02)
-    audit.record("alice", "new", r=r)
+    old_ms = int(audit.record("alice", "old", r=r).split("-")[0])
+    middle_ms = old_ms + 1
+    # Entry ids are Redis's clock: "new" is written once that clock has passed the middle.
+    wait_for(lambda: redis_clock_ms(r) > middle_ms, timeout=5, interval=0.001,
+             what="Redis's clock to pass the middle millisecond")
+    new_ms = int(audit.record("alice", "new", r=r).split("-")[0])
+    assert old_ms < middle_ms < new_ms
+    middle = (middle_ms + 0.5) / 1000  # inside the middle millisecond, whatever the rounding
     assert [e["action"] for e in audit.entries(since=middle, r=r).items] == ["new"]
     assert [e["action"] for e in audit.entries(until=middle, r=r).items] == ["old"]
     assert audit.entries(since=middle, until=middle, r=r).items == []

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import wait_for
 from dlq_helpers import make_dead, one_shot_worker, run_pending
 
 from backstop import dlq, keys, registry, replay
@@ -130,9 +131,8 @@ def test_clear_needs_a_fresh_single_use_token_for_the_same_actor_and_filter(r):
         replay.clear("owner", flt, third["token"])
     expired = replay.clear_preview("owner", Filters())
     r.pexpire(keys.confirmation(expired["token"]), 1)
-    import time
-
-    time.sleep(0.01)
+    wait_for(lambda: not r.exists(keys.confirmation(expired["token"])), timeout=5,
+             interval=0.001, what="the confirmation to expire")
     with pytest.raises(DlqError):
         replay.clear("owner", Filters(), expired["token"])
     assert dlq.count() == 5

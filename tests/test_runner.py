@@ -13,8 +13,12 @@ from conftest import apply_env, wait_for
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
 from backstop import dlq, keys, producers, queues, registry
+from backstop.hueys import huey_for
 
 FAST = {"rate_limit": 0, "backoff_jitter": 0}
+# Webhooks in flight when their worker is killed: each is then rerun in a process of its own,
+# so a few keep the test quick on two cores.
+HOOKS = 6
 
 
 def marks(r, key="test:marks") -> list[tuple[str, int, str, float]]:
@@ -27,18 +31,23 @@ def states(job_ids) -> list[str]:
 
 
 @pytest.fixture
-def slow_webhook_server():
-    """A loopback HTTP server that takes about 2 s to answer each delivery."""
+def held_webhook_server():
+    """A loopback HTTP server that answers no delivery until the test sets its release event
+    (or 20 s pass): deliveries stay in flight for exactly as long as the test needs."""
     received: list[dict] = []
+    release = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append(json.loads(body))
-            time.sleep(2)
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
+            release.wait(20)
+            try:
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the worker that asked was killed meanwhile
 
         def log_message(self, *args):
             pass
@@ -46,23 +55,25 @@ def slow_webhook_server():
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received, release
+    release.set()
     server.shutdown()
 
 
-def test_kill_9_mid_flight_loses_no_webhook(r, workers, slow_webhook_server):
-    url, received = slow_webhook_server
-    config = {"plugins": {**FAST, "concurrency": 20}}
+def test_kill_9_mid_flight_loses_no_webhook(r, workers, held_webhook_server):
+    url, received, release = held_webhook_server
+    config = {"plugins": {**FAST, "concurrency": HOOKS}}
     ids = [producers.enqueue("plugins.webhook.deliver",
                              {"url": url, "event": "order.paid", "data": {"n": n}},
-                             job_id=f"hook-{n}") for n in range(20)]
+                             job_id=f"hook-{n}") for n in range(HOOKS)]
     first = workers.start("plugins", config, WEBHOOK_ALLOW_PRIVATE="1")  # a loopback receiver
-    wait_for(lambda: len(received) >= 10, what="deliveries in flight")
+    wait_for(lambda: len(received) == HOOKS, what="every delivery in flight")
     first.send_signal(signal.SIGKILL)
     first.wait(5)
-    assert "active" in states(ids), "the kill should leave jobs mid-flight"
+    assert states(ids) == ["active"] * HOOKS, "the kill leaves every delivery mid-flight"
+    release.set()  # only now may a delivery be answered: none finished before the kill
     workers.start("plugins", config, WEBHOOK_ALLOW_PRIVATE="1")
-    wait_for(lambda: states(ids) == ["completed"] * 20, timeout=40, what="all 20 completed")
+    wait_for(lambda: states(ids) == ["completed"] * HOOKS, timeout=40, what="all completed")
     delivered = {body["delivery"] for body in received}
     assert delivered == set(ids)
     assert r.llen(keys.processing("x", "plugins")) == 0
@@ -124,7 +135,10 @@ def test_pause_stops_new_starts_and_resume_runs_everything(r, workers):
     wait_for(lambda: len(marks(r)) >= 1, what="the first start")
     queues.pause("system")
     paused_at = time.time()
-    time.sleep(2.0)
+    # Jobs started before the pause run out (0.3 s each); a thread that is free again would
+    # start the next one at once if the pause did not hold: watch for two job lengths more.
+    wait_for(lambda: "active" not in states(ids), timeout=10, what="running jobs to end")
+    time.sleep(0.6)
     late = [m for m in marks(r) if m[2] == "start" and m[3] > paused_at + 0.05]
     assert late == [], "no job may start while the queue is paused"
     assert "waiting" in states(ids)
@@ -194,9 +208,14 @@ def test_progress_and_heartbeat_are_published(r, workers):
 def test_cancelled_job_never_runs(r, workers):
     job_id = producers.enqueue("test.work", {}, delay=0.5)
     assert registry.cancel_job(job_id)
-    workers.start("system", {"system": FAST})
-    time.sleep(2)
-    assert states([job_id]) == ["cancelled"] and marks(r) == []
+    # Due no earlier and queued behind it: once this one ran, the cancelled one was dequeued.
+    witness = producers.enqueue("test.work", {}, delay=0.5)
+    workers.start("system", {"system": {**FAST, "concurrency": 1}})
+    wait_for(lambda: states([witness]) == ["completed"], what="the job behind it")
+    assert states([job_id]) == ["cancelled"]
+    assert [m[0] for m in marks(r)] == [witness, witness], "only the witness started and ended"
+    storage = huey_for("system").storage
+    assert storage.queue_size() == storage.schedule_size() == 0, "nothing left to run it"
 
 
 def test_configs_apply(r):

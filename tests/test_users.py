@@ -4,6 +4,7 @@ by the test; Redis is real."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from contextlib import contextmanager
@@ -113,3 +114,25 @@ def test_a_user_name_with_a_line_break_is_refused(r, name):
     with pytest.raises(users.UserError, match="name"):
         users.create(name, "owner", PASSWORD)
     assert r.hlen(keys.users()) == 0
+
+
+# ---- password hashing costs ----
+def test_production_hashes_passwords_with_the_librarys_recommended_argon2_costs():
+    from argon2.profiles import RFC_9106_LOW_MEMORY
+
+    defaults = config.Settings({})  # no environment: what production runs with
+    assert (defaults.int("password_hash_time_cost"), defaults.int("password_hash_memory_kib"),
+            defaults.int("password_hash_parallelism")) == (
+        RFC_9106_LOW_MEMORY.time_cost, RFC_9106_LOW_MEMORY.memory_cost,
+        RFC_9106_LOW_MEMORY.parallelism) == (3, 65536, 4)
+
+
+def test_password_hashes_use_the_configured_argon2_costs(r):
+    from argon2 import extract_parameters
+
+    users.create("olga", "owner", PASSWORD)
+    stored = r.hget(keys.users(), "olga")
+    params = extract_parameters(json.loads(stored)["password"])
+    assert (params.time_cost, params.memory_cost, params.parallelism) == (1, 8, 1)
+    assert users.authenticate("olga", PASSWORD)["name"] == "olga"
+    assert users.authenticate("nobody", PASSWORD) is None
