@@ -77,15 +77,26 @@ def live_server(r) -> Iterator[str]:
     port = redis_server.free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--threads", "16", "--log-level", "warning", "app:create_app()"],
+         "--threads", "16", "--graceful-timeout", "5", "--log-level", "warning",
+         "app:create_app()"],
         cwd=ROOT, env={"BACKSTOP_TASK_MODULES": "tests.jobs_for_tests", **os.environ,
                        "PYTHONPATH": str(ROOT)})
     try:
         wait_for_port(port, proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop gunicorn as a supervisor would: TERM, and KILL if it is not gone in time (a
+    socket handler still closing after Redis went away may hold the graceful stop)."""
+    proc.terminate()
+    try:
         proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 20) -> None:
