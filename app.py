@@ -989,9 +989,9 @@ def back(default: str):
     return redirect(safe_next(request.form.get("next")) if request.form.get("next") else default)
 
 
-def confirm_step(action: str, scope: dict, count: int, text: str, **hidden):
+def confirm_step(confirm_action: str, scope: dict, count: int, text: str, **hidden):
     """The first of two steps: say what this touches and carry a single-use token."""
-    token = confirm.issue(g.actor, action, scope)
+    token = confirm.issue(g.actor, confirm_action, scope)
     audit_note(action=f"{g.audit_action}.preview", count=count)
     return render_template("confirm.html", text=text, count=count, token=token,
                            action_url=request.path, hidden=hidden, next=request.form.get("next"))
