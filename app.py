@@ -1255,6 +1255,9 @@ def change_redrive_panel(redrive_id: str, verb: str):
         abort(404)
     try:
         actions[verb](redrive_id, g.actor)
+        flash({"pause": _("Redrive %(id)s paused.", id=redrive_id),
+               "resume": _("Redrive %(id)s resumed.", id=redrive_id),
+               "cancel": _("Redrive %(id)s cancelled.", id=redrive_id)}[verb], "ok")
     except BackstopError as exc:
         audit_note(result="failed", reason=str(exc))
         flash(str(exc), "error")

@@ -169,11 +169,14 @@ ACTIONS = [
            "/dlq?error_type=ValueError", "Redrive {redrive} started.", "dlq.redrive.start",
            form=lambda ctx: {"filter": VALUE_ERRORS, "rate": "2"}, count=2),
     Action("pause a redrive", "oscar", "/dlq/redrives/{id}/pause", redrive_in("running"),
-           redrive_status, "running", "paused", "/dlq", None, "dlq.redrive.change"),
+           redrive_status, "running", "paused", "/dlq", "Redrive {id} paused.",
+           "dlq.redrive.change"),
     Action("resume a redrive", "oscar", "/dlq/redrives/{id}/resume", redrive_in("paused"),
-           redrive_status, "paused", "running", "/dlq", None, "dlq.redrive.change"),
+           redrive_status, "paused", "running", "/dlq", "Redrive {id} resumed.",
+           "dlq.redrive.change"),
     Action("cancel a redrive", "oscar", "/dlq/redrives/{id}/cancel", redrive_in("running"),
-           redrive_status, "running", "cancelled", "/dlq", None, "dlq.redrive.change"),
+           redrive_status, "running", "cancelled", "/dlq", "Redrive {id} cancelled.",
+           "dlq.redrive.change"),
 ]
 CONFIRMED = [a for a in ACTIONS if a.count is not None]
 

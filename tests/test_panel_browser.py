@@ -209,3 +209,24 @@ def test_an_owner_sees_where_an_edit_would_send_a_secret_and_a_poison_record(
     expect(page.locator("[data-action=replay]")).to_have_count(0)  # nothing to replay
     expect(page.locator("text=Delete")).to_be_visible()
     shot(page, "dlq-poison")
+
+
+def test_replay_selected_goes_through_its_confirmation_and_says_how_many(live_server, page):
+    from dlq_helpers import make_dead
+
+    from backstop import registry
+
+    ids = make_dead([{"cause": 1, "n": n} for n in range(2)])
+    browser_sign_in(page, live_server, "oscar", "operator")
+    page.goto(live_server + "/dlq")
+    for record_id in ids:
+        page.check(f'input[name=ids][value="{record_id}"]')
+    page.click("button[name=action][value=replay]")
+    expect(page.locator(".touches")).to_contain_text("This touches 2 jobs.")
+    shot(page, "dlq-bulk-confirm")
+    page.click("button[data-confirm-button]")
+    page.wait_for_url("**/dlq")
+    expect(page.locator("#toasts .toast.ok")).to_have_text("2 of 2 records done.")
+    shot(page, "dlq-bulk-replayed")
+    assert [registry.get_job(f"{i}:replay1")["state"] for i in ids] == ["waiting"] * 2
+    assert page.console_errors == []
