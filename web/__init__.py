@@ -1,0 +1,1 @@
+"""The web role's routes: one blueprint module per concern, wired by app.create_app()."""

@@ -1,0 +1,248 @@
+"""The JSON API under /api/v1: bearer tokens, JSON in and out, the same roles and audit."""
+
+from __future__ import annotations
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    g,
+    jsonify,
+    make_response,
+    request,
+    stream_with_context,
+    url_for,
+)
+
+from backstop import dlq, export, producers, redrive, registry, replay, tokens
+from backstop.dlq import Filters
+from backstop.errors import PayloadError, UnknownJob
+from web.auth import audit_note, audited, require_token, scope_target
+from web.extensions import csrf
+from web.params import body_filter, checked_cursor, checked_limit, filters_from, json_body
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
+OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a number of seconds"),
+                "priority": ((int,), "an integer")}
+
+
+@bp.post("/jobs")
+@require_token("operator")
+def create_job():
+    """Enqueue a job: {"job", "payload", "job_id"?, "delay"?, "priority"?} -> 202."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("job"), str):
+        abort(400, 'send a JSON object with "job" (a job name) and "payload" (an object)')
+    check_option_types(body)
+    job_id = body.get("job_id") or request.headers.get("Idempotency-Key")
+    try:
+        job_id, created = producers.submit(body["job"], body.get("payload", {}), job_id=job_id,
+                                           delay=body.get("delay"), priority=body.get("priority"))
+    except UnknownJob as exc:
+        return jsonify(error=str(exc), fields=[{"field": "job", "message": str(exc)}]), 422
+    except PayloadError as exc:
+        return jsonify(error=str(exc), fields=exc.errors), 422
+    location = url_for("api.show_job", job_id=job_id)
+    return jsonify(id=job_id, created=created, location=location), 202, {"Location": location}
+
+
+def check_option_types(body: dict) -> None:
+    """A 400 naming the field when job_id, delay or priority has the wrong JSON type."""
+    for name, (types, wanted) in OPTION_TYPES.items():
+        value = body.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
+            message = f"{name} must be {wanted}, not {type(value).__name__} {value!r:.40}"
+            response = jsonify(error=message, fields=[{"field": name, "message": message}])
+            abort(make_response(response, 400))
+
+
+@bp.get("/jobs/<job_id>")
+@require_token("viewer")
+def show_job(job_id: str):
+    """The JSON record of one job."""
+    job = registry.get_job(job_id)
+    if job is None:
+        abort(404, f"no job {job_id!r} (never enqueued, or removed by retention)")
+    return jsonify(registry.redacted(job))
+
+
+# ---- the dead-letter queue (read: viewer, manage: operator, delete: owner) ----
+@bp.get("/dlq")
+@require_token("viewer")
+def list_dead_letters():
+    """A page of DLQ records: filters and search in the query string, ?cursor= continues."""
+    cursor = checked_cursor("cursor: pass the next_cursor of a previous page, unchanged")
+    page = dlq.page(filters_from(request.args.to_dict()), cursor=cursor, limit=checked_limit())
+    return jsonify(items=[record_summary(i) for i in page.items], next_cursor=page.next_cursor,
+                   total=page.total, complete=page.complete, scanned=page.scanned)
+
+
+def record_summary(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("stack", "payload")}
+
+
+@bp.get("/dlq/<record_id>")
+@require_token("viewer")
+@audited("dlq.view")
+def show_dead_letter(record_id: str):
+    """One record with payload (redacted), stack and lineage (a sensitive read: audited)."""
+    record = dlq.detail(record_id)
+    if record is None:
+        abort(404, f"no dead-letter record {record_id!r}")
+    return jsonify(record)
+
+
+@bp.post("/dlq/<record_id>/replay")
+@require_token("operator")
+@audited("dlq.replay")
+def replay_dead_letter(record_id: str):
+    """Replay one record: {"queue"?, "payload"?} (an edited payload is validated)."""
+    body = json_body()
+    done = replay.replay(record_id, actor=g.actor, queue=body.get("queue"),
+                         payload=body.get("payload"), resend_token=body.get("resend_token"))
+    return jsonify(done), 202
+
+
+@bp.post("/dlq/<record_id>/preview")
+@require_token("operator")
+def preview_dead_letter_edit(record_id: str):
+    """Validate an edited payload and show its diff against the original; commits nothing."""
+    payload = json_body().get("payload")
+    if not isinstance(payload, dict):
+        abort(400, 'send {"payload": {...}}')
+    owner = tokens.allows(g.token["role"], "owner")
+    return jsonify(replay.preview_edit(record_id, payload, actor=g.actor, owner=owner))
+
+
+@bp.delete("/dlq/<record_id>")
+@require_token("owner")
+@audited("dlq.delete")
+def delete_dead_letter(record_id: str):
+    """Delete one record."""
+    if not replay.delete([record_id]):
+        abort(404, f"no dead-letter record {record_id!r}")
+    return jsonify(deleted=record_id)
+
+
+def bulk_records(action: str):
+    body = json_body()
+    ids = body.get("ids")
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        abort(400, '"ids" must be a list of record ids')
+    if ids is None and not isinstance(body.get("filter"), dict):
+        abort(400, 'send "ids": [...] or "filter": {...} ({} selects every record)')
+    flt = None if ids is not None else Filters.parse(body["filter"])
+    audit_note(target=scope_target(ids, flt))
+    results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
+    return jsonify(results=results, count=len(results))
+
+
+@bp.post("/dlq/bulk/replay")
+@require_token("operator")
+@audited("dlq.bulk_replay")
+def bulk_replay():
+    """Replay selected ids or every record a filter selects; a result per id."""
+    return bulk_records("replay")
+
+
+@bp.post("/dlq/bulk/delete")
+@require_token("owner")
+@audited("dlq.bulk_delete")
+def bulk_delete():
+    """Delete selected ids or every record a filter selects; a result per id."""
+    return bulk_records("delete")
+
+
+@bp.post("/dlq/clear")
+@require_token("owner")
+@audited("dlq.clear")
+def clear_dead_letters():
+    """Clear in two calls: {"filter"} answers the count and a token; {"filter", "token"}
+    clears."""
+    body = json_body()
+    flt = body_filter(body)
+    audit_note(target=scope_target(None, flt))
+    if not body.get("token"):
+        audit_note(action="dlq.clear.preview")
+        return jsonify(replay.clear_preview(g.actor, flt))
+    return jsonify(replay.clear(g.actor, flt, body["token"]))
+
+
+@bp.get("/dlq/redrives")
+@require_token("viewer")
+def list_redrives():
+    """Recent redrives, newest first, with their progress."""
+    return jsonify(items=redrive.listing())
+
+
+@bp.post("/dlq/redrives")
+@require_token("operator")
+@audited("dlq.redrive.start")
+def start_redrive():
+    """Start a throttled redrive: {"filter": {...}, "rate": jobs per second, "queue"?}."""
+    body = json_body()
+    flt = body_filter(body)
+    audit_note(target=scope_target(None, flt))
+    started = redrive.start(g.actor, flt, body.get("rate"), body.get("queue"))
+    audit_note(target=started["id"], filter=flt.as_dict())
+    return jsonify(started), 202
+
+
+@bp.get("/dlq/redrives/<redrive_id>")
+@require_token("viewer")
+def show_redrive(redrive_id: str):
+    """A redrive's progress: replayed, refused, remaining, percent, ETA."""
+    return jsonify(redrive.progress(redrive_id))
+
+
+@bp.post("/dlq/redrives/<redrive_id>/<verb>")
+@require_token("operator")
+@audited("dlq.redrive.change")
+def change_redrive(redrive_id: str, verb: str):
+    """Pause, resume or cancel a redrive."""
+    actions = {"pause": redrive.pause, "resume": redrive.resume, "cancel": redrive.cancel}
+    if verb not in actions:
+        abort(404, "pause, resume or cancel")
+    return jsonify(actions[verb](redrive_id, g.actor))
+
+
+@bp.get("/dlq/analytics")
+@require_token("viewer")
+def dlq_analytics():
+    """Totals by queue, job, error type, reason, code, status and replay status."""
+    return jsonify(dlq.analytics())
+
+
+@bp.get("/dlq/trends")
+@require_token("viewer")
+def dlq_trends():
+    """Failures per hour over ?hours= 1, 6, 12, 24 or 48."""
+    return jsonify(dlq.trends(request.args.get("hours", 24, type=int)))
+
+
+@bp.get("/dlq/fingerprints")
+@require_token("viewer")
+def dlq_fingerprints():
+    """Failure groups, largest first (replay, clear or export one with filter fingerprint=)."""
+    return jsonify(items=dlq.fingerprints(checked_limit()))
+
+
+@bp.get("/dlq/export.<fmt>")
+@require_token("viewer")
+@audited("dlq.export")
+def export_dead_letters(fmt: str):
+    """Stream every record a filter selects as CSV or JSONL (audited)."""
+    return streamed_export(fmt)
+
+
+def streamed_export(fmt: str) -> Response:
+    """The records a query's filters select, streamed as CSV or JSONL."""
+    writers = {"csv": (export.csv_chunks, "text/csv; charset=utf-8"),
+               "jsonl": (export.jsonl_chunks, "application/x-ndjson; charset=utf-8")}
+    if fmt not in writers:
+        abort(404, "export.csv or export.jsonl")
+    writer, mimetype = writers[fmt]
+    records = dlq.iter_records(filters_from(request.args.to_dict()))
+    return Response(stream_with_context(writer(records)), mimetype=mimetype, headers={
+        "Content-Disposition": f'attachment; filename="backstop-dlq.{fmt}"'})

@@ -1,0 +1,58 @@
+"""Request arguments checked once: a 400 that names the argument when one is bad."""
+
+from __future__ import annotations
+
+import re
+
+from flask import abort, request
+
+from backstop.dlq import Filters
+
+CURSOR = re.compile(r"\d+(\.\d+)?(e[+-]?\d+)?:[!-~]{1,200}")  # always fullmatch
+PAGING_ARGS = ("cursor", "limit", "partial")
+
+
+def json_body() -> dict:
+    """The request's JSON object ({} when there is no body)."""
+    body = request.get_json(silent=True)
+    if body is None and request.data:
+        abort(400, "the body must be a JSON object")
+    if body is not None and not isinstance(body, dict):
+        abort(400, "the body must be a JSON object")
+    return body or {}
+
+
+def filters_from(source: dict) -> Filters:
+    """DLQ filters from query arguments (paging arguments are not filters)."""
+    return Filters.parse({k: v for k, v in source.items() if k not in PAGING_ARGS})
+
+
+def body_filter(body: dict) -> Filters:
+    """The "filter" of a JSON body: an object ({} or absent selects every record)."""
+    value = body.get("filter") or {}
+    if not isinstance(value, dict):
+        abort(400, '"filter" must be a JSON object of filters')
+    return Filters.parse(value)
+
+
+def checked_limit(default: int = 50, most: int = 1000) -> int:
+    """?limit=, a whole number from 1 to most; a 400 that says so otherwise."""
+    raw = request.args.get("limit")
+    whole = raw is not None and raw.isascii() and raw.isdigit() and len(raw) < 6
+    limit = default if raw is None else int(raw) if whole else 0
+    if not 1 <= limit <= most:
+        abort(400, f"limit must be a whole number from 1 to {most}")
+    return limit
+
+
+def valid_cursor(cursor: str | None) -> bool:
+    """Whether a cursor is absent or shaped like one a previous page gave."""
+    return cursor is None or bool(CURSOR.fullmatch(cursor))
+
+
+def checked_cursor(message: str) -> str | None:
+    """?cursor= as given by a previous page; a 400 with message when it is not one."""
+    cursor = request.args.get("cursor") or None
+    if not valid_cursor(cursor):
+        abort(400, message)
+    return cursor

@@ -1,0 +1,50 @@
+"""What every template gets: filters for times and JSON, and the page globals."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from flask import Flask, url_for
+from flask_babel import format_datetime
+from flask_login import current_user
+
+from backstop import tokens
+from backstop.config import settings
+from web.i18n import LANGUAGES, RTL, select_locale
+
+
+def register_templating(app: Flask) -> None:
+    app.context_processor(page_globals)
+    app.add_template_filter(when)
+    app.add_template_filter(pretty_json)
+
+
+def when(ts) -> str:
+    """A unix time in the viewer's zone and language."""
+    if not ts:
+        return "—"
+    return format_datetime(datetime.fromtimestamp(float(ts), UTC), "medium")
+
+
+def pretty_json(value) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def can(role: str) -> bool:
+    """Whether the signed-in user has at least this role (templates hide what it cannot do)."""
+    return current_user.is_authenticated and tokens.allows(current_user.role, role)
+
+
+def live_url(**params) -> str:
+    """The live socket's URL for a page and its arguments."""
+    return url_for("live.live_socket", **params)
+
+
+def page_globals() -> dict:
+    locale = select_locale()
+    return {"languages": LANGUAGES, "locale": locale, "rtl": locale in RTL,
+            "poll_seconds": settings().int("poll_seconds"),
+            "htmx_url": settings().htmx_url or url_for("static",
+                                                        filename="vendor/htmx-2.0.11.min.js"),
+            "role": getattr(current_user, "role", None), "can": can, "live_url": live_url}
