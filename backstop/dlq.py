@@ -470,9 +470,15 @@ def fingerprints(limit: int = 50, hours: int = 48) -> list[dict]:
             for (fp, _), info, per_hour in zip(top, replies[::2], replies[1::2], strict=True)]
 
 
+def cause_of(error_type: str, reason: str) -> str:
+    """A reason without its leading error type, for showing beside that type."""
+    return reason.removeprefix(f"{error_type}: ") if error_type else reason
+
+
 def _group(fp: str, info: dict, per_hour: list, buckets: list[str]) -> dict:
+    error_type, reason = info.get("error_type", ""), info.get("reason", "")
     return {"fingerprint": fp, "count": int(info.get("count") or 0),
-            "error_type": info.get("error_type", ""), "reason": info.get("reason", ""),
+            "error_type": error_type, "reason": reason, "cause": cause_of(error_type, reason),
             "queue": info.get("queue", ""), "job": info.get("job", ""),
             "sample_id": info.get("sample_id", ""),
             "first_seen": float(info.get("first_seen") or 0),

@@ -29,6 +29,23 @@ def port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def web_address_problem(host: str, port: int) -> str | None:
+    """Why the web app could not bind host:port (None if it can), found before anything starts.
+
+    Binds the way gunicorn does (SO_REUSEADDR), so only a live listener counts as busy.
+    """
+    try:
+        family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+    except OSError as exc:
+        return (f"cannot listen on {host}:{port} (PORT={port}, HOST={host}): "
+                f"{exc.strerror or exc}. Stop what uses it or choose another port, "
+                f"e.g. PORT=8080 ./run")
+    return None
+
+
 def start_embedded_redis(var: Path = ROOT / "var") -> tuple[subprocess.Popen, str]:
     """Redis on loopback with its data and AOF under var/redis, so a restart keeps the jobs,
     and a password generated once into var/redis-password (0600): no other local user can
@@ -76,8 +93,13 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def main() -> int:
+    problem = web_address_problem(settings().host, int(settings().port))
+    if problem:
+        print(problem, file=sys.stderr, flush=True)
+        return 2
     env = dict(os.environ)
     procs: list[subprocess.Popen] = []
+    exit_code = 0
     if not settings().redis_url:
         redis_proc, env["REDIS_URL"] = start_embedded_redis()
         print(f"embedded Redis at {redacted_url(env['REDIS_URL'])} (data in var/redis; its "
@@ -93,12 +115,13 @@ def main() -> int:
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
         print("a process exited; stopping the others", flush=True)
+        exit_code = 1
     except KeyboardInterrupt:
         print("stopping ...", flush=True)
     finally:
         stop(procs)
         EMBEDDED_URL_FILE.unlink(missing_ok=True)
-    return 0
+    return exit_code
 
 
 if __name__ == "__main__":

@@ -6,15 +6,18 @@ A subscriber first gets what it missed from the stream, then live events, in str
 without duplicates or a gap at the seam: it joins the fan-out before the backlog is read and
 drops live events whose id is not after the last stream id the backlog covered.
 
-The websocket route uses it in three lines::
+The websocket route hands a subscription to ``pump``, which folds each burst of events into
+one push (a burst is cut at BATCH_SECONDS or BATCH_SIZE, so a steady stream still gets a push
+several times a second)::
 
     with live.hub().subscribe(live.Topic(queue=q, job_id=j), last_id) as sub:
-        for event in sub.events(timeout=20):    # None every 20 s of silence: send a ping
-            ws.send(render(event) if event else PING)
+        ended = live.pump(sub, ws.send, render, alive)   # why it ended: one of ENDINGS
 
-The loop ends when the subscription fell behind (``sub.lagging``: the client reconnects with
-the last id it got) or the hub closed; a dead socket raises from ``ws.send`` and the ``with``
-closes the subscription.
+The pump ends when the subscription fell behind (``sub.lagging``: the client reconnects), the
+hub closed it, ``alive`` said so, or Redis failed while rendering or checking (the socket
+then closes with a reason and the page polls until it reconnects); it never spins on a
+closed subscription. A dead socket raises from ``send`` and the ``with`` closes the
+subscription.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -47,6 +52,10 @@ RESOLVE_WINDOW = 100     # newest stream entries searched for the id of a "- <js
 POLL_SECONDS = 0.25      # how often the listener thread looks at its stop flag
 BACKOFF = (0.1, 5.0)     # reconnect delay: first, then doubling up to the cap
 CONNECT_TIMEOUT = 5.0    # how long subscribe() waits for the hub's first subscription
+BATCH_SECONDS = 0.25     # one push folds the events of at most this long (from the first)...
+BATCH_SIZE = 500         # ...and at most this many, so a steady stream still gets pushes
+QUIET_SECONDS = 0.01     # a burst ends earlier after this long without an event
+IDLE_SECONDS = 1.0       # how often an idle pump asks whether to go on
 
 _ID = re.compile(r"\d+(-\d+)?")
 
@@ -452,6 +461,68 @@ def resolve_id(body: str) -> str | None:
         if fields.get("e") == body:
             return xid
     return None
+
+
+class Feed(Protocol):
+    """What pump reads: a Subscription, or anything that behaves like one."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def lagging(self) -> bool: ...
+
+    def get(self, timeout: float | None = None) -> dict | None: ...
+
+
+ENDINGS = {
+    "stopped": "alive() said to stop (the socket closed or its session ended)",
+    "lagging": "the subscriber fell behind and was dropped: reconnect",
+    "closed": "the hub closed the subscription (the process is stopping)",
+    "unavailable": "Redis failed while rendering a push or checking the session",
+}
+
+
+def pump(subscription: Feed, send: Callable[[str], object],
+         render: Callable[[list[dict]], str], alive: Callable[[bool], bool], *,
+         idle: float = IDLE_SECONDS, batch_seconds: float = BATCH_SECONDS,
+         batch_size: int = BATCH_SIZE) -> str:
+    """Send render(batch) for each batch of a subscription's events until it ends.
+
+    send: delivers one push. render: the push for a batch (events oldest first).
+    alive(urgent): whether to go on; asked every idle seconds without events, and with
+    urgent=True before each push. idle, batch_seconds, batch_size: see IDLE_SECONDS, BATCH_*.
+    Returns why it ended, a key of ENDINGS. Raises what send raises (a dead socket).
+    """
+    try:
+        while alive(False):
+            event = subscription.get(timeout=idle)
+            if event is None:
+                if subscription.closed:
+                    return "lagging" if subscription.lagging else "closed"
+                continue
+            batch = gather(subscription, event, batch_seconds, batch_size)
+            if not alive(True):
+                break
+            send(render(batch))
+    except redis.RedisError as exc:
+        logger.warning("live socket: Redis failed (%s); closing the socket", exc)
+        return "unavailable"
+    return "stopped"
+
+
+def gather(subscription: Feed, first: dict, seconds: float = BATCH_SECONDS,
+           size: int = BATCH_SIZE) -> list[dict]:
+    """first and the events that follow it closely: until QUIET_SECONDS pass without one,
+    seconds pass since first, or size events are gathered (whichever comes first)."""
+    batch, deadline = [first], time.monotonic() + seconds
+    while len(batch) < size:
+        left = deadline - time.monotonic()
+        event = subscription.get(timeout=min(QUIET_SECONDS, left)) if left > 0 else None
+        if event is None:
+            return batch
+        batch.append(event)
+    return batch
 
 
 _hub: Hub | None = None

@@ -68,7 +68,7 @@ def queue_page(queue: str, state: str = "waiting", q: str = "", offset: int = 0,
     row = next(r for r in stats.queue_overview() if r["queue"] == queue)
     return {"queue": queue, "state": state, "q": q, "jobs": jobs, "offset": offset,
             "limit": limit, "row": row, "states": STATES,
-            "config": queue_config(queue).model_dump(), "more": len(jobs) == limit}
+            "config": shown_config(queue), "more": len(jobs) == limit}
 
 
 def job_page(job_id: str) -> dict | None:
@@ -99,13 +99,62 @@ def dlq_analytics_page(tab: str = "overview", hours: int = 24) -> dict:
             "windows": dlq.TREND_WINDOWS}
 
 
+class Word(str):
+    """A value shown as a word the template translates (``_(value) if value.word``)."""
+
+    word = True
+
+
+def N_(text: str) -> str:
+    """Marks a word for translation that templates pass to _() at run time."""
+    return text
+
+
+YES, NO, NONE = Word(N_("yes")), Word(N_("no")), Word(N_("none"))
+EMPTY, SET, NO_LIMIT = Word(N_("(empty)")), Word(N_("(set)")), Word(N_("no limit"))
+FLAG_SETTINGS = ("COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE")  # "1" turns them on
+
+
+def shown(value) -> str:
+    """A setting, config or Redis value as a person reads it: yes/no for booleans, "none"
+    for nothing or an empty list, a list joined with commas, 2.0 as 2, "" as "(empty)"."""
+    if isinstance(value, bool):
+        return YES if value else NO
+    if value is None:
+        return NONE
+    if isinstance(value, list | tuple | set | frozenset):
+        return ", ".join(sorted(map(str, value))) if value else NONE
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value) if str(value).strip() else EMPTY
+
+
+def shown_setting(name: str, value: str) -> str:
+    """A setting's value for the System page: secrets only as set or empty, flags yes/no."""
+    if name in SECRET_SETTINGS:
+        return SET if value else EMPTY
+    if name in FLAG_SETTINGS and value in ("0", "1"):
+        return YES if value == "1" else NO
+    return shown(value)
+
+
+def shown_redis(health: dict) -> dict:
+    """Redis health for people: maxmemory 0 is no limit."""
+    return {name: NO_LIMIT if name == "max_memory" and value == "0B" else shown(value)
+            for name, value in health.items()}
+
+
 def system_page() -> dict:
-    shown = {s.name: ("(set)" if getattr(settings(), s.name.lower()) else "(empty)")
-             if s.name in SECRET_SETTINGS else getattr(settings(), s.name.lower())
-             for s in SETTINGS}
-    return {"workers": stats.workers(), "redis": _redis_or_error(), "settings": shown,
-            "help": {s.name: s.help for s in SETTINGS},
-            "configs": {q: queue_config(q).model_dump() for q in QUEUES}}
+    values = {s.name: shown_setting(s.name, getattr(settings(), s.name.lower()))
+              for s in SETTINGS}
+    return {"workers": stats.workers(), "redis": shown_redis(_redis_or_error()),
+            "settings": values, "help": {s.name: s.help for s in SETTINGS},
+            "configs": {q: shown_config(q) for q in QUEUES}}
+
+
+def shown_config(queue: str) -> dict:
+    """A queue's config, each value as shown()."""
+    return {name: shown(value) for name, value in queue_config(queue).model_dump().items()}
 
 
 def audit_page(actor: str = "", action: str = "", target: str = "",
@@ -114,11 +163,6 @@ def audit_page(actor: str = "", action: str = "", target: str = "",
                          before=before, limit=50)
     return {"entries": page.items, "next_before": page.next_before,
             "filters": {"actor": actor, "action": action, "target": target}}
-
-
-def N_(text: str) -> str:
-    """Marks a word for translation that templates pass to _() at run time."""
-    return text
 
 
 STATE_WORDS = [

@@ -1,8 +1,9 @@
 """Job records: one Redis hash per job with JSON fields, state indexes and timelines.
 
 A record holds id, queue, job, payload, state, attempts, max_attempts, priority, created_at,
-updated_at, started_at, finished_at, run_at, progress, progress_message, result, error, worker
-and timeline. States: waiting, delayed, active, completed, failed (retrying), dead, cancelled.
+updated_at, started_at, finished_at, first_failed_at (its first failed attempt), run_at,
+progress, progress_message, result, error, worker and timeline. States: waiting, delayed,
+active, completed, failed (retrying), dead, cancelled.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from .scripts import scripts_for
 STATES = ("waiting", "delayed", "active", "completed", "failed", "dead", "cancelled")
 JSON_FIELDS = ("payload", "result", "error")
 NUMBER_FIELDS = ("attempts", "max_attempts", "priority", "progress", "lost")
-TIME_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "run_at")
+TIME_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "first_failed_at",
+               "run_at")
 
 
 def script_args(*args) -> list:

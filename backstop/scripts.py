@@ -190,12 +190,13 @@ local function lineage_outcome(dlq_id, attempt_id, outcome, now)
   end
 end
 -- Write (or, for a replay that failed again, update) a record from ARGV pairs at `from`.
-local function dlq_upsert(id, hour, from, now)
+-- first_failed: when the job's first attempt failed (a new record's first_failed_at).
+local function dlq_upsert(id, hour, from, now, first_failed)
   local old = load(id)
-  local first = now
+  local first = tonumber(first_failed) or now
   if old then
     index_record(id, old, 0, -1)
-    first = tonumber(old.first_failed_at) or now
+    first = tonumber(old.first_failed_at) or first
   end
   local key = DLQ .. 'rec:' .. id
   redis.call('hset', key, unpack(ARGV, from))
@@ -252,6 +253,7 @@ if outcome == 'completed' then
   end
 elseif outcome == 'retry' then
   state = 'failed'
+  redis.call('hsetnx', rec, 'first_failed_at', now)
   redis.call('zadd', KEYS[4], ARGV[14], msg)
   redis.call('hset', rec, 'state', state, 'updated_at', now, 'error', body, 'run_at', ARGV[14])
 elseif outcome == 'requeue' then
@@ -261,8 +263,11 @@ elseif outcome == 'requeue' then
   redis.call('hset', rec, 'state', state, 'updated_at', now)
 else
   state = 'dead'
+  redis.call('hsetnx', rec, 'first_failed_at', now)
   redis.call('hset', rec, 'state', state, 'updated_at', now, 'error', body, 'finished_at', now)
-  if #ARGV > 18 then dlq_upsert(ARGV[19], ARGV[20], 21, now) end
+  if #ARGV > 18 then
+    dlq_upsert(ARGV[19], ARGV[20], 21, now, redis.call('hget', rec, 'first_failed_at'))
+  end
   if dlq_id then lineage_outcome(dlq_id, id, 'dead', now) end
 end
 move_state(id, queue, old, state, now)

@@ -13,20 +13,35 @@ from .connection import client
 from .contracts import QUEUES, queue_configs
 from .registry import STATES, counts
 
+# Outcomes of attempts that ran to an end (a requeued attempt was given back unfinished).
+PROCESSED = ("completed", "failed", "dead")
+
 
 def queue_overview() -> list[dict]:
-    """One row per queue: counts by state, processed/failed totals, paused flag, config."""
+    """One row per queue: counts by state, all-time totals, paused flag, config, and its
+    dead letters (records in the DLQ whose last attempt ran on the queue).
+
+    totals: enqueued, completed, failed (attempts retried), dead, requeued, and processed:
+    every attempt that ended, in success or failure (Sidekiq's Processed).
+    """
     by_queue = counts()
     pipe = client().pipeline(transaction=False)
     pipe.smembers(keys.paused())
+    pipe.hmget(keys.dlq_counts(), [f"queue:{q}" for q in QUEUES])
     for queue in QUEUES:
         pipe.hgetall(keys.queue_stats(queue))
-    paused, *totals = pipe.execute()
+    paused, dead_letters, *totals = pipe.execute()
     configs = queue_configs()
     return [{"queue": q, "counts": by_queue[q], "paused": q in paused,
-             "totals": {k: int(v) for k, v in stats.items()},
+             "totals": _totals(stats), "dead_letters": int(letters or 0),
              "config": configs[q].model_dump()}
-            for q, stats in zip(QUEUES, totals, strict=True)]
+            for q, letters, stats in zip(QUEUES, dead_letters, totals, strict=True)]
+
+
+def _totals(stats: dict) -> dict[str, int]:
+    totals = {k: int(v) for k, v in stats.items()}
+    totals["processed"] = sum(totals.get(k, 0) for k in PROCESSED)
+    return totals
 
 
 def summary(rows: list[dict]) -> dict[str, int]:

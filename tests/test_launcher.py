@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import stat
+import subprocess
+import sys
+import time
 
 import pytest
 import redis
 
 from backstop import launcher
+
+ROOT = launcher.ROOT
 
 
 @pytest.fixture
@@ -51,3 +58,16 @@ def test_a_restart_keeps_the_password(tmp_path):
 def test_the_printed_url_hides_the_password():
     assert launcher.redacted_url("redis://:s3cret@127.0.0.1:6380/0") == \
         "redis://***@127.0.0.1:6380/0"
+
+
+def test_a_busy_port_stops_the_launcher_before_it_starts_anything(redis_url):
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "REDIS_URL": redis_url}
+        started = time.monotonic()
+        done = subprocess.run([sys.executable, "-m", "backstop.launcher"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert time.monotonic() - started < 3, "it should not wait for gunicorn's retries"
+    assert f"PORT={port}" in done.stderr and f"127.0.0.1:{port}" in done.stderr
+    assert "listening" not in done.stdout, done.stdout

@@ -8,7 +8,9 @@ import time
 import pytest
 
 from backstop import dlq_maintenance, keys, live, producers, queues, registry
-from tests.conftest import wait_for
+from backstop.connection import client
+from tests.chaos import OwnRedis
+from tests.conftest import apply_env, wait_for
 
 EMAIL = {"to": ["a@example.com"], "subject": "s", "text": "t"}
 
@@ -222,3 +224,137 @@ def test_close_ends_subscriptions_and_the_accessor_reuses_one_hub(r):
     live.hub().close()
     with pytest.raises(RuntimeError, match="closed"):
         shared.subscribe()
+
+
+# ---- pump: what the live socket runs ----
+
+class CountingSubscription:
+    """A real Subscription whose get() calls are counted (to prove the pump does not spin)."""
+
+    def __init__(self, sub: live.Subscription):
+        self.sub, self.gets = sub, 0
+
+    def get(self, timeout: float | None = None) -> dict | None:
+        self.gets += 1
+        return self.sub.get(timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self.sub.closed
+
+    @property
+    def lagging(self) -> bool:
+        return self.sub.lagging
+
+
+def event_ids(events: list[dict]) -> str:
+    """A push that names the events it folded."""
+    return " ".join(event["id"] for event in events)
+
+
+class PumpRun:
+    """live.pump in a thread: what it sent (time, text), how it ended, what it raised."""
+
+    def __init__(self, sub, render=event_ids, alive=None, **options):
+        self.sent: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.ended: str | None = None
+        self.error: BaseException | None = None
+        alive = alive or (lambda urgent: not self.stop.is_set())
+        self.thread = threading.Thread(target=self._run, args=(sub, render, alive, options),
+                                       daemon=True)
+        self.thread.start()
+
+    def _run(self, sub, render, alive, options) -> None:
+        try:
+            self.ended = live.pump(sub, lambda text: self.sent.append((time.monotonic(), text)),
+                                   render, alive, **options)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.error = exc
+
+    def finish(self, timeout: float) -> bool:
+        """Whether the pump ended by itself within timeout; then stops it regardless."""
+        self.thread.join(timeout)
+        ended = not self.thread.is_alive()
+        self.stop.set()
+        self.thread.join(5)
+        return ended
+
+    def ids(self) -> list[str]:
+        return [xid for _, text in self.sent for xid in text.split()]
+
+
+@pytest.mark.parametrize("closing", ["hub closed", "lagging"])
+def test_the_pump_leaves_at_once_when_its_subscription_is_closed(r, make_hub, closing):
+    hub = make_hub(latest=0, queue_size=5)
+    sub = CountingSubscription(hub.subscribe())
+    if closing == "hub closed":
+        hub.close()
+    else:
+        enqueue(10)
+        wait_for(lambda: sub.lagging, timeout=5, what="the subscriber to be dropped")
+    started = time.monotonic()
+    run = PumpRun(sub, idle=1.0)
+    assert run.finish(timeout=2), f"the pump spun on a closed subscription: {sub.gets} gets"
+    assert time.monotonic() - started < 0.5 and sub.gets <= 2
+    assert run.ended == ("closed" if closing == "hub closed" else "lagging") and not run.sent
+
+
+def publish_steadily(per_second: int, seconds: float) -> None:
+    start = time.monotonic()
+    for i in range(int(per_second * seconds)):
+        time.sleep(max(0.0, start + i / per_second - time.monotonic()))
+        enqueue()
+
+
+def test_a_steady_stream_of_events_still_gets_a_push_several_times_a_second(r, make_hub):
+    sub = make_hub(latest=0).subscribe()
+    run = PumpRun(sub)
+    started = time.monotonic()
+    publish_steadily(per_second=200, seconds=3)
+    ended = time.monotonic()
+    wait_for(lambda: len(run.ids()) == 600, timeout=5, what="every event to be pushed")
+    assert run.finish(timeout=0) is False and run.error is None
+    during = [at for at, _ in run.sent if at <= ended]
+    gaps = [b - a for a, b in zip([started, *during], [*during, ended], strict=True)]
+    assert len(during) >= 6 and max(gaps) < 1.0, f"{len(during)} pushes, gaps {gaps}"
+    assert run.ids() == stream_ids(r), "each event in one push, in order"
+    assert max(len(text.split()) for _, text in run.sent) <= live.BATCH_SIZE
+
+
+def test_a_pump_resumed_with_last_id_pushes_exactly_the_events_after_it(r, make_hub):
+    enqueue(5)
+    last_id = stream_ids(r)[-1]
+    enqueue(3)
+    run = PumpRun(make_hub(latest=20).subscribe(last_id=last_id))
+    wait_for(lambda: run.sent, timeout=5, what="the first push")
+    enqueue(2)
+    wait_for(lambda: len(run.ids()) >= 5, timeout=5, what="the live events")
+    assert run.finish(timeout=0) is False and run.error is None
+    assert run.ids() == stream_ids(r)[5:], "the 3 missed, then the 2 live; none before"
+
+
+def test_the_pump_ends_without_spinning_or_raising_when_redis_goes_away(r, make_hub, tmp_path):
+    own = OwnRedis(tmp_path / "redis")
+    try:
+        apply_env(REDIS_URL=own.url)
+        sub = CountingSubscription(make_hub().subscribe())
+        checked = [0.0]
+
+        def alive(urgent: bool) -> bool:  # asks Redis now and then, as the session check does
+            if urgent or time.monotonic() - checked[0] > 0.5:
+                checked[0] = time.monotonic()
+                return client().ping()
+            return True
+
+        run = PumpRun(sub, render=lambda events: str(client().dbsize()), alive=alive, idle=0.1)
+        enqueue()
+        wait_for(lambda: run.sent, timeout=5, what="a push while Redis is up")
+        own.stop()
+        stopped = time.monotonic()
+        assert run.finish(timeout=10), f"still running after Redis went away: {sub.gets} gets"
+    finally:
+        if own.proc.poll() is None:
+            own.stop()
+    assert run.error is None, f"raised {run.error!r}"
+    assert run.ended == "unavailable" and sub.gets <= 10 * (time.monotonic() - stopped) + 5

@@ -10,6 +10,7 @@ import struct
 
 import pytest
 import requests
+from chaos import OwnRedis
 from conftest import apply_env
 from helpers import PASSWORD, form_token_of
 
@@ -24,6 +25,17 @@ def plain_http(r):
     apply_env(COOKIE_SECURE="0")
     yield
     apply_env(COOKIE_SECURE="1")
+
+
+@pytest.fixture
+def own_redis(r, redis_url, tmp_path):
+    """The web role talks to a Redis of this test's own, so the test may kill it."""
+    own = OwnRedis(tmp_path / "redis")
+    apply_env(REDIS_URL=own.url)
+    yield own
+    if own.proc.poll() is None:
+        own.stop()
+    apply_env(REDIS_URL=redis_url)
 
 
 def session_cookie(base: str, name: str = "vic", role: str = "viewer") -> str:
@@ -143,4 +155,40 @@ def test_an_open_socket_is_closed_when_its_session_ends(plain_http, live_server,
     opcode, payload = first_frame_but_pings(sock)
     assert opcode == 8 and struct.unpack(">H", payload[:2])[0] == 1008
     assert b"session has ended" in payload[2:]
+    sock.close()
+
+
+def test_a_reconnect_that_missed_nothing_gets_no_push_until_a_new_event(plain_http,
+                                                                       live_server):
+    cookie = session_cookie(live_server)
+    producers.enqueue("email.send", MAIL)
+    last_seen = registry.latest_events(1)[0]["id"]
+    status, sock = handshake(live_server, f"page=overview&topic=all&last_id={last_seen}",
+                             live_server, cookie)
+    assert status == 101
+    sock.settimeout(1.5)
+    with pytest.raises(TimeoutError):  # the events up to last_id are not sent again
+        first_frame_but_pings(sock)
+    sock.settimeout(10)
+    job_id = producers.enqueue("email.send", MAIL)
+    opcode, payload = first_frame_but_pings(sock)
+    new_id = registry.latest_events(1)[0]["id"]
+    assert opcode == 1 and job_id in payload.decode()
+    assert f'data-event-id="{new_id}"' in payload.decode()
+    sock.close()
+
+
+def test_an_open_socket_closes_with_a_reason_when_redis_goes_away(plain_http, own_redis,
+                                                                   live_server):
+    cookie = session_cookie(live_server)
+    status, sock = handshake(live_server, "page=overview&topic=all", live_server, cookie)
+    assert status == 101
+    producers.enqueue("email.send", MAIL)
+    assert first_frame_but_pings(sock)[0] == 1, "a push while Redis is up"
+    own_redis.stop()
+    sock.settimeout(15)
+    opcode, payload = first_frame_but_pings(sock)
+    assert opcode == 8, f"expected a close frame, got opcode {opcode}: {payload[:200]!r}"
+    assert struct.unpack(">H", payload[:2])[0] == 1013  # try again later: the page reconnects
+    assert b"Redis did not answer" in payload[2:]
     sock.close()

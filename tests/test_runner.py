@@ -89,6 +89,20 @@ def test_failing_job_backs_off_then_leaves_exactly_one_dlq_record(r, workers):
     assert events == ["enqueued", "started", "failed", "started", "failed", "started", "dead"]
 
 
+def test_a_dlq_record_keeps_when_the_first_attempt_failed_and_when_the_last_did(r, workers):
+    job_id = producers.enqueue("test.fail", {})
+    workers.start("system", {"system": {**FAST, "backoff_base": 0.5}})
+    wait_for(lambda: dlq.get_record(job_id), timeout=20, what="the job's DLQ record")
+    runs = [t for _, _, what, t in marks(r) if what == "fail"]
+    record, job = dlq.get_record(job_id), registry.get_job(job_id)
+    failures = [e["t"] for e in job["timeline"] if e["event"] in ("failed", "dead")]
+    assert len(runs) == len(failures) == 3
+    assert runs[0] < record["first_failed_at"] < runs[1], "attempt 1's failure, not the death"
+    assert record["first_failed_at"] == failures[0] == job["first_failed_at"]
+    assert runs[2] < record["last_failed_at"] == failures[2] == job["finished_at"]
+    assert record["last_failed_at"] - record["first_failed_at"] >= 1.4  # two back-offs
+
+
 def test_a_job_that_kills_its_worker_runs_isolated_then_ends_in_the_dlq(r, workers):
     job_id = producers.enqueue("test.crash", {})
     first = workers.start("system", {"system": FAST})

@@ -3,19 +3,22 @@ matching event arrives."""
 
 from __future__ import annotations
 
+import logging
 import time
 
+import redis
 from flask import Blueprint, abort, request
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
-from backstop import users
+from backstop import live, users
 from backstop.live import Topic, hub
 from web.auth import audit_refusal
 from web.extensions import sock
 from web.pages import PAGES, Page, render_partials
 from web.security import origin_allowed
 
+log = logging.getLogger("backstop.web")
 bp = Blueprint("live", __name__)
 SOCKET_ARGS = ("page", "last_id", "topic")
 
@@ -35,38 +38,49 @@ def check_socket_request() -> None:
 
 @sock.route("/ws", bp=bp)
 def live_socket(ws):
-    """Push the page's partials whenever a matching event arrives; ping when idle."""
+    """Push the page's partials for each burst of matching events; close saying why it ended."""
     page = PAGES.get(request.args.get("page", "overview"))
     if page is None or not page.partials:
         ws.close(reason=1008, message="unknown page")
         return
     args = {k: v for k, v in request.args.items() if k not in SOCKET_ARGS}
-    try:
-        topic = socket_topic(page, args)
-    except ValueError as exc:
-        ws.close(reason=1008, message=str(exc)[:120])
-        return
-    subscription = hub().subscribe(topic, request.args.get("last_id"))
+    ended = pump_page(ws, page, args)
+    if ws.connected:
+        ws.close(*LIVE_CLOSE[ended])
+
+
+# How a socket closes for each live.ENDINGS: 1013 and 1012 make the page reconnect
+# (polling meanwhile); 1008 does not.
+LIVE_CLOSE = {
+    "stopped": (1008, "the session has ended; sign in again"),
+    "lagging": (1013, "the page fell behind the live events; reconnecting"),
+    "closed": (1012, "live updates restarted; reconnecting"),
+    "unavailable": (1013, "live updates unavailable: Redis did not answer; polling meanwhile"),
+    "unknown": (1008, "this page has nothing to follow"),
+}
+
+
+def pump_page(ws, page: Page, args: dict) -> str:
+    """Subscribe to the page's topic and pump its events as pushes; why it ended."""
     watch = SessionWatch(current_user.name, current_user.session_id)
     try:
-        while ws.connected and watch.alive():
-            if subscription.get(timeout=1) is not None:
-                drain(subscription)
-                if not watch.alive(now=True):
-                    break
-                push(ws, page, args)
-        if ws.connected:
-            ws.close(reason=1008, message="the session has ended; sign in again")
-    finally:
-        subscription.close()
+        subscription = hub().subscribe(socket_topic(page, args), request.args.get("last_id"))
+    except ValueError:
+        return "unknown"
+    except (live.Unavailable, redis.RedisError) as exc:
+        log.warning("live socket: no subscription (%s)", exc)
+        return "unavailable"
+    with subscription:
+        return live.pump(subscription, ws.send, lambda events: render_push(page, args),
+                         lambda urgent: ws.connected and watch.alive(now=urgent))
 
 
-def push(ws, page: Page, args: dict) -> None:
-    """Send the page's partials; nothing when the page's subject is gone (404) for now."""
+def render_push(page: Page, args: dict) -> str:
+    """The page's partials; nothing to push when its subject is gone (404, 400)."""
     try:
-        ws.send(render_partials(page, args))
+        return render_partials(page, args)
     except HTTPException:
-        pass
+        return ""
 
 
 class SessionWatch:
@@ -95,9 +109,3 @@ def socket_topic(page: Page, args: dict) -> Topic:
     if kind == "job" and value:
         return Topic(job_id=value)
     return Topic()
-
-
-def drain(subscription, seconds: float = 0.01) -> None:
-    """Fold a burst of events into one push."""
-    while subscription.get(timeout=seconds) is not None:
-        pass
