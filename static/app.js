@@ -10,8 +10,11 @@
 
   function rememberTimeZone() {
     const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
-    if (!document.cookie.includes("tz=" + zone)) {
-      document.cookie = "tz=" + encodeURIComponent(zone) + "; path=/; max-age=31536000; samesite=lax";
+    // IANA names ("Asia/Tehran", "America/Port-au-Prince") are cookie-safe as they are;
+    // written raw so that the server reads the zone itself, not a %-encoded form of it.
+    if (!/^[A-Za-z0-9_+\/-]+$/.test(zone)) return;
+    if (!document.cookie.split("; ").includes("tz=" + zone)) {
+      document.cookie = "tz=" + zone + "; path=/; max-age=31536000; samesite=lax";
     }
   }
 
@@ -36,6 +39,11 @@
     });
   }
 
+  function dismiss(event) {
+    const button = event.target.closest("[data-dismiss]");
+    if (button) button.closest(".toast").remove();
+  }
+
   function autoSubmit(event) {
     if (event.target.matches("[data-autosubmit]")) event.target.form.requestSubmit();
   }
@@ -47,6 +55,7 @@
   document.addEventListener("htmx:wsClose", function () { showMode(false); });
   document.addEventListener("htmx:wsError", function () { showMode(false); });
   document.addEventListener("change", autoSubmit);
+  document.addEventListener("click", dismiss);
   document.addEventListener("DOMContentLoaded", function () {
     rememberTimeZone();
     const seconds = Number(document.body.dataset.pollSeconds || 5);
