@@ -72,6 +72,11 @@ def flashes(client) -> list[tuple[str, str]]:
 def browser_sign_in(page, base: str, name: str, role: str) -> None:
     """Create the user and sign in through the real sign-in form; ends on the overview."""
     users.create(name, role, PASSWORD)
+    browser_sign_in_as(page, base, name)
+
+
+def browser_sign_in_as(page, base: str, name: str) -> None:
+    """Sign an existing user in through the real sign-in form; ends on the overview."""
     page.goto(base + "/login")
     page.fill("input[name=name]", name)
     page.fill("input[name=password]", PASSWORD)

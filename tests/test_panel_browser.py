@@ -226,7 +226,7 @@ def test_replay_selected_goes_through_its_confirmation_and_says_how_many(live_se
     shot(page, "dlq-bulk-confirm")
     page.click("button[data-confirm-button]")
     page.wait_for_url("**/dlq")
-    expect(page.locator("#toasts .toast.ok")).to_have_text("2 of 2 records done.")
+    expect(page.locator("#toasts .toast.ok")).to_contain_text("2 of 2 records done.")
     shot(page, "dlq-bulk-replayed")
     assert [registry.get_job(f"{i}:replay1")["state"] for i in ids] == ["waiting"] * 2
     assert page.console_errors == []
