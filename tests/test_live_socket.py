@@ -12,10 +12,10 @@ import pytest
 import requests
 from chaos import OwnRedis
 from conftest import apply_env
+from helpers import PASSWORD, form_token_of
 
 from backstop import audit, producers, registry, users
 
-PASSWORD = "correct horse battery"
 MAIL = {"to": ["a@example.com"], "subject": "s", "text": "t"}
 
 
@@ -42,7 +42,7 @@ def session_cookie(base: str, name: str = "vic", role: str = "viewer") -> str:
     users.create(name, role, PASSWORD)
     browser = requests.Session()
     page = browser.get(base + "/login").text
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    token = form_token_of(page)
     browser.post(base + "/login", data={"name": name, "password": PASSWORD,
                                         "csrf_token": token}, allow_redirects=False)
     return "; ".join(f"{c.name}={c.value}" for c in browser.cookies)
@@ -136,7 +136,7 @@ def test_an_open_socket_is_closed_when_its_session_ends(plain_http, live_server,
     users.create("vic", "viewer", PASSWORD)
     browser = requests.Session()
     page = browser.get(live_server + "/login").text
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
+    token = form_token_of(page)
     browser.post(live_server + "/login", data={"name": "vic", "password": PASSWORD,
                                                "csrf_token": token}, allow_redirects=False)
     cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)

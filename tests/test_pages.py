@@ -9,8 +9,9 @@ import re
 import pytest
 import requests
 from dlq_helpers import make_dead
+from helpers import signed_in
 from test_live_socket import first_frame_but_pings, handshake, plain_http, session_cookie
-from test_panel import app, signed_in
+from test_panel import app
 
 from backstop import producers, registry, replay
 from backstop.dlq import DlqError

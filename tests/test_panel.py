@@ -7,42 +7,14 @@ import re
 
 import pytest
 from conftest import apply_env
+from helpers import PASSWORD, confirm_token_of, csrf_of, login_form_token, panel_app, signed_in
 
 from backstop import audit, producers, queues, users
-
-PASSWORD = "correct horse battery"
 
 
 @pytest.fixture
 def app(r):
-    apply_env(COOKIE_SECURE="0")
-    from app import create_app
-
-    application = create_app()
-    application.testing = True
-    for name, role in (("olga", "owner"), ("oscar", "operator"), ("vera", "viewer")):
-        users.create(name, role, PASSWORD)
-    return application
-
-
-def csrf_of(page: str) -> str:
-    return re.search(r'name="csrf-token" content="([^"]+)"', page).group(1)
-
-
-def login_form_token(client) -> str:
-    """The CSRF token of the anonymous sign-in form."""
-    page = client.get("/login").get_data(as_text=True)
-    return re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
-
-
-def signed_in(app, name: str):
-    client = app.test_client()
-    token = login_form_token(client)
-    response = client.post("/login", data={"name": name, "password": PASSWORD,
-                                           "csrf_token": token})
-    assert response.status_code == 302, response.get_data(as_text=True)[:500]
-    client.csrf = csrf_of(client.get("/overview").get_data(as_text=True))
-    return client
+    return panel_app()
 
 
 def test_pages_need_a_session(app):
@@ -118,7 +90,7 @@ def test_purge_asks_twice_and_says_how_many_jobs(app):
     first = owner.post("/queues/email/purge", data={"csrf_token": owner.csrf})
     page = first.get_data(as_text=True)
     assert "This touches 3 jobs." in page
-    token = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
+    token = confirm_token_of(page)
     done = owner.post("/queues/email/purge", data={"csrf_token": owner.csrf, "confirm": token})
     assert done.status_code == 302
     assert owner.post("/queues/email/purge", data={"csrf_token": owner.csrf,
@@ -192,7 +164,7 @@ def test_a_redrive_is_started_confirmed_and_cancelled_from_the_panel(app):
                                                  "filter": "{}"})
     page = first.get_data(as_text=True)
     assert "This touches 4 jobs." in page
-    token = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
+    token = confirm_token_of(page)
     operator.post("/dlq/redrives", data={"csrf_token": operator.csrf, "rate": "2.0",
                                          "filter": "{}", "confirm": token})
     listing = operator.get("/dlq?partial=redrives").get_data(as_text=True)
@@ -306,7 +278,7 @@ def test_edit_replay_to_a_new_destination_names_it_and_needs_the_owner(app):
                                                       "payload": moved}).get_data(as_text=True)
     assert "data-resend" in page and "https://evil.example/in" in page
     assert "whsec-victim" not in page
-    confirm = re.search(r'name="confirm" value="([^"]+)"', page).group(1)
+    confirm = confirm_token_of(page)
     resend = re.search(r'name="resend_token" value="([^"]+)"', page).group(1)
     done = owner.post("/dlq/records/wh-1/edit", data={"csrf_token": owner.csrf, "payload": moved,
                                                       "confirm": confirm, "resend_token": resend})
@@ -453,7 +425,7 @@ def test_a_bad_or_underpowered_token_is_audited(app):
 
 
 def confirm_token(response) -> str:
-    return re.search(r'name="confirm" value="([^"]+)"', response.get_data(as_text=True)).group(1)
+    return confirm_token_of(response.get_data(as_text=True))
 
 
 def test_the_log_says_what_happened_previews_failures_and_targets(app):

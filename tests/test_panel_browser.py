@@ -8,23 +8,14 @@ import re
 import pytest
 from browser_support import shot
 from conftest import apply_env
+from helpers import browser_sign_in
 from playwright.sync_api import expect
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
 from backstop import producers, users
 
-PASSWORD = "correct horse battery"
 ONE_SHOT = {"system": {"attempts": 1, "rate_limit": 0, "backoff_jitter": 0}}
 HOSTILE = "<script>alert(1)</script><b hx-get='/logout' hx-trigger='load'>bold</b> {{7*7}}"
-
-
-def sign_in(page, base: str, name: str, role: str) -> None:
-    users.create(name, role, PASSWORD)
-    page.goto(base + "/login")
-    page.fill("input[name=name]", name)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button.primary")
-    page.wait_for_url("**/overview")
 
 
 def csrf_token(page) -> str:
@@ -35,7 +26,7 @@ def test_sign_in_and_see_a_queues_numbers(live_server, page):
     for n in range(3):
         producers.enqueue("email.send", {"to": ["a@example.com"], "subject": f"s{n}",
                                          "text": "t"})
-    sign_in(page, live_server, "olga", "owner")
+    browser_sign_in(page, live_server, "olga", "owner")
     shot(page, "overview")
     page.click("nav >> text=Queues")
     page.wait_for_url("**/queues")
@@ -62,7 +53,7 @@ def test_sign_in_and_see_a_queues_numbers(live_server, page):
 
 def test_a_dead_job_appears_live_and_its_replay_completes(live_server, page, workers):
     workers.start("system", ONE_SHOT)
-    sign_in(page, live_server, "oscar", "operator")
+    browser_sign_in(page, live_server, "oscar", "operator")
     page.goto(live_server + "/dlq")
     page.wait_for_selector("#live-status[data-state=live]")
     job_id = producers.enqueue("test.flip", {"label": "invoice-7"})
@@ -88,7 +79,7 @@ def test_a_dead_job_appears_live_and_its_replay_completes(live_server, page, wor
 def test_a_viewer_sees_no_mutating_buttons_and_is_refused(live_server, page):
     [job_id] = [producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s",
                                                  "text": "t"})]
-    sign_in(page, live_server, "vera", "viewer")
+    browser_sign_in(page, live_server, "vera", "viewer")
     page.goto(live_server + "/queues")
     assert page.locator("button", has_text="Pause").count() == 0
     page.goto(f"{live_server}/jobs/{job_id}")
@@ -104,7 +95,7 @@ def test_hostile_payloads_are_inert_text(live_server, page):
                                               "text": "t"})
     dialogs: list = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-    sign_in(page, live_server, "vera", "viewer")
+    browser_sign_in(page, live_server, "vera", "viewer")
     page.goto(f"{live_server}/jobs/{job_id}")
     payload = page.locator("pre.code").first.inner_text()
     assert "<script>alert(1)</script>" in payload and "{{7*7}}" in payload
@@ -115,7 +106,7 @@ def test_hostile_payloads_are_inert_text(live_server, page):
 
 
 def test_a_mutation_without_the_csrf_token_is_refused(live_server, page):
-    sign_in(page, live_server, "olga", "owner")
+    browser_sign_in(page, live_server, "olga", "owner")
     refused = page.request.post(live_server + "/queues/email/pause")
     assert refused.status == 400
     page.goto(live_server + "/queues")
@@ -123,7 +114,7 @@ def test_a_mutation_without_the_csrf_token_is_refused(live_server, page):
 
 
 def test_persian_pages_are_laid_out_right_to_left(live_server, page):
-    sign_in(page, live_server, "olga", "owner")
+    browser_sign_in(page, live_server, "olga", "owner")
     page.select_option("select[name=lang]", "fa")
     page.wait_for_selector('html[dir="rtl"]')
     assert page.evaluate("getComputedStyle(document.body).direction") == "rtl"
@@ -137,7 +128,7 @@ def test_persian_pages_are_laid_out_right_to_left(live_server, page):
 
 def test_the_panel_is_usable_on_a_phone(live_server, page):
     page.set_viewport_size({"width": 390, "height": 844})
-    sign_in(page, live_server, "olga", "owner")
+    browser_sign_in(page, live_server, "olga", "owner")
     page.goto(live_server + "/queues")
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 400, f"the page scrolls sideways ({width}px)"
@@ -155,7 +146,7 @@ def test_a_poison_job_page_shows_the_worker_deaths_and_its_isolated_attempts(
     assert workers.start("system", config).wait(15) == 13
     workers.start("system", config)
     wait_for(lambda: dlq.get_record(job_id), timeout=30, what="the DLQ record")
-    sign_in(page, live_server, "olga", "owner")
+    browser_sign_in(page, live_server, "olga", "owner")
     page.goto(f"{live_server}/jobs/{job_id}")
     expect(page.locator("#job")).to_contain_text("Worker deaths")
     expect(page.locator("#job")).to_contain_text("killed the process running it")
@@ -171,7 +162,7 @@ def quick_polls(r):
 
 
 def test_an_open_page_goes_to_sign_in_when_its_session_ends(quick_polls, live_server, page):
-    sign_in(page, live_server, "olga", "owner")
+    browser_sign_in(page, live_server, "olga", "owner")
     page.goto(live_server + "/dlq?queue=email")
     expect(page.locator("#live-status")).to_have_attribute("data-state", "live")
     users.revoke_all("olga")  # signed out everywhere (a password change does this)
@@ -196,7 +187,7 @@ def test_an_owner_sees_where_an_edit_would_send_a_secret_and_a_poison_record(
     dlq.write_records([({"id": "wh-1", "queue": "plugins", "job": "plugins.webhook.deliver",
                          "payload": hook}, {"type": "WebhookError", "message": "500",
                                             "stack": "", "code": ""}, 1, time.time())])
-    sign_in(page, live_server, "olga", "owner")
+    browser_sign_in(page, live_server, "olga", "owner")
     page.goto(live_server + "/dlq/records/wh-1")
     edited = {**dlq.get_record("wh-1")["payload"], "url": "https://evil.example/in"}
     page.fill("textarea[name=payload]", json.dumps(edited, indent=2))
@@ -218,3 +209,24 @@ def test_an_owner_sees_where_an_edit_would_send_a_secret_and_a_poison_record(
     expect(page.locator("[data-action=replay]")).to_have_count(0)  # nothing to replay
     expect(page.locator("text=Delete")).to_be_visible()
     shot(page, "dlq-poison")
+
+
+def test_replay_selected_goes_through_its_confirmation_and_says_how_many(live_server, page):
+    from dlq_helpers import make_dead
+
+    from backstop import registry
+
+    ids = make_dead([{"cause": 1, "n": n} for n in range(2)])
+    browser_sign_in(page, live_server, "oscar", "operator")
+    page.goto(live_server + "/dlq")
+    for record_id in ids:
+        page.check(f'input[name=ids][value="{record_id}"]')
+    page.click("button[name=action][value=replay]")
+    expect(page.locator(".touches")).to_contain_text("This touches 2 jobs.")
+    shot(page, "dlq-bulk-confirm")
+    page.click("button[data-confirm-button]")
+    page.wait_for_url("**/dlq")
+    expect(page.locator("#toasts .toast.ok")).to_contain_text("2 of 2 records done.")
+    shot(page, "dlq-bulk-replayed")
+    assert [registry.get_job(f"{i}:replay1")["state"] for i in ids] == ["waiting"] * 2
+    assert page.console_errors == []

@@ -10,10 +10,10 @@ import time
 
 import pytest
 from conftest import apply_env
-from test_panel import PASSWORD, signed_in
+from helpers import panel_app, signed_in
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import PermanentFailure, dlq, keys, producers, replay, stats, users
+from backstop import PermanentFailure, dlq, keys, producers, replay, stats
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 
@@ -22,15 +22,8 @@ TWO_TRIES = {"system": {"attempts": 2, "rate_limit": 0, "backoff_base": 0}}
 
 @pytest.fixture
 def app(r):
-    """The panel app with olga (owner) and vera (viewer), as test_panel's fixture."""
-    apply_env(COOKIE_SECURE="0")
-    from app import create_app
-
-    application = create_app()
-    application.testing = True
-    users.create("olga", "owner", PASSWORD)
-    users.create("vera", "viewer", PASSWORD)
-    return application
+    """The panel app with olga (owner) and vera (viewer)."""
+    return panel_app(only=("olga", "vera"))
 
 
 def text_of(page: str) -> str:

@@ -10,7 +10,7 @@ import re
 import pytest
 import redis
 from conftest import ROOT, apply_env, wait_for
-from test_panel import PASSWORD, signed_in
+from helpers import create_panel_users, signed_in
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the worker runs)
 from backstop import (
@@ -25,7 +25,6 @@ from backstop import (
     replay,
     tokens,
 )
-from backstop import users as panel_users
 
 FAST = {"rate_limit": 0, "backoff_jitter": 0, "backoff_base": 0.05, "attempts": 2}
 
@@ -106,7 +105,7 @@ def browse_the_panel() -> None:
 
     app = create_app()
     app.testing = True
-    panel_users.create("olga", "owner", PASSWORD)
+    create_panel_users(only=("olga",))
     client = signed_in(app, "olga")
     for path in ("/overview", "/queues", "/queues/system", "/jobs/acl-ok", "/dlq",
                  "/dlq/records/acl-bad", "/dlq/analytics", "/dlq/export.csv", "/system", "/audit"):

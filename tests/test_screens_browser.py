@@ -12,15 +12,15 @@ import time
 import pytest
 from browser_support import shot
 from conftest import apply_env
+from helpers import browser_sign_in_as, create_panel_users
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the seeding runs)
-from backstop import dlq, keys, producers, redrive, registry, users
+from backstop import dlq, keys, producers, redrive, registry
 from backstop.dates import format_when
 from backstop.dlq import Filters
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 
-PASSWORD = "correct horse battery"
 DESK, PHONE = 1440, 390
 LONG_NOTE = "customer asked twice; " * 20
 
@@ -36,7 +36,7 @@ def run_system_jobs(config: dict) -> None:
 
 def seed() -> dict:
     """Jobs in several states, 24 dead letters over a day, their events; returns ids to visit."""
-    users.create("olga", "owner", PASSWORD)
+    create_panel_users(only=("olga",))
     producers.enqueue("email.send", {"to": ["ana@example.com"], "subject": "Hi", "text": "x"})
     producers.enqueue("email.send", {"to": ["bo@example.com"], "subject": "Later", "text": "x"},
                       delay=3600)
@@ -64,14 +64,6 @@ def write_old_records(count: int) -> None:
                                    + (" " + LONG_NOTE if n == 0 else "")},
               3, now - n * 3600 - 60) for n in range(count)]
     dlq.write_records(items)
-
-
-def sign_in(page, base: str) -> None:
-    page.goto(base + "/login")
-    page.fill("input[name=name]", "olga")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button.primary")
-    page.wait_for_url("**/overview")
 
 
 def new_page(browser, lang: str, width: int, base: str):
@@ -105,7 +97,7 @@ def visit_all(browser, base: str, ids: dict, lang: str, width: int) -> dict[str,
     prefix = f"screen-{lang}-{width}-"
     page.goto(base + "/login")
     shot(page, prefix + "login")
-    sign_in(page, base)
+    browser_sign_in_as(page, base, "olga")
     overflows = {}
     for name, path in pages(ids):
         page.goto(base + path)
@@ -148,7 +140,7 @@ def signed_in_page(seeded, browser):
     def open_page(lang: str, width: int):
         page = new_page(browser, lang, width, seeded[0])
         opened.append(page)
-        sign_in(page, seeded[0])
+        browser_sign_in_as(page, seeded[0], "olga")
         return page
 
     yield open_page
@@ -288,7 +280,8 @@ def test_times_are_shown_in_the_browsers_time_zone(seeded, browser):
                                   timezone_id="Asia/Tehran")
     try:
         page = context.new_page()
-        sign_in(page, base)  # the first page tells the server the zone, in a cookie
+        # the first page tells the server the zone, in a cookie
+        browser_sign_in_as(page, base, "olga")
         assert {c["name"]: c["value"] for c in context.cookies()}["tz"] == "Asia/Tehran"
         page.goto(base + f"/jobs/{ids['job']}")
         created = registry.get_job(ids["job"])["created_at"]

@@ -5,15 +5,13 @@ max_tokens and other plain fields stay readable."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
 from conftest import apply_env
 from dlq_helpers import make_dead
+from helpers import panel_app, signed_in
 
-from backstop import audit, dlq_maintenance, redaction, registry, tokens, users
-
-PASSWORD = "correct horse battery"
+from backstop import audit, dlq_maintenance, redaction, registry, tokens
 
 
 def secret_names() -> list[str]:
@@ -46,22 +44,7 @@ def leaked(text: str) -> list[str]:
 
 @pytest.fixture
 def app(r):
-    apply_env(COOKIE_SECURE="0")
-    from app import create_app
-
-    application = create_app()
-    application.testing = True
-    users.create("vera", "viewer", PASSWORD)
-    return application
-
-
-def signed_in(app, name: str):
-    client = app.test_client()
-    page = client.get("/login").get_data(as_text=True)
-    token = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page).group(1)
-    assert client.post("/login", data={"name": name, "password": PASSWORD,
-                                       "csrf_token": token}).status_code == 302
-    return client
+    return panel_app(only=("vera",))
 
 
 def test_no_secret_reaches_any_surface_and_plain_fields_stay_readable(app, tmp_path):

@@ -317,6 +317,11 @@ def start_redrive():
     return redirect(url_for("pages.dlq_page", **flt.as_dict()))
 
 
+REDRIVE_CHANGED = {"pause": lazy_gettext("Redrive %(id)s paused."),
+                   "resume": lazy_gettext("Redrive %(id)s resumed."),
+                   "cancel": lazy_gettext("Redrive %(id)s cancelled.")}
+
+
 @bp.post("/dlq/redrives/<redrive_id>/<verb>")
 @require_role("operator")
 @MUTATE
@@ -328,6 +333,7 @@ def change_redrive(redrive_id: str, verb: str):
         abort(404, _("A redrive can be paused, resumed or cancelled."))
     try:
         actions[verb](redrive_id, g.actor)
+        flash(str(REDRIVE_CHANGED[verb]) % {"id": redrive_id}, "ok")
     except BackstopError as exc:
         failed(exc)
     return back(url_for("pages.dlq_page"))
