@@ -165,3 +165,20 @@ def test_times_follow_the_viewers_zone_language_and_calendar(app, lang, tz_cooki
     assert shown in page
     if lang == "fa":
         assert any(digit in shown for digit in "۰۱۲۳۴۵۶۷۸۹") and "20" not in shown
+
+
+def test_cancelling_a_redrive_keeps_the_dlq_filter(app):
+    from backstop import redrive
+    from backstop.dlq import Filters
+
+    make_dead([{"cause": 1}])
+    started = redrive.start("user:oscar", Filters(), 0.1)
+    client = signed_in(app, "oscar")
+    page = client.get("/dlq?queue=system").get_data(as_text=True)
+    form = re.search(rf'action="/dlq/redrives/{started["id"]}/cancel">(.*?)</form>', page,
+                     re.S).group(1)
+    fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', form))
+    done = client.post(f"/dlq/redrives/{started['id']}/cancel",
+                       data={k: html.unescape(v) for k, v in fields.items()})
+    assert done.status_code == 302 and done.headers["Location"] == "/dlq?queue=system"
+    assert redrive.progress(started["id"])["status"] == "cancelled"
