@@ -66,7 +66,7 @@ def in_process_worker() -> WorkerProcess:
 
 def system_row(page: str) -> list[str]:
     """The system queue's cells on the queues table: name, six states, processed, DLQ, ..."""
-    row = re.search(r"<tr>\s*<th><a [^>]*>system</a></th>(.*?)</tr>", page, re.S).group(1)
+    row = re.search(r"<tr>\s*<th[^>]*><a [^>]*>system</a></th>(.*?)</tr>", page, re.S).group(1)
     return [text_of(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
 
 
