@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 from flask import Flask, url_for
+from flask_babel import format_timedelta
 from flask_login import current_user
 
 from backstop import tokens
@@ -17,11 +19,17 @@ def register_templating(app: Flask) -> None:
     app.context_processor(page_globals)
     app.add_template_filter(when)
     app.add_template_filter(pretty_json)
+    app.add_template_filter(duration)
 
 
 def when(ts) -> str:
     """A unix time in the viewer's zone, language, calendar and digits."""
     return format_when(ts, select_locale(), select_timezone())
+
+
+def duration(seconds: int) -> str:
+    """A length of time in the viewer's language, rounded as people say it ("3 hours")."""
+    return format_timedelta(timedelta(seconds=seconds), threshold=1.1)
 
 
 def pretty_json(value) -> str:
