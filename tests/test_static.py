@@ -36,3 +36,18 @@ def test_the_baseline_compare_tells_worse_from_better():
     assert mypy_baseline.compare(Counter({"a.py": 2, "b.py": 1}), baseline) == ([], [])
     assert mypy_baseline.compare(Counter({"a.py": 3, "c.py": 1}), baseline) == (
         ["a.py: 2 -> 3", "c.py: 0 -> 1"], ["b.py: 1 -> 0"])
+
+
+def test_the_core_never_imports_flask():
+    """backstop/ is shared by the worker and the web role: Flask stays in app.py and web/."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "backstop").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                          if n.split(".")[0] in ("flask", "werkzeug", "web")
+                          or n.startswith("flask_")]
+    assert not offenders, offenders
