@@ -177,7 +177,7 @@ def _missing(redrive_id: str) -> DlqError:
 
 
 # ---- starting ----
-def start(actor: str, flt: Filters, rate: float, queue: str | None = None) -> dict:
+def start(actor: str, flt: Filters, rate: float | None, queue: str | None = None) -> dict:
     """Start replaying every record the filter selects at ``rate`` jobs/s, in the background.
 
     actor: who started it (kept, and in every event). queue: replay into this queue; None

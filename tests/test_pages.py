@@ -182,3 +182,14 @@ def test_cancelling_a_redrive_keeps_the_dlq_filter(app):
                        data={k: html.unescape(v) for k, v in fields.items()})
     assert done.status_code == 302 and done.headers["Location"] == "/dlq?queue=system"
     assert redrive.progress(started["id"])["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("typed, said", [("[1, 2]", "must be a JSON object"),
+                                         ("{not json", "Expecting property name")])
+def test_an_edit_that_is_not_a_json_object_is_refused_by_name(app, typed, said):
+    [job_id] = make_dead([{"cause": 1}])
+    record_id = registry.get_job(job_id).get("dlq_id") or job_id
+    client = signed_in(app, "oscar")
+    refused = client.post(f"/dlq/records/{record_id}/edit",
+                          data={"csrf_token": client.csrf, "payload": typed})
+    assert refused.status_code == 422 and said in refused.get_data(as_text=True)

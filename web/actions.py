@@ -202,10 +202,9 @@ def replay_record(record_id: str):
 def edit_record(record_id: str):
     """Edit-then-replay: show the diff first, replay on confirmation."""
     try:
-        payload = bounded_json.loads(request.form.get("payload", ""))
-        preview = replay.preview_edit(record_id, payload if isinstance(payload, dict) else None,
-                                      actor=g.actor, owner=can("owner"))
-    except (ValueError, TypeError, BackstopError) as exc:
+        payload = edited_payload()
+        preview = replay.preview_edit(record_id, payload, actor=g.actor, owner=can("owner"))
+    except (ValueError, BackstopError) as exc:
         message = getattr(exc, "errors", None) or str(exc)
         if not request.form.get("confirm"):
             audit_note(action="dlq.edit_replay.preview")
@@ -221,6 +220,14 @@ def edit_record(record_id: str):
                          resend_token=request.form.get("resend_token"))
     flash(_("Replayed with the edited payload as %(attempt)s.", attempt=done["attempt_id"]), "ok")
     return redirect(url_for("pages.job_page", job_id=done["attempt_id"]))
+
+
+def edited_payload() -> dict:
+    """The edit box's JSON object; a ValueError saying what is wrong otherwise."""
+    payload = bounded_json.loads(request.form.get("payload", ""))
+    if not isinstance(payload, dict):
+        raise ValueError(_("The payload must be a JSON object: {\"field\": value, ...}."))
+    return payload
 
 
 @bp.post("/dlq/records/<record_id>/delete")
@@ -256,7 +263,7 @@ def bulk_records():
     flt = form_filter() if not ids else None
     scope = {"action": action, "ids": sorted(ids or []), "filter": flt and flt.as_dict()}
     audit_note(target=scope_target(ids, flt), bulk_action=action)
-    count = len(ids) if ids else dlq.count_matching(flt)
+    count = dlq.count_matching(flt) if flt is not None else len(ids or [])
     if not confirmed("dlq.bulk", scope):
         return confirm_step("dlq.bulk", scope, count, str(BULK_RECORD_TEXT[action]),
                             danger=action == "delete", ids=ids or [], action=action,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from functools import wraps
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
@@ -56,8 +57,9 @@ class PanelUser(UserMixin):
 def load_user(key: str):
     name, _sep, session_id = key.partition(":")
     info = users.get(name)
-    alive = info and users.session_valid(name, session_id, touch=not background_request())
-    return PanelUser(info, session_id) if alive else None
+    if not info or not users.session_valid(name, session_id, touch=not background_request()):
+        return None
+    return PanelUser(info, session_id)
 
 
 def background_request() -> bool:
@@ -200,7 +202,8 @@ def audit_refusal(status: int, reason: str, *, action: str | None = None,
     refusal into a 500: it is logged here instead."""
     action = action or attempted_action()
     actor, ip = refusal_actor(), request.remote_addr or ""
-    fields = {"summary": request_summary(reason), "ip": ip, "result": f"refused {status}",
+    fields: dict[str, Any] = {"summary": request_summary(reason), "ip": ip,
+                              "result": f"refused {status}",
               "user_agent": request.user_agent.string}
     try:
         if quiet_seconds:

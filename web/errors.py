@@ -4,6 +4,7 @@ the navigation in the panel. Redis trouble is a 503 (try later) wherever it stri
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import redis
 from flask import Flask, current_app, jsonify, make_response, render_template, request
@@ -84,7 +85,7 @@ def panel_message(exc: HTTPException) -> str:
 
 def backstop_error(exc: BackstopError):
     """A refusal from the core: which field or which rule, with the status that fits."""
-    status, body = backstop_status(exc), {"error": str(exc)}
+    status, body = backstop_status(exc), dict[str, Any](error=str(exc))
     if isinstance(exc, UnknownJob):
         body["fields"] = [{"field": "job", "message": str(exc)}]
     elif isinstance(exc, (PayloadError, FilterError)):
