@@ -193,3 +193,18 @@ def test_an_edit_that_is_not_a_json_object_is_refused_by_name(app, typed, said):
     refused = client.post(f"/dlq/records/{record_id}/edit",
                           data={"csrf_token": client.csrf, "payload": typed})
     assert refused.status_code == 422 and said in refused.get_data(as_text=True)
+
+
+def test_the_trend_chart_labels_hours_in_the_viewers_zone(app):
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    make_dead([{"cause": 1}])
+    client = signed_in(app, "vera")
+    client.set_cookie("tz", "Asia/Tehran")  # UTC+3:30: every hour starts at :30 there
+    page = client.get("/dlq/analytics?tab=trends").get_data(as_text=True)
+    this_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    local = this_hour.astimezone(ZoneInfo("Asia/Tehran")).strftime("%H:%M")
+    labels = re.findall(r"<span>(\d\d:\d\d)</span>", page.split('class="chart-x"')[1])
+    assert labels[-1] == local and local.endswith(":30"), labels
+    assert f"<bdi>{local}</bdi> (1)" in page, "the peak hour too"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from flask import Flask, url_for
 from flask_babel import format_timedelta
@@ -11,7 +11,7 @@ from flask_login import current_user
 
 from backstop import tokens
 from backstop.config import settings
-from backstop.dates import format_when
+from backstop.dates import format_when, zone
 from web.i18n import LANGUAGES, RTL, select_locale, select_timezone
 
 
@@ -20,6 +20,7 @@ def register_templating(app: Flask) -> None:
     app.add_template_filter(when)
     app.add_template_filter(pretty_json)
     app.add_template_filter(duration)
+    app.add_template_filter(hour_label)
 
 
 def when(ts) -> str:
@@ -30,6 +31,12 @@ def when(ts) -> str:
 def duration(seconds: int) -> str:
     """A length of time in the viewer's language, rounded as people say it ("3 hours")."""
     return format_timedelta(timedelta(seconds=seconds), threshold=1.1)
+
+
+def hour_label(bucket: str) -> str:
+    """An hour bucket ("YYYYMMDDHH", UTC) as the viewer's local clock time ("11:30")."""
+    start = datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC)
+    return start.astimezone(zone(select_timezone())).strftime("%H:%M")
 
 
 def pretty_json(value) -> str:
