@@ -28,6 +28,9 @@ LEVELS = ("", "info", "warning", "error")
 
 @dataclass(frozen=True)
 class Page:
+    """One panel page: its URL rule, template, self-refreshing partials, the context builder
+    (request arguments in, context with page_args out), its live topic and audit action."""
+
     name: str
     rule: str
     template: str
@@ -43,8 +46,9 @@ class Page:
 
 def whole(value: str | None, default: int = 0) -> int:
     """A non-negative whole number from an argument; default when it is not one."""
-    return int(value) if value and value.isascii() and value.isdigit() and len(value) < 9 \
-        else default
+    if value and value.isascii() and value.isdigit() and len(value) < 9:
+        return int(value)
+    return default
 
 
 def kept(**args) -> Args:
