@@ -171,5 +171,7 @@ STATE_WORDS = [
     N_("stalled"), N_("paused"), N_("resumed"), N_("alert"), N_("enqueued"), N_("requeued"),
     N_("open"), N_("replaying"), N_("resolved"), N_("pending"), N_("never"), N_("once"),
     N_("several"), N_("limit"), N_("dlq.archived"), N_("info"), N_("warning"), N_("error"),
-    N_("critical"), N_("running"), N_("done"),
+    N_("critical"), N_("running"), N_("done"), N_("deleted"), N_("missing"), N_("ok"),
+    N_("owner"), N_("operator"), N_("viewer"), N_("redrive.started"), N_("redrive.finished"),
+    N_("redrive.paused"), N_("redrive.resumed"), N_("redrive.cancelled"),
 ]
