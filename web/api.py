@@ -16,7 +16,6 @@ from flask import (
 
 from backstop import dlq, export, producers, redrive, registry, replay, tokens
 from backstop.dlq import Filters
-from backstop.errors import PayloadError, UnknownJob
 from web.auth import audit_note, audited, require_token, scope_target
 from web.extensions import csrf
 from web.params import body_filter, checked_cursor, checked_limit, filters_from, json_body
@@ -36,13 +35,9 @@ def create_job():
         abort(400, 'send a JSON object with "job" (a job name) and "payload" (an object)')
     check_option_types(body)
     job_id = body.get("job_id") or request.headers.get("Idempotency-Key")
-    try:
-        job_id, created = producers.submit(body["job"], body.get("payload", {}), job_id=job_id,
-                                           delay=body.get("delay"), priority=body.get("priority"))
-    except UnknownJob as exc:
-        return jsonify(error=str(exc), fields=[{"field": "job", "message": str(exc)}]), 422
-    except PayloadError as exc:
-        return jsonify(error=str(exc), fields=exc.errors), 422
+    # An unknown job or a bad payload raises: web/errors.py answers 422 naming the fields.
+    job_id, created = producers.submit(body["job"], body.get("payload", {}), job_id=job_id,
+                                       delay=body.get("delay"), priority=body.get("priority"))
     location = url_for("api.show_job", job_id=job_id)
     return jsonify(id=job_id, created=created, location=location), 202, {"Location": location}
 
