@@ -45,9 +45,15 @@ def jalali(moment: datetime) -> str:
     return text.translate(PERSIAN_DIGITS)
 
 
+def known_zone(tzname: str) -> str:
+    """tzname when it names a time zone, else "UTC"."""
+    try:
+        ZoneInfo(tzname)
+    except (ValueError, KeyError, OSError):
+        return "UTC"
+    return tzname
+
+
 def zone(tzname: str) -> tzinfo:
     """The zone named tzname, or UTC when there is no such zone."""
-    try:
-        return ZoneInfo(tzname)
-    except (ValueError, KeyError, OSError):
-        return UTC
+    return ZoneInfo(known_zone(tzname))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 from urllib.parse import unquote
-from zoneinfo import ZoneInfo
 
 from flask import request
+
+from backstop.dates import known_zone
 
 LANGUAGES = {"en": "English", "fa": "فارسی"}
 RTL = {"fa"}
@@ -22,12 +23,7 @@ def select_locale() -> str:
 
 def select_timezone() -> str:
     """The browser's zone from the tz cookie (written encoded: Asia%2FTehran); UTC if bad."""
-    zone = unquote(request.cookies.get("tz", "UTC"))
-    try:
-        ZoneInfo(zone)
-    except (ValueError, KeyError, OSError):
-        return "UTC"
-    return zone
+    return known_zone(unquote(request.cookies.get("tz", "UTC")))
 
 
 def compile_translations() -> None:

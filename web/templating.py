@@ -6,13 +6,13 @@ import json
 from datetime import UTC, datetime, timedelta
 
 from flask import Flask, url_for
-from flask_babel import format_timedelta
+from flask_babel import format_timedelta, get_locale, get_timezone
 from flask_login import current_user
 
 from backstop import tokens
 from backstop.config import settings
-from backstop.dates import format_when, zone
-from web.i18n import LANGUAGES, RTL, select_locale, select_timezone
+from backstop.dates import format_when
+from web.i18n import LANGUAGES, RTL, select_locale
 
 
 def register_templating(app: Flask) -> None:
@@ -24,8 +24,9 @@ def register_templating(app: Flask) -> None:
 
 
 def when(ts) -> str:
-    """A unix time in the viewer's zone, language, calendar and digits."""
-    return format_when(ts, select_locale(), select_timezone())
+    """A unix time in the viewer's zone, language, calendar and digits (the locale and zone
+    are chosen once per request by Flask-Babel)."""
+    return format_when(ts, str(get_locale()), str(get_timezone()))
 
 
 def duration(seconds: int) -> str:
@@ -36,7 +37,7 @@ def duration(seconds: int) -> str:
 def hour_label(bucket: str) -> str:
     """An hour bucket ("YYYYMMDDHH", UTC) as the viewer's local clock time ("11:30")."""
     start = datetime.strptime(bucket, "%Y%m%d%H").replace(tzinfo=UTC)
-    return start.astimezone(zone(select_timezone())).strftime("%H:%M")
+    return start.astimezone(get_timezone()).strftime("%H:%M")
 
 
 def pretty_json(value) -> str:
