@@ -228,3 +228,24 @@ def audit_quiet(marker: str) -> str:
 
 def confirmation(token: str) -> str:
     return _p("confirm", token)
+
+
+def metrics_prefix() -> str:
+    """Prefix of the metrics the FINISH script writes: m:<queue>:<minute> and h:<queue>:<hour>
+    hashes, and total (scripts.METRICS builds the same shapes in Lua)."""
+    return _p("metrics", "")
+
+
+def metrics_minute(queue: str, minute: int) -> str:
+    """One queue's numbers for one minute (unix seconds // 60): fields <job>|<metric>."""
+    return _p("metrics", "m", queue, str(minute))
+
+
+def metrics_hour(queue: str, hour: int) -> str:
+    """One queue's numbers for one hour (unix seconds // 3600): fields <job>|<metric>."""
+    return _p("metrics", "h", queue, str(hour))
+
+
+def metrics_total() -> str:
+    """Every number since the start, never trimmed: fields <queue>|<job>|<metric>."""
+    return _p("metrics", "total")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import dlq, dlq_maintenance, keys, poison, redrive
+from . import dlq, dlq_maintenance, keys, metrics, poison, redrive
 from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -138,6 +138,7 @@ class WorkerProcess:
         self.last_beat_ok = time.monotonic()
         self.missing: dict[str, float] = {}  # worker id -> when its heartbeat was first gone
         self.outage = OutageLog(log)
+        self.metrics_args = metrics.retention_args()
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -428,7 +429,8 @@ class WorkerProcess:
             keys=[keys.job(run.job_id), qk.processing, qk.stats,
                   qk.schedule if outcome == "retry" else qk.queue, keys.timeline(run.job_id)],
             args=script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at,
-                             keep, timeline, event_text, run.token, *(dlq_fields or [])))
+                             keep, timeline, event_text, run.token, *self.metrics_args,
+                                  *(dlq_fields or [])))
 
     @staticmethod
     def _outcome_json(run: Running, outcome: str, now: float, run_at: float,

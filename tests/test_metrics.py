@@ -1,0 +1,124 @@
+"""Metrics written where jobs finish: counts by outcome, runtime and wait histograms, and the
+percentiles read back from them (backstop.metrics, scripts.METRICS)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import apply_env
+
+import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
+from backstop import keys, metrics, producers
+from backstop.hueys import huey_for
+from backstop.metrics import BOUNDS, Histogram
+from backstop.runner import WorkerProcess
+
+NO_RETRY_WAIT = {"system": {"attempts": 2, "rate_limit": 0, "backoff_base": 0,
+                            "concurrency": 1}}
+
+
+def bucket_index(seconds: float) -> int:
+    return next((i for i, bound in enumerate(BOUNDS) if seconds <= bound), len(BOUNDS))
+
+
+def within_one_bucket(estimate_ms: float, truth_s: float) -> bool:
+    return abs(bucket_index(estimate_ms / 1000) - bucket_index(truth_s)) <= 1
+
+
+@pytest.fixture
+def worker(r):
+    apply_env(BACKSTOP_QUEUES=json.dumps(NO_RETRY_WAIT))
+    process = WorkerProcess(("system",))
+    huey_for("system").storage.processing_key = keys.processing(process.id, "system")
+    return process
+
+
+def run_all(worker: WorkerProcess) -> None:
+    while worker.run_next("system"):
+        worker.promote_due()
+    time.sleep(0.01)  # a retry's due time (backoff 0) is now; promote it and run it
+    worker.promote_due()
+    if worker.run_next("system"):
+        run_all(worker)
+
+
+def test_quantiles_interpolate_inside_the_bucket_that_holds_them():
+    hist = Histogram()
+    hist.counts[bucket_index(0.02)] = 10  # (10 ms, 25 ms]
+    hist.counts[bucket_index(0.2)] = 10   # (100 ms, 250 ms]
+    assert hist.quantile(0.25) == pytest.approx(0.0175)  # halfway into the first bucket
+    assert hist.quantile(0.75) == pytest.approx(0.175)
+    assert hist.quantile(1.0) == pytest.approx(0.25)
+    assert Histogram().quantile(0.5) is None
+    above = Histogram()
+    above.counts[-1] = 3
+    assert above.quantile(0.99) == BOUNDS[-1], "above every bound: the highest bound"
+
+
+def test_known_durations_give_percentiles_within_one_bucket(worker):
+    sleeps = [0.02] * 10 + [0.05] * 8 + [0.2] * 2
+    producers.enqueue_many([{"job": "test.work", "payload": {"seconds": s}} for s in sleeps])
+    run_all(worker)
+    figures = metrics.read(worker.r, lambda pipe: metrics.recent(pipe, ["system"]))[0]
+    runtime = figures["system"]["jobs"]["test.work"].runtime.percentiles()
+    assert runtime["count"] == 20
+    truth = {"p50": 0.02, "p95": 0.2, "p99": 0.2}  # ranks 10, 19 and 19.8 of 20
+    for name, seconds in truth.items():
+        assert within_one_bucket(runtime[name], seconds), (name, runtime)
+    assert 50 < runtime["mean"] < 80, runtime  # (0.2 + 0.4 + 0.4) / 20 = 50 ms, plus overhead
+    assert figures["system"]["all"].processed == 20
+
+
+def test_outcomes_are_counted_per_job_and_in_the_never_trimmed_totals(worker):
+    producers.enqueue_many([{"job": "test.work", "payload": {}}] * 3
+                           + [{"job": "test.fail", "payload": {}}] * 2)
+    run_all(worker)
+    recent, totals = metrics.read(worker.r, lambda p: metrics.recent(p, ["system"]),
+                                  metrics.totals)
+    work, fail = recent["system"]["jobs"]["test.work"], recent["system"]["jobs"]["test.fail"]
+    assert (work.ok, work.retry, work.dead) == (3, 0, 0)
+    assert (fail.ok, fail.retry, fail.dead) == (0, 2, 2), "two attempts each: one retry, dead"
+    assert fail.error_rate() == 1.0 and recent["system"]["all"].failed == 4
+    assert totals[("system", "test.fail")].dead == 2
+    assert totals[("system", "test.work")].runtime.count == 3
+
+
+def test_wait_runs_from_enqueue_to_start(worker):
+    producers.enqueue("test.work", {})
+    time.sleep(0.3)
+    run_all(worker)
+    wait = metrics.read(worker.r, lambda p: metrics.recent(p, ["system"]))[0][
+        "system"]["all"].wait
+    assert wait.count == 1
+    assert 0.3 <= wait.total < 1.0, wait.total
+    assert wait.counts[bucket_index(wait.total)] == 1
+
+
+def test_minute_and_hour_buckets_expire_after_their_retention(worker):
+    apply_env(BACKSTOP_QUEUES=json.dumps(NO_RETRY_WAIT), METRICS_MINUTE_HOURS="1",
+              METRICS_HOURLY_DAYS="2")
+    worker.metrics_args = metrics.retention_args()
+    producers.enqueue("test.work", {})
+    run_all(worker)
+    now = time.time()
+    minute_ttl = worker.r.ttl(keys.metrics_minute("system", metrics.minute_of(now)))
+    hour_ttl = worker.r.ttl(keys.metrics_hour("system", int(now // 3600)))
+    assert 3600 <= minute_ttl <= 3600 + 120
+    assert 2 * 86400 <= hour_ttl <= 2 * 86400 + 7200
+    assert worker.r.ttl(keys.metrics_total()) == -1
+
+
+def test_a_series_merges_minutes_into_steps(r):
+    now = 1_800_000_000.0
+    pipe = r.pipeline()
+    for back in range(10):
+        key = keys.metrics_minute("email", metrics.minute_of(now) - back)
+        pipe.hset(key, mapping={"email.send|ok": 1, "email.send|r3": 1})
+    pipe.hset(keys.metrics_minute("email", metrics.minute_of(now)), "backlog", 7)
+    pipe.execute()
+    points = metrics.read(r, lambda p: metrics.series(p, "email", 10, points=5, now=now))[0]
+    assert [p["figures"].processed for p in points] == [2, 2, 2, 2, 2]
+    assert points[-1]["backlog"] == 7 and points[0]["backlog"] is None
+    assert points[-1]["t"] == (metrics.minute_of(now) - 1) * 60
