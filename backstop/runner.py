@@ -68,6 +68,7 @@ class Running:
     since: float = field(default_factory=time.time)
     timed_out: bool = False
     isolated: bool = False
+    thread: str = field(default_factory=lambda: threading.current_thread().name)
 
 
 @dataclass(frozen=True)
@@ -472,9 +473,11 @@ class WorkerProcess:
         now = time.time()
         with self.lock:
             current = [{"job_id": r.job_id, "queue": r.queue, "job": r.job_name,
-                        "since": r.since} for r in self.running.values()]
+                        "since": r.since, "thread": r.thread} for r in self.running.values()]
+        threads = {q: self.concurrency or queue_config(q).concurrency for q in self.queues}
         info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-                "queues": list(self.queues), "current": current, **self.counts,
+                "queues": list(self.queues), "threads": threads, "current": current,
+                **self.counts,
                 "started_at": self.started_at, "last_beat": now}
         ttl = max(1, int(settings().float("worker_heartbeat_ttl")))
         pipe = self.r.pipeline(transaction=False)

@@ -6,9 +6,11 @@ Plain dicts; each function is a bounded number of commands in one or two round t
 from __future__ import annotations
 
 import json
+import threading
 import time
 
-from . import keys
+from . import keys, metrics
+from .config import settings
 from .connection import client
 from .contracts import QUEUES, queue_configs
 from .registry import STATES, counts
@@ -78,3 +80,87 @@ def redis_health() -> dict:
             "uptime_seconds": info.get("uptime_in_seconds"),
             "eviction_policy": info.get("maxmemory_policy"),
             "aof": bool(info.get("aof_enabled"))}
+
+
+# ---- monitoring: everything a queue's health is judged from, in one round trip ----
+def monitor(now: float | None = None) -> dict:
+    """Per queue: counts by state, paused flag, oldest waiting job's age, live workers
+    consuming it, DLQ records, and the last 5 minutes of metrics (processed per minute,
+    error rate, runtime and wait percentiles, per job name too); and every worker process.
+
+    One pipelined round trip (plus the worker details' MGET). Cached for STATS_CACHE_SECONDS
+    in this process, since several parts of a page (and /metrics, /health) read it.
+    """
+    if now is not None:
+        return _monitor(now)
+    return _cached("monitor", _monitor)
+
+
+def _monitor(now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    r = client()
+    reads = [lambda p: _queue_reads(p), lambda p: metrics.recent(p, QUEUES, 5, now)]
+    (counts_by_queue, paused, letters, oldest), recent = metrics.read(r, *reads)
+    alive = [w for w in workers() if w["alive"]]
+    queues = {}
+    for queue in QUEUES:
+        figures = recent[queue]
+        consumers = [w for w in alive if queue in w.get("queues", ())]
+        queues[queue] = {
+            "queue": queue, "counts": counts_by_queue[queue], "paused": queue in paused,
+            "oldest_waiting_age": round(now - oldest[queue], 3) if oldest[queue] else None,
+            "workers": len(consumers),
+            "threads": sum(_threads(w, queue) for w in consumers),
+            "dead_letters": letters[queue], "per_minute": figures["per_minute"],
+            **figures["all"].summary(),
+            "jobs": {job: f.summary() for job, f in sorted(figures["jobs"].items())}}
+    return {"taken_at": now, "queues": queues, "workers": alive}
+
+
+def _threads(worker: dict, queue: str) -> int:
+    return int(worker.get("threads", {}).get(queue, 1))
+
+
+def _queue_reads(pipe):
+    for queue in QUEUES:
+        for state in STATES:
+            pipe.zcard(keys.state_index(queue, state))
+    pipe.smembers(keys.paused())
+    pipe.hmget(keys.dlq_counts(), [f"queue:{q}" for q in QUEUES])
+    for queue in QUEUES:
+        pipe.zrange(keys.state_index(queue, "waiting"), 0, 0, withscores=True)
+
+    def finish(results: list) -> tuple:
+        n = len(QUEUES) * len(STATES)
+        values = iter(results[:n])
+        counts_by_queue = {q: {s: next(values) for s in STATES} for q in QUEUES}
+        paused, letters, *firsts = results[n:]
+        oldest = {q: (first[0][1] if first else None)
+                  for q, first in zip(QUEUES, firsts, strict=True)}
+        dead = {q: int(v or 0) for q, v in zip(QUEUES, letters, strict=True)}
+        return counts_by_queue, set(paused), dead, oldest
+
+    return finish
+
+
+_CACHE: dict[str, tuple[float, object]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _cached(name: str, compute):
+    """compute(), reused for STATS_CACHE_SECONDS by every thread of this process."""
+    ttl = settings().float("stats_cache_seconds")
+    with _CACHE_LOCK:
+        hit = _CACHE.get(name)
+        if hit and time.monotonic() - hit[0] < ttl:
+            return hit[1]
+    value = compute()
+    with _CACHE_LOCK:
+        _CACHE[name] = (time.monotonic(), value)
+    return value
+
+
+def forget() -> None:
+    """Drop this process's cached stats (after a write this process made: pause, purge ...)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()

@@ -10,7 +10,7 @@ import pytest
 from conftest import apply_env
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import keys, metrics, producers
+from backstop import keys, metrics, producers, stats
 from backstop.hueys import huey_for
 from backstop.metrics import BOUNDS, Histogram
 from backstop.runner import WorkerProcess
@@ -122,3 +122,22 @@ def test_a_series_merges_minutes_into_steps(r):
     assert [p["figures"].processed for p in points] == [2, 2, 2, 2, 2]
     assert points[-1]["backlog"] == 7 and points[0]["backlog"] is None
     assert points[-1]["t"] == (metrics.minute_of(now) - 1) * 60
+
+
+def test_monitor_reads_counts_age_workers_and_recent_figures_together(worker):
+    producers.enqueue_many([{"job": "test.work", "payload": {}}] * 2
+                           + [{"job": "test.fail", "payload": {}}])
+    run_all(worker)
+    producers.enqueue("test.work", {})
+    worker.beat()
+    later = time.time() + 2
+    seen = stats.monitor(now=later)
+    system = seen["queues"]["system"]
+    assert system["counts"]["waiting"] == 1 and system["counts"]["dead"] == 1
+    assert 2 <= system["oldest_waiting_age"] < 4
+    assert system["workers"] == 1 and system["threads"] == 1
+    assert system["processed"] == 4 and system["failed"] == 2 and system["error_rate"] == 0.5
+    assert system["jobs"]["test.fail"]["dead"] == 1
+    assert system["dead_letters"] == 1
+    assert seen["queues"]["email"]["oldest_waiting_age"] is None
+    assert seen["queues"]["email"]["workers"] == 0, "the worker consumes only the system queue"
