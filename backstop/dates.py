@@ -16,7 +16,7 @@ from datetime import UTC, datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 import jdatetime
-from babel.dates import format_datetime
+from babel.dates import format_date, format_datetime
 
 EMPTY = "—"
 PERSIAN_DIGITS = str.maketrans("0123456789", "۰۱۲۳۴۵۶۷۸۹")
@@ -57,3 +57,14 @@ def known_zone(tzname: str) -> str:
 def zone(tzname: str) -> tzinfo:
     """The zone named tzname, or UTC when there is no such zone."""
     return ZoneInfo(known_zone(tzname))
+
+
+def format_day(ts: float, locale: str, tzname: str) -> str:
+    """A unix time's day, short, in locale's calendar, in the zone tzname: "Mar 12" in
+    English, "12 آذر" in Persian (Solar Hijri; Latin digits, as beside a chart's other
+    labels)."""
+    moment = datetime.fromtimestamp(float(ts), UTC).astimezone(zone(tzname))
+    if locale.split("_")[0] == "fa":
+        day = jdatetime.date.fromgregorian(date=moment.date())
+        return f"{day.day} {JALALI_MONTHS[day.month - 1]}"
+    return format_date(moment, "MMM d", locale=locale)

@@ -4,8 +4,9 @@ fragment and its websocket push. Plain data only; no Flask here."""
 from __future__ import annotations
 
 import json
+import time
 
-from . import audit, dlq, redrive, registry, stats
+from . import audit, charts, dlq, redrive, registry, stats
 from .config import SETTINGS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
@@ -34,11 +35,47 @@ def recent_feed(level: str = "", count: int = 50) -> list[dict]:
 def overview(level: str = "") -> dict:
     rows = stats.queue_overview()
     workers = stats.workers()
+    seen = stats.monitor()
     return {"queues": rows, "summary": stats.summary(rows), "redis": _redis_or_error(),
             "workers_alive": sum(1 for w in workers if w["alive"]),
             "workers_gone": sum(1 for w in workers if not w["alive"]),
             "dlq": dlq.capacity(), "paused": [r["queue"] for r in rows if r["paused"]],
-            "events": recent_feed(level), "level": level}
+            "events": recent_feed(level), "level": level,
+            "pulse": pulse(seen), "running": running_now(seen)}
+
+
+def pulse(seen: dict) -> list[dict]:
+    """One row per queue for the overview: its last 5 minutes' figures (stats.monitor) and
+    the last hour's processed and failed per minute as a sparkline."""
+    sparks = stats.cached("sparklines", lambda: charts.sparklines(QUEUES))
+    return [{**seen["queues"][q], "spark": sparks[q]} for q in QUEUES]
+
+
+def running_now(seen: dict, queue: str | None = None) -> list[dict]:
+    """Every job a live worker is running (of one queue, if given), the longest running
+    first: job id and name, queue, host, pid, worker id, thread and seconds elapsed."""
+    rows = [{**job, "host": w.get("host"), "pid": w.get("pid"), "worker": w.get("id"),
+             "elapsed": max(seen["taken_at"] - float(job.get("since") or 0), 0.0)}
+            for w in seen["workers"] for job in w.get("current") or []
+            if queue is None or job.get("queue") == queue]
+    return sorted(rows, key=lambda row: -row["elapsed"])
+
+
+def job_timing(job: dict, now: float) -> dict:
+    """How long a job waited for its last start and how long that run took, in seconds
+    (None where it does not apply): an active job's run so far, a waiting job's wait so
+    far ("running" / "waiting" say so). The wait runs from when the job was due (enqueued,
+    or its delay or retry ran out) to its start, as the metrics count it."""
+    state, started = job.get("state"), job.get("started_at")
+    due = max(job.get("created_at") or 0.0, job.get("run_at") or 0.0)
+    if state == "waiting":
+        return {"wait": max(now - due, 0.0) if due else None, "duration": None,
+                "waiting": True, "running": False}
+    ended = {"active": now, "completed": job.get("finished_at"), "dead": job.get("finished_at"),
+             "failed": job.get("updated_at")}.get(state or "")
+    ran = ended - started if started and ended and ended >= started else None
+    wait = started - due if started and due and due <= started else None
+    return {"wait": wait, "duration": ran, "waiting": False, "running": state == "active"}
 
 
 def _redis_or_error() -> dict:
@@ -54,9 +91,11 @@ def queues_page() -> dict:
 
 
 def queue_page(queue: str, state: str = "waiting", q: str = "", offset: int = 0,
-               limit: int = 25) -> dict:
+               limit: int = 25, hours: int = charts.DEFAULT_WINDOW, zone: str = "UTC") -> dict:
     """A queue's jobs in one state (newest first), optionally searched by id or payload (the
-    redacted payload: a search must not find a job by its secret)."""
+    redacted payload: a search must not find a job by its secret), each with its wait and
+    duration; the queue's last 5 minutes' figures (per job name too), its charts over the
+    window of ``hours`` (time labels on round times of ``zone``) and its running jobs."""
     state = state if state in STATES else "waiting"
     listed = registry.list_jobs(queue, state, offset, limit if not q else 500)
     # A listing shows neither errors nor timelines: leave them out rather than redact them.
@@ -66,9 +105,16 @@ def queue_page(queue: str, state: str = "waiting", q: str = "", offset: int = 0,
         jobs = [j for j in jobs if needle in j["id"].lower()
                 or needle in json.dumps(j.get("payload", {})).lower()][:limit]
     row = next(r for r in stats.queue_overview() if r["queue"] == queue)
+    now, seen = time.time(), stats.monitor()
+    for job in jobs:
+        job["timing"] = job_timing(job, now)
+    hours = charts.window(hours).hours
     return {"queue": queue, "state": state, "q": q, "jobs": jobs, "offset": offset,
             "limit": limit, "row": row, "states": STATES,
-            "config": shown_config(queue), "more": len(jobs) == limit}
+            "config": shown_config(queue), "more": len(jobs) == limit,
+            "figures": seen["queues"][queue], "running": running_now(seen, queue),
+            "hours": hours, "windows": list(charts.WINDOWS),
+            "charts": charts.queue_charts(queue, hours, zone)}
 
 
 def job_page(job_id: str) -> dict | None:
@@ -76,7 +122,28 @@ def job_page(job_id: str) -> dict | None:
     if job is None:
         return None
     record = dlq.get_record(job.get("dlq_id") or job_id) if job["state"] == "dead" else None
-    return {"job": registry.redacted(job), "dlq_record": record}
+    shown = registry.redacted(job)
+    shown["timeline"] = with_gaps(shown.get("timeline") or [])
+    return {"job": shown, "dlq_record": record, "timing": job_timing(job, time.time())}
+
+
+RUN_ENDINGS = ("completed", "failed", "dead", "requeued", "stalled")
+
+
+def with_gaps(timeline: list[dict]) -> list[dict]:
+    """Timeline entries with "gap": seconds since the entry before, and on the entry that
+    ends a run, "ran": seconds since its start."""
+    out, previous, started = [], None, None
+    for item in timeline:
+        t = float(item.get("t") or 0)
+        shown = {**item, "gap": t - previous if previous is not None else None, "ran": None}
+        if item.get("event") == "started":
+            started = t
+        elif item.get("event") in RUN_ENDINGS and started is not None:
+            shown["ran"], started = t - started, None
+        out.append(shown)
+        previous = t
+    return out
 
 
 def dlq_page(flt: Filters, cursor: str | None = None) -> dict:

@@ -18,7 +18,7 @@ CHEAP_PASSWORD_HASHING = {"PASSWORD_HASH_TIME_COST": "1", "PASSWORD_HASH_MEMORY_
                           "PASSWORD_HASH_PARALLELISM": "1"}
 os.environ.update(CHEAP_PASSWORD_HASHING)
 
-from backstop import config, connection, contracts, redis_server  # noqa: E402
+from backstop import config, connection, contracts, redis_server, stats  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +41,7 @@ def apply_env(**env: str) -> None:
     config.settings.cache_clear()
     connection.reset()
     contracts._CONFIGS.clear()
+    stats.forget()  # figures read from the Redis of the test before
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import Blueprint, abort, flash, render_template, request
+from flask_babel import get_timezone
 from flask_babel import gettext as _
 
 from backstop import audit, panel
@@ -70,10 +71,11 @@ def queue_context(args: Args) -> dict:
     if queue not in QUEUES:
         abort(404, _("There is no queue %(queue)s.", queue=queue))
     context = panel.queue_page(queue, args.get("state", "waiting"), args.get("q", ""),
-                               whole(args.get("offset")))
-    state = context["state"]
+                               whole(args.get("offset")), hours=whole(args.get("hours"), 1),
+                               zone=str(get_timezone()))
+    state, hours = context["state"], context["hours"]
     page_args = kept(state=state if state != "waiting" else "", q=context["q"],
-                     offset=context["offset"])
+                     offset=context["offset"], hours=hours if hours != 1 else 0)
     return {**context, "page_args": {"queue": queue, **page_args}}
 
 
@@ -127,10 +129,11 @@ def audit_context(args: Args) -> dict:
 
 PAGES = {page.name: page for page in [
     Page("overview", "/overview", "overview.html", overview_context,
-         ("health", "queue_rows", "events"), topic=lambda a: "all"),
+         ("health", "pulse", "running", "events"), topic=lambda a: "all"),
     Page("queues", "/queues", "queues.html", queues_context, ("summary", "queue_rows"),
          topic=lambda a: "all"),
-    Page("queue", "/queues/<queue>", "queue.html", queue_context, ("jobs",),
+    Page("queue", "/queues/<queue>", "queue.html", queue_context,
+         ("queue_figures", "charts", "running", "jobs"),
          topic=lambda a: f"queue:{a.get('queue', '')}"),
     Page("job", "/jobs/<job_id>", "job.html", job_context, ("job",),
          topic=lambda a: f"job:{a.get('job_id', '')}"),
