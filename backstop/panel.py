@@ -131,18 +131,19 @@ RUN_ENDINGS = ("completed", "failed", "dead", "requeued", "stalled")
 
 
 def with_gaps(timeline: list[dict]) -> list[dict]:
-    """Timeline entries with "gap": seconds since the entry before, and on the entry that
-    ends a run, "ran": seconds since its start."""
-    out, previous, started = [], None, None
+    """Timeline entries with "gap": seconds since the entry before (None on the first), and
+    "gap_kind": "ran" on the entry that ends a run (since its start), "waited" on a start that
+    followed an enqueue (the wait), else "after"."""
+    out, previous = [], None
     for item in timeline:
         t = float(item.get("t") or 0)
-        shown = {**item, "gap": t - previous if previous is not None else None, "ran": None}
-        if item.get("event") == "started":
-            started = t
-        elif item.get("event") in RUN_ENDINGS and started is not None:
-            shown["ran"], started = t - started, None
-        out.append(shown)
-        previous = t
+        event, before = item.get("event"), previous.get("event") if previous else None
+        kind = ("ran" if event in RUN_ENDINGS and before == "started"
+                else "waited" if event == "started" and before in ("enqueued", "requeued")
+                else "after")
+        gap = t - float(previous.get("t") or 0) if previous else None
+        out.append({**item, "gap": gap, "gap_kind": kind})
+        previous = item
     return out
 
 

@@ -269,8 +269,10 @@ def test_job_lists_and_the_timeline_show_durations(app, worker):
     assert f'data-label="Duration"><bdi class="figure">{round(ran * 1000)} ms' in row, row
     detail = page_of(client, f"/jobs/{job_id}")
     timeline = detail.split('class="timeline"')[1].split("</ol>")[0]
-    assert timeline.count('class="gap"') == 2, "enqueued, +started, +completed"
-    assert f'class="ran">ran {round(ran * 1000)} ms<' in timeline, timeline
+    gaps = re.findall(r'class="gap" data-kind="(\w+)">([^<]+)<', timeline)
+    assert [kind for kind, _ in gaps] == ["waited", "ran"], "enqueued, started, completed"
+    assert re.fullmatch(r"waited 2\d\d ms", gaps[0][1]), gaps
+    assert gaps[1][1] == f"ran {round(ran * 1000)} ms"
     assert f"<dt>Duration</dt><dd><bdi>{round(ran * 1000)} ms</bdi>" in detail
 
 
@@ -336,3 +338,12 @@ def test_running_now_is_refreshed_by_markup_while_the_socket_is_up(app):
     assert 'hx-trigger="every 10s"' in tag and 'hx-swap="outerHTML"' in tag
     assert html.unescape(re.search(r'hx-get="([^"]+)"', tag).group(1)) == \
         "/overview?partial=running"
+
+
+def test_the_timeline_names_the_time_between_its_entries():
+    entries = [{"t": 10.0, "event": "enqueued"}, {"t": 10.5, "event": "started"},
+               {"t": 12.0, "event": "failed"}, {"t": 42.0, "event": "started"},
+               {"t": 42.25, "event": "completed"}]
+    shown = [(e["gap"], e["gap_kind"]) for e in panel.with_gaps(entries)]
+    assert shown == [(None, "after"), (0.5, "waited"), (1.5, "ran"), (30.0, "after"),
+                     (0.25, "ran")], "the retry's back-off is not a wait in the queue"

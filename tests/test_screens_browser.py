@@ -8,18 +8,20 @@ from __future__ import annotations
 import json
 import re
 import time
+from itertools import pairwise
 
 import pytest
-from browser_support import shot
+from browser_support import SCREENSHOTS, shot
+from chart_data import seed_two_days
 from conftest import apply_env
 from helpers import browser_sign_in_as, create_panel_users
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the seeding runs)
-from backstop import dlq, keys, producers, redrive, registry
+from backstop import connection, dlq, keys, producers, redrive, registry
 from backstop.dates import format_when
 from backstop.dlq import Filters
 from backstop.hueys import huey_for
-from backstop.runner import WorkerProcess
+from backstop.runner import Running, WorkerProcess
 
 DESK, PHONE = 1440, 390
 LONG_NOTE = "customer asked twice; " * 20
@@ -49,7 +51,23 @@ def seed() -> dict:
     write_old_records(21)
     started = redrive.start("olga", Filters(queue="email"), rate=1)
     redrive.cancel(started["id"], "olga")
+    seed_metrics()
     return {"job": done, "dead": dead[0]}
+
+
+def seed_metrics() -> None:
+    """Two days of metrics on the email and system queues (the charts), and a worker that
+    has been running an email job for 83 s (running now)."""
+    client = connection.client()
+    seed_two_days(client, "email", ("email.send", "email.otp.send"), time.time())
+    seed_two_days(client, "system", ("test.work",), time.time(), seed=3)
+    apply_env(WORKER_HEARTBEAT_TTL="3600")  # alive for the whole test
+    worker = WorkerProcess(("email", "system"))
+    job_id = producers.enqueue("email.send", {"to": ["cy@example.com"], "subject": "Hi",
+                                              "text": "x"})
+    worker.running[1] = Running(job_id, "email", "email.send", b"", 1, time.time() + 300, "t",
+                                since=time.time() - 83, thread="email-2")
+    worker.beat()
 
 
 def write_old_records(count: int) -> None:
@@ -76,6 +94,7 @@ def new_page(browser, lang: str, width: int, base: str):
 def pages(ids: dict) -> list[tuple[str, str]]:
     """(name, path) of every GET page worth a screenshot."""
     return [("overview", "/overview"), ("queues", "/queues"), ("queue", "/queues/system"),
+            ("queue-charts", "/queues/email"), ("queue-charts-48h", "/queues/email?hours=48"),
             ("queue-dead", "/queues/system?state=dead"), ("job", f"/jobs/{ids['job']}"),
             ("dead-job", f"/jobs/{ids['dead']}"), ("dlq", "/dlq"),
             ("dlq-record", f"/dlq/records/{ids['dead']}"),
@@ -180,7 +199,8 @@ def test_on_a_phone_a_dead_letter_is_a_short_card_and_no_column_is_off_screen(
     heights = [box["height"] for box in boxes(page, "tr[data-record]")]
     assert len(heights) == 24 and max(heights) < 200, heights
     for path, cells in (("/queues", "#queue-rows td, #queue-rows th"),
-                        ("/overview", "#queue-rows td, #queue-rows th, #events li > *"),
+                        ("/overview", "#pulse td, #pulse th, #running td, #events li > *"),
+                        ("/queues/email?hours=6", "#queue-figures td, #charts figure"),
                         ("/queues/system?state=dead", "#jobs td"), ("/system", "#workers td")):
         page.goto(base + path)
         assert overflow(page) <= 0, path
@@ -290,3 +310,45 @@ def test_times_are_shown_in_the_browsers_time_zone(seeded, browser):
                                                                                    "UTC")
     finally:
         context.close()
+
+
+CHART_GEOMETRY = """() => {
+  const box = (el) => { const r = el.getBoundingClientRect();
+                        return {left: r.left, right: r.right, top: r.top, bottom: r.bottom}; };
+  return {card: box(document.querySelector('#charts')),
+          figures: [...document.querySelectorAll('#charts figure.chart.series:not(.empty)')]
+            .map((fig) => ({plot: box(fig.querySelector('.chart-plot')),
+                            axis: box(fig.querySelector('.chart-y')),
+                            times: [...fig.querySelectorAll('.chart-times text')]
+                              .filter((el) => getComputedStyle(el).display !== 'none')
+                              .map((el) => ({...box(el), size: getComputedStyle(el).fontSize}))}))};
+}"""
+
+
+@pytest.mark.parametrize("lang", ["en", "fa"])
+@pytest.mark.parametrize("width", [DESK, PHONE])
+def test_the_queue_charts_read_at_a_desk_and_on_a_phone_in_both_directions(
+        seeded, signed_in_page, lang, width):
+    """Four charts whose time labels stay inside their card without touching each other, time
+    running left to right in both languages, the value axis on the reading side, text that
+    keeps its size on a phone. (Read at one instant: a live push may swap the charts.)"""
+    base, _ = seeded
+    page = signed_in_page(lang, width)
+    page.goto(base + "/queues/email?hours=6")
+    seen = page.evaluate(CHART_GEOMETRY)
+    card = seen["card"]
+    page.screenshot(path=str(SCREENSHOTS / f"charts-{lang}-{width}.png"), full_page=True,
+                    clip={"x": card["left"], "y": card["top"] + page.evaluate("scrollY"),
+                          "width": card["right"] - card["left"],
+                          "height": card["bottom"] - card["top"]})
+    assert overflow(page) <= 0
+    assert len(seen["figures"]) == 4, "the backlog was recorded every minute: four charts"
+    for figure in seen["figures"]:
+        on_the_right = figure["axis"]["left"] >= figure["plot"]["right"] - 1
+        assert on_the_right == (lang == "fa"), "the value axis stands on the reading side"
+        times = figure["times"]
+        assert 3 <= len(times) <= 7, times
+        assert all(a["right"] + 4 <= b["left"] for a, b in pairwise(times)), \
+            "labels apart, earlier ones to the left"
+        assert all(card["left"] <= b["left"] and b["right"] <= card["right"] for b in times)
+        assert {b["size"] for b in times} == {"12px"}, "text does not shrink on a phone"
