@@ -106,7 +106,8 @@ def test_the_root_sends_strangers_to_sign_in(api):
     assert response.status_code == 302 and response.headers["Location"].endswith("/login")
 
 
-def test_commands_find_the_embedded_redis_that_run_started(r, tmp_path, monkeypatch):
+def test_commands_find_the_embedded_redis_that_run_started_and_never_guess_one(
+        r, tmp_path, monkeypatch):
     from conftest import apply_env
 
     from backstop import connection
@@ -115,7 +116,8 @@ def test_commands_find_the_embedded_redis_that_run_started(r, tmp_path, monkeypa
     monkeypatch.setattr(connection, "EMBEDDED_URL_FILE", noted)
     apply_env(REDIS_URL="")
     try:
-        assert connection.redis_url() == connection.DEFAULT_URL
+        with pytest.raises(connection.NoRedisConfigured, match="set REDIS_URL"):
+            connection.redis_url()
         noted.write_text("redis://127.0.0.1:6399/0\n")
         assert connection.redis_url() == "redis://127.0.0.1:6399/0"
     finally:
