@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from backstop import tokens
@@ -191,3 +193,19 @@ def test_a_damaged_cursor_or_limit_on_the_dlq_api_is_a_400(api, query):
 def test_a_filter_that_is_not_an_object_is_a_400_not_a_500(api, path, body):
     response = api.post(path, json=body, headers=bearer("owner"))
     assert response.status_code == 400 and "filter" in response.json["error"]
+
+
+def test_a_worker_without_a_configured_redis_says_what_to_set_and_exits_2():
+    import subprocess
+    import sys
+
+    from backstop import connection
+
+    if connection.EMBEDDED_URL_FILE.exists():
+        pytest.skip("./run's embedded Redis is noted in var/: the worker would use it")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    done = subprocess.run([sys.executable, "worker.py", "--queues", "system"], env=env,
+                          cwd=connection.EMBEDDED_URL_FILE.parent.parent, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "set REDIS_URL" in done.stderr and "Traceback" not in done.stderr
