@@ -487,7 +487,8 @@ class WorkerProcess:
         pipe.expire(keys.worker(self.id), ttl)
         pipe.set(keys.worker(self.id), json.dumps(info), ex=ttl)
         pipe.zadd(keys.workers(), {self.id: now})
-        kept, written, _ = pipe.execute(raise_on_error=False)
+        pipe.hset(keys.queue_consumers(), mapping=dict.fromkeys(self.queues, now))  # health
+        kept, written, *_ = pipe.execute(raise_on_error=False)
         if written is True or kept is True:
             self.last_beat_ok = time.monotonic()
         if isinstance(written, Exception):
