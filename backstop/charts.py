@@ -2,10 +2,14 @@
 
 Decisions:
 - Windows of 1, 6, 24 and 48 hours. 1 h: 60 one-minute steps and 6 h: 72 five-minute steps,
-  both from the minute hashes; 24 h and 48 h: 24 and 48 hourly steps from the hourly roll-ups.
-  Reading 48 h of minute hashes (2,880 HGETALLs of ~60 fields each) took ~0.9 s through
-  ``metrics.series`` and still ~0.3 s summed leanly (Redis alone ~0.2 s): too slow for a page
-  that refreshes every few seconds. The 48 hourly hashes take a few ms (bench/chart_reads.py).
+  both from the minute hashes; 24 h and 48 h: 24 and 48 hourly steps from the hourly roll-ups
+  (``metrics.roll_up_hours``, written by the hourly analytics job for finished hours). Reading
+  48 h of minute hashes (2,880 HGETALLs of ~60 fields each) took ~1.2 s through
+  ``metrics.series`` and still ~0.35 s summed leanly (Redis alone ~0.2 s): too slow for a
+  page that refreshes every few seconds; the hourly hashes take ~20 ms (bench/chart_reads.py).
+  The current hour has no roll-up yet: it is read from its minutes (at most 60). A finished
+  hour without one (the job has not run yet, or no worker runs the schedules) is read from
+  its minutes too, in a second round trip: slower, never blank.
 - A step's figures are the whole queue's: the fields of its hashes are summed by metric
   (every job name together) and one ``metrics.Figures`` is built from the sums, ~7x faster
   than parsing job by job, which a chart does not need.
@@ -13,8 +17,8 @@ Decisions:
   A percentile is None in a step without observations: its line breaks there instead of
   dropping to an invented 0.
 - Backlog: the waiting count the minute health check records (``metrics.record_backlog``), the
-  last one recorded in each step; for hourly steps read from the last minutes of each hour
-  (HGET, a few per step). None where nothing was recorded: a gap; all None: "no data yet".
+  last one recorded in each step (a roll-up keeps its hour's last). None where nothing was
+  recorded: a gap; all None: "no data yet".
 - Geometry: a plot of WIDTH x HEIGHT user units, time running left (old) to right (new) in
   every language, 0 at the bottom and a round top (4 gridlines at a 1-2-2.5-5 step). The
   template stretches the plot to its card and writes the axes' text in CSS pixels, so the
@@ -39,7 +43,6 @@ from .metrics import Figures
 WIDTH, HEIGHT = 1000, 100
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 NICE = (1, 2, 2.5, 5)
-BACKLOG_MINUTES = 3  # hourly steps: the backlog is read from the last minutes of each hour
 
 
 @dataclass(frozen=True)
@@ -99,24 +102,37 @@ def _minute_steps(pipe, queue: str, win: Window, now: float):
 def _hour_steps(pipe, queue: str, win: Window, now: float):
     last_hour, last_minute = int(now // 3600), metrics.minute_of(now)
     hours = range(last_hour - win.points + 1, last_hour + 1)
-    for hour in hours:
+    for hour in hours[:-1]:
         pipe.hgetall(keys.metrics_hour(queue, hour))
-    for hour in hours:
-        end = min(hour * 60 + 59, last_minute)
-        for minute in range(end - BACKLOG_MINUTES + 1, end + 1):
-            pipe.hget(keys.metrics_minute(queue, minute), "backlog")
+    for minute in range(last_hour * 60, last_minute + 1):
+        pipe.hgetall(keys.metrics_minute(queue, minute))
 
     def finish(results: list) -> list[dict]:
-        hashes, backlogs = results[:win.points], results[win.points:]
+        rolled, current = results[:win.points - 1], results[win.points - 1:]
+        finished = list(zip(hours[:-1], rolled, strict=True))
+        missing = [hour for hour, raw in finished if not raw]
+        by_hour = {**{hour: [raw] for hour, raw in finished}, **_minutes_of(queue, missing),
+                   last_hour: current}
         out = []
-        for k, hour in enumerate(hours):
-            figures, _ = summed([hashes[k]])
-            seen = [b for b in backlogs[k * BACKLOG_MINUTES:(k + 1) * BACKLOG_MINUTES] if b]
+        for hour in hours:
+            figures, backlog = summed(by_hour[hour])
             out.append({"t": hour * 3600, "end": (hour + 1) * 3600, "figures": figures,
-                        "backlog": int(seen[-1]) if seen else None})
+                        "backlog": backlog})
         return out
 
     return finish
+
+
+def _minutes_of(queue: str, hours: list[int]) -> dict[int, list[dict]]:
+    """The minute hashes of finished hours that have no roll-up yet (one round trip)."""
+    if not hours:
+        return {}
+    pipe = client().pipeline(transaction=False)
+    for hour in hours:
+        for minute in range(hour * 60, hour * 60 + 60):
+            pipe.hgetall(keys.metrics_minute(queue, minute))
+    results = pipe.execute()
+    return {hour: results[k * 60:(k + 1) * 60] for k, hour in enumerate(hours)}
 
 
 def summed(hashes: Iterable[dict]) -> tuple[Figures, int | None]:
