@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from . import audit, charts, dlq, redrive, registry, stats
+from . import audit, charts, dlq, health, redrive, registry, stats
 from .config import SETTINGS, TRUE_WORDS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
@@ -36,28 +36,31 @@ def recent_feed(level: str = "", count: int = 50) -> list[dict]:
 def overview(level: str = "") -> dict:
     rows = stats.queue_overview()
     workers = stats.workers()
-    seen = stats.monitor()
+    judged = health.assess()
     return {"queues": rows, "summary": stats.summary(rows), "redis": _redis_or_error(),
             "workers_alive": sum(1 for w in workers if w["alive"]),
             "workers_gone": sum(1 for w in workers if not w["alive"]),
             "dlq": dlq.capacity(), "paused": [r["queue"] for r in rows if r["paused"]],
             "events": recent_feed(level), "level": level,
-            "pulse": pulse(seen), "running": running_now(seen)}
+            "pulse": pulse(judged),
+            "running": running_now(judged["workers"], judged["checked_at"])}
 
 
-def pulse(seen: dict) -> list[dict]:
-    """One row per queue for the overview: its last 5 minutes' figures (stats.monitor) and
-    the last hour's processed and failed per minute as a sparkline."""
+def pulse(judged: dict) -> list[dict]:
+    """One row per queue for the overview: its health (status, score, issues) and last 5
+    minutes' figures (health.assess), and the last hour's processed and failed per minute as
+    a sparkline."""
     sparks = stats.cached("sparklines", lambda: charts.sparklines(QUEUES))
-    return [{**seen["queues"][q], "spark": sparks[q]} for q in QUEUES]
+    return [{**judged["queues"][q], "spark": sparks[q]} for q in QUEUES]
 
 
-def running_now(seen: dict, queue: str | None = None) -> list[dict]:
-    """Every job a live worker is running (of one queue, if given), the longest running
-    first: job id and name, queue, host, pid, worker id, thread and seconds elapsed."""
+def running_now(workers: list[dict], now: float, queue: str | None = None) -> list[dict]:
+    """Every job the live workers (stats.monitor's "workers") are running, of one queue if
+    given, the longest running first: job id and name, queue, host, pid, worker id, thread
+    and seconds elapsed at now."""
     rows = [{**job, "host": w.get("host"), "pid": w.get("pid"), "worker": w.get("id"),
-             "elapsed": max(seen["taken_at"] - float(job.get("since") or 0), 0.0)}
-            for w in seen["workers"] for job in w.get("current") or []
+             "elapsed": max(now - float(job.get("since") or 0), 0.0)}
+            for w in workers for job in w.get("current") or []
             if queue is None or job.get("queue") == queue]
     return sorted(rows, key=lambda row: -row["elapsed"])
 
@@ -106,14 +109,15 @@ def queue_page(queue: str, state: str = "waiting", q: str = "", offset: int = 0,
         jobs = [j for j in jobs if needle in j["id"].lower()
                 or needle in json.dumps(j.get("payload", {})).lower()][:limit]
     row = next(r for r in stats.queue_overview() if r["queue"] == queue)
-    now, seen = time.time(), stats.monitor()
+    now, seen, judged = time.time(), stats.monitor(), health.assess()
     for job in jobs:
         job["timing"] = job_timing(job, now)
     hours = charts.window(hours).hours
     return {"queue": queue, "state": state, "q": q, "jobs": jobs, "offset": offset,
             "limit": limit, "row": row, "states": STATES,
             "config": shown_config(queue), "more": len(jobs) == limit,
-            "figures": seen["queues"][queue], "running": running_now(seen, queue),
+            "figures": {**seen["queues"][queue], **judged["queues"][queue]},
+            "running": running_now(seen["workers"], seen["taken_at"], queue),
             "hours": hours, "windows": list(charts.WINDOWS),
             "charts": charts.queue_charts(queue, hours, zone)}
 

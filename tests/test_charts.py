@@ -16,12 +16,13 @@ import pytest
 from chart_data import minute_fields, write
 from conftest import apply_env, wait_for
 from helpers import panel_app, signed_in
+from markupsafe import escape
 from test_live_socket import first_frame_but_pings, handshake, plain_http
 from test_metrics import run_all
 from test_pages import poll_url, signed_in_session, ws_query
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import charts, keys, metrics, panel, producers, registry, stats
+from backstop import charts, health, keys, metrics, panel, producers, registry, stats
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 
@@ -360,3 +361,23 @@ def test_the_timeline_names_the_time_between_its_entries():
     shown = [(e["gap"], e["gap_kind"]) for e in panel.with_gaps(entries)]
     assert shown == [(None, "after"), (0.5, "waited"), (1.5, "ran"), (30.0, "after"),
                      (0.25, "ran")], "the retry's back-off is not a wait in the queue"
+
+
+def test_the_overview_and_the_queue_page_show_each_queues_health(app):
+    producers.enqueue("email.send", MAIL)  # waiting, and no worker consumes email
+    client = signed_in(app, "vera")
+    judged = health.assess()["queues"]["email"]
+    [issue] = judged["issues"]
+    assert issue["code"] == "no_workers" and judged["status"] != "healthy"
+    rows = dict(re.findall(r'<tr data-queue="([a-z]+)">(.*?)</tr>', page_of(client, "/overview"),
+                           re.S))
+    assert re.search(rf'data-status="{judged["status"]}">\w+ <bdi>{judged["score"]}</bdi>',
+                     rows["email"])
+    assert re.search(r'<span class="issue \w+" title="[^"]+">no worker</span>', rows["email"])
+    assert re.search(r'data-status="healthy">healthy <bdi>100</bdi>', rows["ai"])
+    assert 'class="issue' not in rows["ai"]
+    figures = page_of(client, "/queues/email?partial=queue_figures")
+    assert f'data-status="{judged["status"]}"' in figures and f"score {judged['score']}" in figures
+    listed = figures.split('class="issue-list"')[1].split("</ul>")[0]
+    assert "no worker" in listed and str(escape(issue["message"])) in listed
+    assert str(escape(issue["recommendation"])) in listed
