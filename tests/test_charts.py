@@ -315,7 +315,8 @@ def test_the_overview_has_a_sparkline_per_queue(app, r):
     assert heights == [100.0, pytest.approx(100 * 15 / 36, abs=0.01)]
     assert failed == [str(round(6 / 36 * 100, 2))]
     assert "51 processed, 6 failed" in email
-    assert 'class="bar"' not in dict(rows)["ai"]
+    assert 'class="bar"' not in dict(rows)["ai"] and "No job finished in the last hour." in \
+        dict(rows)["ai"]
 
 
 def test_running_now_lists_each_running_job_with_its_worker_and_elapsed_time(app, worker):
