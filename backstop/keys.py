@@ -249,3 +249,15 @@ def metrics_hour(queue: str, hour: int) -> str:
 def metrics_total() -> str:
     """Every number since the start, never trimmed: fields <queue>|<job>|<metric>."""
     return _p("metrics", "total")
+
+
+def schedules() -> str:
+    """Scheduled system jobs: schedule name -> JSON of its latest occurrence {slot, job_id,
+    enqueued_at, worker} (see backstop.schedules)."""
+    return _p("schedules")
+
+
+def audit_trimmed() -> str:
+    """What retention trimmed from the audit log's start: count, last_id, mac (the newest
+    trimmed entry's, which the oldest kept entry's prev must match), problems (JSON)."""
+    return _p("audit", "trimmed")
