@@ -1,0 +1,204 @@
+"""Scheduled system jobs (backstop.schedules): real worker processes racing to enqueue each
+occurrence make exactly one job, run once; missed occurrences are not replayed in bulk;
+SCHEDULES_ENABLED=0 enqueues nothing; the System page shows each schedule's last run and
+the health log."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from collections import Counter
+
+import pytest
+from conftest import apply_env, wait_for
+from helpers import panel_app, signed_in
+
+import tests.schedules_for_tests  # noqa: F401  (the 2-second test-mark schedule)
+from backstop import keys, producers, registry, schedules
+from backstop.contracts import QUEUES
+from backstop.hueys import huey_for
+from backstop.runner import WorkerProcess
+from tests.schedules_for_tests import MARKS, TEST_MARK
+
+FAST = {"rate_limit": 0, "backoff_jitter": 0, "backoff_base": 0.05}
+SCHEDULED = {"SCHEDULES_ENABLED": "1",
+             "BACKSTOP_TASK_MODULES": "tests.jobs_for_tests,tests.schedules_for_tests"}
+
+
+def scheduled_ids(r, name: str) -> list[str]:
+    prefix = keys.job(f"sched-{name}-" if name else "sched-")
+    return sorted(key[len(keys.job("")):] for key in r.scan_iter(match=prefix + "*"))
+
+
+def starts(r) -> Counter:
+    """How many times each test-mark job started (its handler marks each start)."""
+    return Counter(mark.split(":")[0] for mark in r.lrange(MARKS, 0, -1)
+                   if mark.split(":")[2] == "start")
+
+
+def run_waiting(queue: str) -> None:
+    """Run every waiting job of a queue once, in this process."""
+    worker = WorkerProcess((queue,))
+    huey_for(queue).storage.processing_key = keys.processing(worker.id, queue)
+    while worker.run_next(queue):
+        pass
+
+
+@pytest.fixture
+def enabled(r):
+    apply_env(SCHEDULES_ENABLED="1", BACKSTOP_QUEUES=json.dumps({"system": FAST}))
+    yield
+    apply_env(SCHEDULES_ENABLED="1", BACKSTOP_QUEUES="{}")
+
+
+def test_three_workers_make_one_job_per_occurrence_and_run_it_once(r, workers):
+    began = time.time()
+    for _ in range(3):
+        workers.start("system", {"system": FAST}, **SCHEDULED)
+    wait_for(lambda: len([j for j in scheduled_ids(r, "test-mark")
+                          if (registry.get_job(j) or {}).get("state") == "completed"]) >= 4,
+             timeout=30, what="four occurrences of test-mark done")
+    ids = scheduled_ids(r, "test-mark")
+    occurrences = [calendar.timegm(time.strptime(i[-16:], "%Y%m%dT%H%M%SZ")) for i in ids]
+    assert all(b - a == 2 for a, b in zip(occurrences, occurrences[1:], strict=False)), ids
+    ran = starts(r)
+    finished = [i for i in ids if registry.get_job(i)["state"] == "completed"]
+    assert all(ran[i] == 1 for i in finished), ran
+    assert set(ran) <= set(ids)
+    minutes = int(time.time() // 60 - began // 60) + 1  # the minute it began, and each since
+    assert 1 <= len(scheduled_ids(r, "health-check")) <= minutes
+    note = schedules.recorded(r)["test-mark"]
+    assert note["job_id"] == ids[-1] and note["slot"] == occurrences[-1]
+
+
+def test_schedules_disabled_enqueue_nothing(r, workers):
+    workers.start("system", {"system": FAST}, **{**SCHEDULED, "SCHEDULES_ENABLED": "0"})
+    wait_for(lambda: r.zcard(keys.workers()), what="the worker's first beat")
+    time.sleep(3)
+    assert scheduled_ids(r, "") == [] and r.hgetall(keys.schedules()) == {}
+    apply_env(SCHEDULES_ENABLED="0")
+    try:
+        assert schedules.Ticker(QUEUES).tick() == []
+    finally:
+        apply_env(SCHEDULES_ENABLED="1")
+    assert scheduled_ids(r, "") == []
+
+
+def test_a_missed_stretch_enqueues_only_the_latest_occurrence(r, enabled):
+    now = 1_800_000_000.5
+    first = schedules.Ticker(("system",))
+    assert TEST_MARK.job_id(1_800_000_000) in first.tick(now)
+    # No worker ran for an hour: 1,800 occurrences of test-mark were missed.
+    later = now + 3600
+    created = schedules.Ticker(("system",)).tick(later)
+    assert [i for i in created if "test-mark" in i] == [TEST_MARK.job_id(1_800_003_600)]
+    assert len(scheduled_ids(r, "test-mark")) == 2
+    assert first.tick(later) == [] and schedules.Ticker(("system",)).tick(later) == []
+    assert schedules.recorded_slots(r)["test-mark"] == 1_800_003_600
+
+
+def test_a_worker_back_after_a_gap_runs_the_missed_occurrence_once(r, workers):
+    stale = int(time.time()) - 600
+    r.hset(keys.schedules(), "test-mark", json.dumps(
+        {"slot": stale - stale % 2, "job_id": "sched-test-mark-old", "enqueued_at": stale}))
+    workers.start("system", {"system": FAST}, **SCHEDULED)
+    wait_for(lambda: starts(r), what="the first test-mark run")
+    time.sleep(0.5)
+    assert len(scheduled_ids(r, "test-mark")) <= 2  # the latest, and maybe the next
+
+
+def test_a_worker_enqueues_only_for_the_queues_it_consumes(r, enabled):
+    assert schedules.Ticker(("email",)).tick() == []
+    created = schedules.Ticker(("analytics",)).tick()
+    assert {registry.get_job(i)["job"] for i in created} == {
+        "analytics.snapshot.hourly", "analytics.aggregate.daily"}
+
+
+def test_the_scheduled_jobs_payloads_follow_their_occurrence(r, enabled):
+    schedules.Ticker(QUEUES).tick(1_800_003_601.0)  # 2027-01-15 09:00:01 UTC
+    jobs = {j["job"]: j for j in registry.get_jobs(scheduled_ids(r, ""))}
+    assert jobs["analytics.snapshot.hourly"]["id"] == "sched-analytics-hourly-20270115T080100Z"
+    assert jobs["analytics.snapshot.hourly"]["payload"] == {"hour": "2027-01-15T08:00:00Z"}
+    assert jobs["analytics.aggregate.daily"]["id"] == "sched-analytics-daily-20270115T000500Z"
+    assert jobs["analytics.aggregate.daily"]["payload"] == {"day": "2027-01-14"}
+    assert jobs["system.index.rebuild"]["payload"] == {"target": "retention"}
+    assert jobs["system.health.check"]["id"] == "sched-health-check-20270115T090000Z"
+
+
+def test_a_bad_schedule_is_refused_when_added(r):
+    with pytest.raises(ValueError, match="name"):
+        schedules.add(schedules.Schedule("Bad Name", "test.work", 60))
+    with pytest.raises(ValueError, match="every"):
+        schedules.add(schedules.Schedule("zero", "test.work", 0))
+    with pytest.raises(ValueError, match="at"):
+        schedules.add(schedules.Schedule("late", "test.work", 60, at=60))
+    with pytest.raises(Exception, match="seconds"):
+        schedules.add(schedules.Schedule("bad-payload", "test.work", 60,
+                                         payload={"seconds": -1}))
+    assert {"zero", "late", "bad-payload"}.isdisjoint(schedules.SCHEDULES)
+
+
+# ---- the System page ----
+@pytest.fixture
+def failing_schedule():
+    schedules.add(schedules.Schedule("test-fail", "test.fail", 60, title="Test failure"))
+    yield
+    schedules.SCHEDULES.pop("test-fail")
+
+
+def test_the_system_page_lists_each_schedule_with_its_last_run_and_result(
+        r, enabled, failing_schedule):
+    apply_env(BACKSTOP_QUEUES=json.dumps({"system": {**FAST, "attempts": 1}}))
+    schedules.Ticker(QUEUES).tick()
+    run_waiting("system")
+    run_waiting("analytics")
+    client = signed_in(panel_app(), "vera")
+    page = client.get("/system").get_data(as_text=True)
+    section = page[page.index('id="schedules"'):page.index('id="health-log"')]
+    for title in ("Health check", "Hourly analytics snapshot", "Daily analytics aggregate",
+                  "Retention and DLQ maintenance", "Test mark"):
+        assert title in section, title
+    for name, job_id in schedules_ids(r):
+        assert f'href="/jobs/{job_id}"' in section, name
+    assert "every minute" in section and "hourly at minute 01" in section
+    assert "daily at 00:05 UTC" in section and "every 5 minutes" in section
+    assert "every 2 seconds" in section
+    assert section.count('class="badge completed"') == 5
+    assert 'class="badge dead"' in section and "ValueError: order sched-test-fail-" in section
+    assert "status: critical" in section and "issues: 1" in section  # no worker is alive
+    assert "audit_trimmed: 0" in section
+    partial = client.get("/system?partial=schedules").get_data(as_text=True)
+    assert partial.lstrip().startswith('<section id="schedules"')
+    assert "Test failure" in partial
+
+
+def schedules_ids(r) -> list[tuple[str, str]]:
+    return [(name, note["job_id"]) for name, note in schedules.recorded(r).items()]
+
+
+def test_the_system_page_shows_the_health_log_newest_first(r, enabled):
+    producers.enqueue("system.health.check", {}, job_id="check-1")
+    run_waiting("system")
+    r.lpush(keys.health_log(), json.dumps({"status": "healthy", "checked_at": time.time(),
+                                           "score": 97, "issues": []}))
+    client = signed_in(panel_app(), "vera")
+    page = client.get("/system?partial=health_log").get_data(as_text=True)
+    assert page.lstrip().startswith('<section id="health-log"')
+    healthy, critical = page.index('data-status="healthy"'), page.index('data-status="critical"')
+    assert healthy < critical and "score 97" in page and "no issues" in page
+    assert "0 workers alive" in page[critical:]
+    r.delete(keys.health_log())
+    empty = client.get("/system?partial=health_log").get_data(as_text=True)
+    assert "No health check has run yet" in empty
+
+
+def test_the_system_page_says_when_schedules_are_off(r):
+    apply_env(SCHEDULES_ENABLED="0")
+    try:
+        client = signed_in(panel_app(), "vera")
+        page = client.get("/system").get_data(as_text=True)
+    finally:
+        apply_env(SCHEDULES_ENABLED="1")
+    assert "Scheduled jobs are off (SCHEDULES_ENABLED=0)" in page
+    assert page.count("never") >= 5
