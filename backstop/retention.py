@@ -73,7 +73,7 @@ def run(r: redis.Redis | None = None, now: float | None = None) -> dict:
 def trim_dlq_hours(r: redis.Redis, now: float) -> int:
     """Drop the DLQ's per-hour failure counts older than DLQ_RETENTION_DAYS; how many went."""
     cutoff = hour_bucket(now - settings().float("dlq_retention_days") * 86400)
-    old = [hour for hour in r.hkeys(keys.dlq_hours()) if hour < cutoff]
+    old = [str(hour) for hour in r.hkeys(keys.dlq_hours()) if str(hour) < cutoff]
     return r.hdel(keys.dlq_hours(), *old) if old else 0
 
 

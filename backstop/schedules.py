@@ -208,7 +208,7 @@ def recorded(r: redis.Redis) -> dict[str, dict]:
     for name, raw in r.hgetall(keys.schedules()).items():
         try:
             note = json.loads(raw)
-            notes[name] = {**note, "slot": int(note["slot"])}
+            notes[str(name)] = {**note, "slot": int(note["slot"])}
         except (ValueError, TypeError, KeyError):
             continue  # not ours to judge: the next occurrence overwrites it
     return notes

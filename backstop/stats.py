@@ -183,7 +183,7 @@ def health_log(limit: int = 20) -> list[dict]:
 
 
 def _health_entry(entry: dict) -> dict:
-    issues = entry.get("issues") if isinstance(entry.get("issues"), list) else []
+    issues = entry["issues"] if isinstance(entry.get("issues"), list) else []
     return {"t": entry.get("checked_at") or entry.get("t"),
             "status": str(entry.get("status") or "unknown"), "score": entry.get("score"),
             "issues": [{"severity": str(i.get("severity") or i.get("level") or ""),
