@@ -261,3 +261,11 @@ def audit_trimmed() -> str:
     """What retention trimmed from the audit log's start: count, last_id, mac (the newest
     trimmed entry's, which the oldest kept entry's prev must match), problems (JSON)."""
     return _p("audit", "trimmed")
+def queue_consumers() -> str:
+    """Queue -> when a worker consuming it last beat (unix s): "no worker since when"."""
+    return _p("consumers")
+
+
+def paused_since() -> str:
+    """Queue -> when it was paused (unix s); removed when it is resumed."""
+    return _p("paused", "since")

@@ -146,7 +146,7 @@ BUILT_IN = (
 
 
 def enabled() -> bool:
-    return settings().schedules_enabled.strip() == "1"
+    return settings().flag("schedules_enabled")
 
 
 class Ticker:

@@ -93,7 +93,7 @@ def monitor(now: float | None = None) -> dict:
     """
     if now is not None:
         return _monitor(now)
-    return _cached("monitor", _monitor)
+    return cached("monitor", _monitor)
 
 
 def _monitor(now: float | None = None) -> dict:
@@ -147,7 +147,7 @@ _CACHE: dict[str, tuple[float, object]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _cached(name: str, compute):
+def cached(name: str, compute):
     """compute(), reused for STATS_CACHE_SECONDS by every thread of this process."""
     ttl = settings().float("stats_cache_seconds")
     with _CACHE_LOCK:
@@ -168,9 +168,9 @@ def forget() -> None:
 
 # ---- the health log, as the System page shows it ----
 def health_log(limit: int = 20) -> list[dict]:
-    """The newest entries the health check job wrote, newest first, each as
-    {t, status, score (None when not given), issues: [{severity, message}]}; an entry that
-    is not JSON is left out."""
+    """The newest entries the health check job wrote (health.log_entry), newest first, each
+    as {t, status, score (None when not given), issues: [{severity, message,
+    recommendation}]}; an entry that is not JSON is left out."""
     rows = []
     for raw in client().lrange(keys.health_log(), 0, max(1, limit) - 1):
         try:
@@ -186,6 +186,7 @@ def _health_entry(entry: dict) -> dict:
     issues = entry["issues"] if isinstance(entry.get("issues"), list) else []
     return {"t": entry.get("checked_at") or entry.get("t"),
             "status": str(entry.get("status") or "unknown"), "score": entry.get("score"),
-            "issues": [{"severity": str(i.get("severity") or i.get("level") or ""),
-                        "message": str(i.get("message") or i.get("code") or "")}
+            "issues": [{"severity": str(i.get("severity") or ""),
+                        "message": str(i.get("message") or i.get("code") or ""),
+                        "recommendation": str(i.get("recommendation") or "")}
                        for i in issues if isinstance(i, dict)]}
