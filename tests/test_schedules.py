@@ -211,3 +211,21 @@ def test_the_system_page_says_when_schedules_are_off(r):
         apply_env(SCHEDULES_ENABLED="1")
     assert "Scheduled jobs are off (SCHEDULES_ENABLED=0)" in page
     assert page.count("never") >= 5
+
+
+def test_the_api_lists_the_schedules_and_the_health_log(r, enabled):
+    from backstop import tokens
+
+    schedules.Ticker(("system",)).tick()
+    run_waiting("system")
+    client = panel_app().test_client()
+    headers = {"Authorization": f"Bearer {tokens.create('bot', 'viewer')}"}
+    listed = client.get("/api/v1/system/schedules", headers=headers).get_json()
+    rows = {row["name"]: row for row in listed["schedules"]}
+    assert listed["enabled"] is True and rows["health-check"]["every"] == 60
+    assert rows["health-check"]["last"]["state"] == "completed"
+    assert rows["analytics-daily"]["last"] is None  # no analytics worker here
+    log = client.get("/api/v1/system/health-log?limit=5", headers=headers).get_json()
+    assert len(log["items"]) == 1 and log["items"][0]["status"] in (
+        "healthy", "degraded", "unhealthy")
+    assert client.get("/api/v1/system/schedules").status_code == 401
