@@ -16,6 +16,8 @@ job, and the next tick of any worker finds it exists and records it.
 
 An occurrence missed while no worker ran is not replayed in bulk: a tick only ever enqueues
 the latest due occurrence, so workers back after three hours run the hourly snapshot once.
+While an occurrence's job has not started (its queue paused or backed up), later occurrences
+of most schedules are skipped rather than piled up behind it (Schedule.coalesce).
 SCHEDULES_ENABLED=0 turns ticking off in every worker.
 
 Applications add their own schedules with `add(Schedule(...))` in a task module
@@ -75,7 +77,10 @@ class Schedule:
 
     name: [a-z0-9-], part of the job ids; job: a job name; payload: a dict, or a function of
     the occurrence (a unix time) returning one; title: shown on the System page; shows: the
-    result fields the System page sums up (dotted for nested ones; empty: every plain one).
+    result fields the System page sums up (dotted for nested ones; empty: every plain one);
+    coalesce: skip an occurrence while the previous one's job has not started (a paused or
+    backed-up queue then holds one health check, not one a minute), False when each
+    occurrence's payload matters (the hour or day it covers).
     """
 
     name: str
@@ -85,6 +90,7 @@ class Schedule:
     payload: dict | Callable[[float], dict] = field(default_factory=dict)
     title: str = ""
     shows: tuple[str, ...] = ()
+    coalesce: bool = True
 
     def occurrence(self, now: float) -> int:
         """The latest occurrence at or before now (a unix time)."""
@@ -135,9 +141,9 @@ BUILT_IN = (
     Schedule("health-check", "system.health.check", 60, title=N_("Health check"),
              shows=("status", "score", "issues")),
     Schedule("analytics-hourly", "analytics.snapshot.hourly", 3600, 60, _hour_before,
-             N_("Hourly analytics snapshot"), ("hour", "queues")),
+             N_("Hourly analytics snapshot"), ("hour", "queues"), coalesce=False),
     Schedule("analytics-daily", "analytics.aggregate.daily", 86400, 300, _day_before,
-             N_("Daily analytics aggregate"), ("day", "hours")),
+             N_("Daily analytics aggregate"), ("day", "hours"), coalesce=False),
     # DLQ maintenance (archiving past the cap or age, capacity alerts) is part of retention:
     # run once per occurrence by one worker, its result visible, instead of by every worker.
     Schedule("retention", "system.index.rebuild", 300, 0, {"target": "retention"},
@@ -167,11 +173,13 @@ class Ticker:
                < s.occurrence(now)]
         if not due:
             return []
-        recorded = recorded_slots(client())
+        notes = recorded(client())
+        pending = _pending(client(), [notes.get(s.name, {}).get("job_id") for s, _ in due])
         created = []
-        for schedule, occurrence in due:
-            if recorded.get(schedule.name, -1) < occurrence and self._enqueue(
-                    schedule, occurrence, now):
+        for (schedule, occurrence), waits in zip(due, pending, strict=True):
+            if (notes.get(schedule.name, {}).get("slot", -1) < occurrence
+                    and not (schedule.coalesce and waits)
+                    and self._enqueue(schedule, occurrence, now)):
                 created.append(schedule.job_id(occurrence))
             self.seen[schedule.name] = occurrence
         return created
@@ -183,6 +191,14 @@ class Ticker:
         _record_script(client())(keys=[keys.schedules()],
                                  args=[schedule.name, occurrence, note])
         return new
+
+
+def _pending(r: redis.Redis, job_ids: list[str | None]) -> list[bool]:
+    """Whether each job has not started yet (waiting or delayed), in one round trip."""
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(keys.job(job_id or ""), "state")
+    return [state in ("waiting", "delayed") for state in pipe.execute()]
 
 
 @lru_cache(maxsize=4)
@@ -215,6 +231,7 @@ def recorded(r: redis.Redis) -> dict[str, dict]:
 
 
 def recorded_slots(r: redis.Redis) -> dict[str, int]:
+    """The latest recorded occurrence of every schedule: name -> its unix time."""
     return {name: note["slot"] for name, note in recorded(r).items()}
 
 

@@ -90,6 +90,7 @@ def test_a_missed_stretch_enqueues_only_the_latest_occurrence(r, enabled):
     now = 1_800_000_000.5
     first = schedules.Ticker(("system",))
     assert TEST_MARK.job_id(1_800_000_000) in first.tick(now)
+    run_waiting("system")
     # No worker ran for an hour: 1,800 occurrences of test-mark were missed.
     later = now + 3600
     created = schedules.Ticker(("system",)).tick(later)
@@ -97,6 +98,16 @@ def test_a_missed_stretch_enqueues_only_the_latest_occurrence(r, enabled):
     assert len(scheduled_ids(r, "test-mark")) == 2
     assert first.tick(later) == [] and schedules.Ticker(("system",)).tick(later) == []
     assert schedules.recorded_slots(r)["test-mark"] == 1_800_003_600
+
+
+def test_while_an_occurrence_waits_later_ones_are_skipped_unless_their_payload_matters(
+        r, enabled):
+    now = 1_800_000_000.5  # 2027-01-15 08:00:00 UTC
+    schedules.Ticker(QUEUES).tick(now)  # the system queue is paused: nothing runs
+    later = schedules.Ticker(QUEUES).tick(now + 7200)
+    assert later == ["sched-analytics-hourly-20270115T090100Z"]  # its hour is in its payload
+    run_waiting("system")
+    assert "sched-health-check-20270115T100000Z" in schedules.Ticker(QUEUES).tick(now + 7200)
 
 
 def test_a_worker_back_after_a_gap_runs_the_missed_occurrence_once(r, workers):
