@@ -332,3 +332,11 @@ def test_verify_while_appends_and_trims_run_reports_no_false_problems(r):
     assert results and all(v.ok for v in results), [v.problems for v in results if not v.ok]
     audit.trim(20, r=r)
     assert audit.verify(r) == audit.Verification(True, 20, [], trimmed=480)
+
+
+def test_flask_audit_verify_says_how_many_entries_retention_trimmed(r, cli):
+    record_many(r, 5)
+    audit.trim(2, r=r)
+    result = cli("audit", "verify")
+    assert result.exit_code == 0
+    assert result.output.strip() == "ok: 2 entries checked (3 older ones trimmed by retention)"
