@@ -97,10 +97,12 @@ class Schedule:
         return int((now - self.at) // self.every * self.every + self.at)
 
     def job_id(self, occurrence: int) -> str:
+        """The one job id of an occurrence: sched-<name>-<UTC time, YYYYMMDDTHHMMSSZ>."""
         stamp = datetime.fromtimestamp(occurrence, UTC).strftime("%Y%m%dT%H%M%SZ")
         return f"sched-{self.name}-{stamp}"
 
     def payload_for(self, occurrence: int) -> dict:
+        """The job's payload for an occurrence."""
         return self.payload(occurrence) if callable(self.payload) else dict(self.payload)
 
 
@@ -152,6 +154,7 @@ BUILT_IN = (
 
 
 def enabled() -> bool:
+    """Whether workers enqueue scheduled jobs (SCHEDULES_ENABLED)."""
     return settings().flag("schedules_enabled")
 
 
