@@ -382,3 +382,11 @@ def test_the_overview_and_the_queue_page_show_each_queues_health(app):
     listed = figures.split('class="issue-list"')[1].split("</ul>")[0]
     assert "no worker" in listed and str(escape(issue["message"])) in listed
     assert str(escape(issue["recommendation"])) in listed
+
+
+def test_the_charts_move_on_every_minute_while_the_socket_is_up(app):
+    page = page_of(signed_in(app, "vera"), "/queues/email?hours=24")
+    tag = re.search(r'<section id="charts"[^>]*>', page, re.S).group(0)
+    assert 'hx-trigger="every 60s"' in tag and "X-Backstop-Refresh" in tag
+    assert html.unescape(re.search(r'hx-get="([^"]+)"', tag).group(1)) == \
+        "/queues/email?partial=charts&hours=24"

@@ -59,7 +59,7 @@ def seed() -> dict:
 
 def seed_metrics() -> None:
     """Two days of metrics on the email and system queues (the charts), and a worker that
-    has been running an email job for 83 s (running now)."""
+    has been running an email job for 3 h 25 min (running now; a long duration to lay out)."""
     client = connection.client()
     seed_two_days(client, "email", ("email.send", "email.otp.send"), time.time())
     seed_two_days(client, "system", ("test.work",), time.time(), seed=3)
@@ -68,7 +68,7 @@ def seed_metrics() -> None:
     job_id = producers.enqueue("email.send", {"to": ["cy@example.com"], "subject": "Hi",
                                               "text": "x"})
     worker.running[1] = Running(job_id, "email", "email.send", b"", 1, time.time() + 300, "t",
-                                since=time.time() - 83, thread="email-2")
+                                since=time.time() - 12_345, thread="email-2")
     worker.beat()
 
 
