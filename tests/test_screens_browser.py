@@ -6,6 +6,7 @@ letter is a short card, code reads left to right in Persian, the chart's labels 
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from itertools import pairwise
@@ -70,6 +71,8 @@ def seed_metrics() -> None:
     worker.running[1] = Running(job_id, "email", "email.send", b"", 1, time.time() + 300, "t",
                                 since=time.time() - 12_345, thread="email-2")
     worker.beat()
+    os.environ.pop("WORKER_HEARTBEAT_TTL")  # the beat's key keeps its hour; later tests do not
+    apply_env()
 
 
 def write_old_records(count: int) -> None:
