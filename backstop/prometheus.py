@@ -1,0 +1,155 @@
+"""Backstop's numbers in the Prometheus text format, read from Redis at scrape time.
+
+A custom collector, not instrumentation: every number comes from Redis when Prometheus
+scrapes, so any web process answers the same (no per-process counters to disagree), and
+the panel and /metrics show one truth:
+
+- the counters and histograms since the start from ``metrics.totals`` (the never-trimmed
+  hash the FINISH script writes): ``backstop_jobs_finished_total{queue,job,outcome}``,
+  ``backstop_job_runtime_seconds`` and ``backstop_job_wait_seconds`` (``le`` = metrics.BOUNDS);
+- the gauges from ``stats.monitor()`` (the panel's snapshot, cached STATS_CACHE_SECONDS):
+  jobs by queue and state, oldest waiting age, paused, consumers, workers, DLQ records.
+
+Every job name the contracts know is exported from zero before it first runs, so the first
+failure of a job is an increase Prometheus sees, not the birth of a series.
+
+Outcomes are the FINISH script's: ok, retry (a failed attempt that will be retried), dead (a
+failed last attempt). Backstop's counters live in Redis and never reset with a process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
+
+from . import metrics, stats
+from .connection import client
+from .contracts import JOBS, QUEUES
+from .metrics import BOUNDS, OUTCOMES, Figures, Histogram
+from .registry import STATES
+
+__all__ = ["CONTENT_TYPE_LATEST", "Snapshot", "exposition", "families", "snapshot"]
+LE = [floatToGoString(b) for b in BOUNDS] + ["+Inf"]
+
+
+@dataclass
+class Snapshot:
+    """What one scrape exports: stats.monitor()'s dict and metrics.totals' figures."""
+
+    monitor: dict
+    totals: dict[tuple[str, str], Figures] = field(default_factory=dict)
+
+
+def snapshot() -> Snapshot:
+    """Read everything a scrape exports: the panel's monitor snapshot (cached a few seconds,
+    shared with the pages) and the totals since the start (one HGETALL).
+
+    Raises redis.RedisError when Redis cannot answer.
+    """
+    totals = metrics.read(client(), metrics.totals)[0]
+    return Snapshot(monitor=stats.monitor(), totals=totals)
+
+
+def families(snap: Snapshot) -> Iterator[Metric]:
+    """The metric families of one snapshot, in a stable order."""
+    yield from queue_gauges(snap.monitor)
+    yield from finished(snap.totals)
+
+
+# ---- gauges: the panel's numbers for this moment ----
+def queue_gauges(monitor: dict) -> Iterator[Metric]:
+    """Jobs by state, oldest waiting age, paused, consumers and DLQ records per queue, and
+    the worker processes alive."""
+    queues = monitor["queues"]
+    jobs = GaugeMetricFamily("backstop_jobs", "Jobs in Backstop's registry, by queue and state.",
+                             labels=["queue", "state"])
+    for queue, row in queues.items():
+        for state in STATES:
+            jobs.add_metric([queue, state], row["counts"].get(state, 0))
+    yield jobs
+    yield per_queue(queues, "backstop_queue_oldest_waiting_age_seconds",
+                    "Age of the queue's oldest waiting job (0 when none waits).",
+                    lambda row: row["oldest_waiting_age"] or 0)
+    yield per_queue(queues, "backstop_queue_paused", "1 while the queue is paused.",
+                    lambda row: int(row["paused"]))
+    yield per_queue(queues, "backstop_queue_workers",
+                    "Live worker processes consuming the queue.", lambda row: row["workers"])
+    yield per_queue(queues, "backstop_queue_threads",
+                    "Threads of live worker processes consuming the queue.",
+                    lambda row: row["threads"])
+    yield per_queue(queues, "backstop_dlq_records",
+                    "Dead-letter records whose last attempt ran on the queue.",
+                    lambda row: row["dead_letters"])
+    yield GaugeMetricFamily("backstop_workers_alive",
+                            "Worker processes whose heartbeat is current.",
+                            value=len(monitor["workers"]))
+
+
+def per_queue(queues: dict, name: str, documentation: str, value) -> GaugeMetricFamily:
+    """A gauge with one sample per queue: value(row) of each queue's monitor row."""
+    gauge = GaugeMetricFamily(name, documentation, labels=["queue"])
+    for queue, row in queues.items():
+        gauge.add_metric([queue], value(row))
+    return gauge
+
+
+# ---- counters and histograms since the start ----
+def finished(totals: dict[tuple[str, str], Figures]) -> Iterator[Metric]:
+    """Attempts by queue, job and outcome, and the runtime and wait histograms; every job
+    the contracts know starts at zero."""
+    known = {(spec.queue, name): Figures() for name, spec in JOBS.items()
+             if spec.queue in QUEUES}
+    rows = sorted({**known, **totals}.items())
+    counter = CounterMetricFamily(
+        "backstop_jobs_finished", "Attempts that ended, by queue, job and outcome (ok; retry: "
+        "failed, will be retried; dead: failed for good).", labels=["queue", "job", "outcome"])
+    for (queue, job), figures in rows:
+        for outcome in OUTCOMES:
+            counter.add_metric([queue, job, outcome], getattr(figures, outcome))
+    yield counter
+    yield histogram("backstop_job_runtime_seconds", "Time from an attempt's start to its end.",
+                    ((key, f.runtime) for key, f in rows))
+    yield histogram("backstop_job_wait_seconds",
+                    "Time from a job being due (enqueued, or its delay or retry over) to its "
+                    "start.", ((key, f.wait) for key, f in rows))
+
+
+def histogram(name: str, documentation: str,
+              rows: Iterable[tuple[tuple[str, str], Histogram]]) -> HistogramMetricFamily:
+    """A histogram family with one (queue, job) series per row: cumulative buckets at
+    metrics.BOUNDS, then +Inf, and the sum in seconds."""
+    family = HistogramMetricFamily(name, documentation, labels=["queue", "job"])
+    for (queue, job), hist in rows:
+        family.add_metric([queue, job], list(zip(LE, hist.cumulative(), strict=True)),
+                          sum_value=hist.total)
+    return family
+
+
+# ---- the exposition ----
+class Collector:
+    """prometheus_client's collector protocol: collect() reads Redis at every scrape."""
+
+    def __init__(self, read=snapshot):
+        self.read = read
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.read())
+
+
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(Collector())
+
+
+def exposition() -> bytes:
+    """The text a scrape answers (CONTENT_TYPE_LATEST). Raises redis.RedisError when Redis
+    cannot answer: nothing partial is exported."""
+    return generate_latest(REGISTRY)
