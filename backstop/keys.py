@@ -249,3 +249,13 @@ def metrics_hour(queue: str, hour: int) -> str:
 def metrics_total() -> str:
     """Every number since the start, never trimmed: fields <queue>|<job>|<metric>."""
     return _p("metrics", "total")
+
+
+def queue_consumers() -> str:
+    """Queue -> when a worker consuming it last beat (unix s): "no worker since when"."""
+    return _p("consumers")
+
+
+def paused_since() -> str:
+    """Queue -> when it was paused (unix s); removed when it is resumed."""
+    return _p("paused", "since")
