@@ -7,8 +7,10 @@ the panel and /metrics show one truth:
 - the counters and histograms since the start from ``metrics.totals`` (the never-trimmed
   hash the FINISH script writes): ``backstop_jobs_finished_total{queue,job,outcome}``,
   ``backstop_job_runtime_seconds`` and ``backstop_job_wait_seconds`` (``le`` = metrics.BOUNDS);
-- the gauges from ``stats.monitor()`` (the panel's snapshot, cached STATS_CACHE_SECONDS):
-  jobs by queue and state, oldest waiting age, paused, consumers, workers, DLQ records.
+- the gauges from ``health.assess()`` (``stats.monitor()``'s snapshot, judged; cached
+  STATS_CACHE_SECONDS and shared with GET /health/queues): jobs by queue and state, oldest
+  waiting age, paused, consumers, stuck jobs, workers alive, DLQ records, and the health
+  scores and statuses of each queue, Redis and the whole.
 
 Every job name the contracts know is exported from zero before it first runs, so the first
 failure of a job is an increase Prometheus sees, not the birth of a series.
@@ -22,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -31,7 +34,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from . import metrics, stats
+from . import health, metrics
 from .connection import client
 from .contracts import JOBS, QUEUES
 from .metrics import BOUNDS, OUTCOMES, Figures, Histogram
@@ -39,37 +42,44 @@ from .registry import STATES
 
 __all__ = ["CONTENT_TYPE_LATEST", "Snapshot", "exposition", "families", "snapshot"]
 LE = [floatToGoString(b) for b in BOUNDS] + ["+Inf"]
+STATUSES = tuple(health.STATUS_OF.values())  # healthy, degraded, unhealthy
+SEVERITIES = tuple(s for s in health.RANK if s)  # warning, critical
 
 
 @dataclass
 class Snapshot:
-    """What one scrape exports: stats.monitor()'s dict and metrics.totals' figures."""
+    """What one scrape exports: health.assess()'s dict and metrics.totals' figures."""
 
-    monitor: dict
+    assessment: dict
     totals: dict[tuple[str, str], Figures] = field(default_factory=dict)
 
 
 def snapshot() -> Snapshot:
-    """Read everything a scrape exports: the panel's monitor snapshot (cached a few seconds,
-    shared with the pages) and the totals since the start (one HGETALL).
+    """Read everything a scrape exports: the health assessment (cached a few seconds, shared
+    with GET /health/queues) and the totals since the start (one HGETALL).
 
-    Raises redis.RedisError when Redis cannot answer.
+    Raises redis.RedisError when Redis cannot answer (assess() itself reports an unreachable
+    Redis as a finding: here it is an error, so a scrape never exports an empty picture).
     """
     totals = metrics.read(client(), metrics.totals)[0]
-    return Snapshot(monitor=stats.monitor(), totals=totals)
+    assessment = health.assess()
+    if not assessment["redis"].get("reachable", True):
+        raise redis.ConnectionError(assessment["redis"].get("error", "Redis did not answer"))
+    return Snapshot(assessment=assessment, totals=totals)
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:
     """The metric families of one snapshot, in a stable order."""
-    yield from queue_gauges(snap.monitor)
+    yield from queue_gauges(snap.assessment)
+    yield from health_gauges(snap.assessment)
     yield from finished(snap.totals)
 
 
 # ---- gauges: the panel's numbers for this moment ----
-def queue_gauges(monitor: dict) -> Iterator[Metric]:
-    """Jobs by state, oldest waiting age, paused, consumers and DLQ records per queue, and
-    the worker processes alive."""
-    queues = monitor["queues"]
+def queue_gauges(assessment: dict) -> Iterator[Metric]:
+    """Jobs by state, oldest waiting age, paused, consumers, stuck jobs and DLQ records per
+    queue, and the worker processes alive."""
+    queues = assessment["queues"]
     jobs = GaugeMetricFamily("backstop_jobs", "Jobs in Backstop's registry, by queue and state.",
                              labels=["queue", "state"])
     for queue, row in queues.items():
@@ -86,12 +96,48 @@ def queue_gauges(monitor: dict) -> Iterator[Metric]:
     yield per_queue(queues, "backstop_queue_threads",
                     "Threads of live worker processes consuming the queue.",
                     lambda row: row["threads"])
+    yield per_queue(queues, "backstop_queue_stuck_jobs",
+                    "Jobs active for longer than the queue's timeout and a grace.",
+                    lambda row: row["stuck"])
     yield per_queue(queues, "backstop_dlq_records",
                     "Dead-letter records whose last attempt ran on the queue.",
                     lambda row: row["dead_letters"])
     yield GaugeMetricFamily("backstop_workers_alive",
                             "Worker processes whose heartbeat is current.",
-                            value=len(monitor["workers"]))
+                            value=len(assessment["workers"]))
+
+
+# ---- health: the scores and statuses GET /health/queues answers ----
+def health_gauges(assessment: dict) -> Iterator[Metric]:
+    """Score (0-100) and status (one sample per status, 1 for the current one) overall, per
+    queue and of Redis, and the issues found by severity."""
+    yield GaugeMetricFamily("backstop_health_score", "Backstop's health score (0-100).",
+                            value=assessment["score"])
+    overall = GaugeMetricFamily("backstop_health_status",
+                                "1 for Backstop's health status now, 0 for the others.",
+                                labels=["status"])
+    for status in STATUSES:
+        overall.add_metric([status], int(assessment["status"] == status))
+    yield overall
+    queues = assessment["queues"]
+    yield per_queue(queues, "backstop_queue_health_score", "The queue's health score (0-100).",
+                    lambda row: row["score"])
+    by_queue = GaugeMetricFamily("backstop_queue_health_status",
+                                 "1 for the queue's health status now, 0 for the others.",
+                                 labels=["queue", "status"])
+    for queue, row in queues.items():
+        for status in STATUSES:
+            by_queue.add_metric([queue, status], int(row["status"] == status))
+    yield by_queue
+    yield GaugeMetricFamily("backstop_redis_health_score", "Redis' health score (0-100).",
+                            value=assessment["redis"]["score"])
+    issues = GaugeMetricFamily("backstop_health_issues",
+                               "Issues the health check finds now, by severity.",
+                               labels=["severity"])
+    for severity in SEVERITIES:
+        issues.add_metric([severity], sum(1 for i in assessment["issues"]
+                                          if i["severity"] == severity))
+    yield issues
 
 
 def per_queue(queues: dict, name: str, documentation: str, value) -> GaugeMetricFamily:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import NO_RETRY_WAIT, run_all, within_one_bucket
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import keys, prometheus, producers, redis_server, stats, tokens
+from backstop import keys, producers, prometheus, redis_server, stats, tokens
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 from tools.promtool import find_promtool
@@ -28,6 +28,7 @@ RULES = ROOT / "contrib" / "prometheus" / "alerts.yml"
 RULE_TESTS = ROOT / "contrib" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "contrib" / "grafana" / "backstop.json"
 SLEEPS = [0.02] * 10 + [0.05] * 8 + [0.2] * 2  # p50 20 ms, p95 and p99 200 ms
+QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 
 
 @pytest.fixture(scope="session")
@@ -73,9 +74,12 @@ def sample(samples: dict, name: str, **labels) -> float:
 
 
 def histogram_quantile(q: float, samples: dict, name: str, **labels) -> float:
-    """Prometheus' histogram_quantile over one series' _bucket samples, done here."""
-    buckets = sorted((float(found["le"]), v) for found, v in samples[f"{name}_bucket"]
-                     if all(found.get(k) == w for k, w in labels.items()))
+    """Prometheus' histogram_quantile(q, sum by (le) (name_bucket{labels})), done here."""
+    by_le: dict[float, float] = {}
+    for found, value in samples[f"{name}_bucket"]:
+        if all(found.get(k) == w for k, w in labels.items()):
+            by_le[float(found["le"])] = by_le.get(float(found["le"]), 0) + value
+    buckets = sorted(by_le.items())
     rank = q * buckets[-1][1]
     index = next(i for i, (_le, count) in enumerate(buckets) if count >= rank)
     if index == len(buckets) - 1:
@@ -116,17 +120,25 @@ def test_a_live_scrape_passes_promtool_and_matches_the_api_and_panel(promtool, w
     # gunicorn listens before its worker has loaded the app: wait for that before timing jobs
     assert requests.get(f"{live_server}/metrics", timeout=30).status_code == 401
     run_known_durations(worker)
-    response = requests.get(f"{live_server}/metrics", headers=viewer(), timeout=10)
+    headers = viewer()
+    response = requests.get(f"{live_server}/metrics", headers=headers, timeout=10)
+    api = requests.get(f"{live_server}/api/v1/health/queues", headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == prometheus.CONTENT_TYPE_LATEST
     checked = run_promtool(promtool, "check", "metrics", stdin=response.text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-
     samples = scraped(response.text)
+    check_job_figures(samples)
+    check_against_the_api(samples, api.json())
+    check_against_the_panel(samples)
+
+
+def check_job_figures(samples: dict) -> None:
+    """test.work's percentiles: within one bucket of the truth, and stats.monitor()'s."""
     monitor = stats.monitor()["queues"]["system"]
     runtime_ms = monitor["jobs"]["test.work"]["runtime_ms"]
     truth = {"p50": 0.02, "p95": 0.2, "p99": 0.2}
-    for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+    for name, q in QUANTILES:
         seconds = histogram_quantile(q, samples, "backstop_job_runtime_seconds",
                                      queue="system", job="test.work")
         assert within_one_bucket(seconds * 1000, truth[name]), (name, seconds)
@@ -139,13 +151,39 @@ def test_a_live_scrape_passes_promtool_and_matches_the_api_and_panel(promtool, w
         assert sample(samples, "backstop_jobs_finished_total", queue="system", job="test.fail",
                       outcome=outcome) == count
 
-    for row in stats.queue_overview():  # what the panel's queue pages show
+
+def check_against_the_api(samples: dict, api: dict) -> None:
+    """The queue's percentiles (the scrape's buckets summed over its jobs), counts, workers
+    and health scores are GET /api/v1/health/queues' numbers."""
+    assert sample(samples, "backstop_health_score") == api["score"]
+    assert sample(samples, "backstop_health_status", status=api["status"]) == 1
+    for queue in api["queues"]:
+        name = queue["queueName"]
+        for state, count in queue["stats"].items():
+            if state != "paused":
+                assert sample(samples, "backstop_jobs", queue=name, state=state) == count
+        assert sample(samples, "backstop_queue_health_score", queue=name) == queue["score"]
+        assert sample(samples, "backstop_queue_workers", queue=name) == \
+            queue["details"]["workers"]
+    system = next(q for q in api["queues"] if q["queueName"] == "system")
+    for kind in ("runtime", "wait"):
+        shown = system["percentiles"][kind]
+        for name, q in QUANTILES:
+            seconds = histogram_quantile(q, samples, f"backstop_job_{kind}_seconds",
+                                         queue="system")
+            assert seconds * 1000 == pytest.approx(shown[name], abs=0.01), (kind, name, shown)
+
+
+def check_against_the_panel(samples: dict) -> None:
+    """Counts by state and dead letters are what the panel's queue pages show."""
+    for row in stats.queue_overview():
         for state, count in row["counts"].items():
             assert sample(samples, "backstop_jobs", queue=row["queue"], state=state) == count
         assert sample(samples, "backstop_dlq_records", queue=row["queue"]) == \
             row["dead_letters"]
     assert sample(samples, "backstop_jobs", queue="system", state="waiting") == 3
-    assert sample(samples, "backstop_queue_workers", queue="system") == monitor["workers"] == 1
+    assert sample(samples, "backstop_dlq_records", queue="system") == 2
+    assert sample(samples, "backstop_queue_workers", queue="system") == 1
     assert sample(samples, "backstop_workers_alive") == 1
     assert 0 < sample(samples, "backstop_queue_oldest_waiting_age_seconds", queue="system") < 60
 

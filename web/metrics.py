@@ -16,7 +16,6 @@ from werkzeug.exceptions import HTTPException
 from backstop import prometheus
 from backstop.config import settings
 from backstop.connection import is_try_later
-from backstop.outbound import TRUE_WORDS
 from web.auth import require_token
 from web.extensions import csrf, limiter
 
@@ -31,7 +30,7 @@ TEXT = "text/plain; charset=utf-8"
 
 def is_public() -> bool:
     """METRICS_PUBLIC: 1, true, yes or on."""
-    return settings().metrics_public.strip().lower() in TRUE_WORDS
+    return settings().flag("metrics_public")
 
 
 def viewer_unless_public(view):
