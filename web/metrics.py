@@ -17,14 +17,14 @@ from backstop import prometheus
 from backstop.config import settings
 from backstop.connection import is_try_later
 from web.auth import require_token
-from web.extensions import csrf, limiter
+from web.extensions import csrf
 
 log = logging.getLogger("backstop.web")
 bp = Blueprint("metrics", __name__)
 csrf.exempt(bp)  # a GET with a bearer token: nothing for a forged form to ride on
-# Its own budget per address, apart from the panel's default one: a scraper every 15 s (or a
-# few, behind one address) is never refused because people use the panel from there too.
-SCRAPE_LIMIT = "120 per minute"
+# No limit of its own: flask-limiter's default (600 per minute per address) counts each route
+# apart, so a scraper every 15 s (or several behind one address) never nears it, however
+# busy the panel is from the same address.
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -45,7 +45,6 @@ def viewer_unless_public(view):
 
 
 @bp.get("/metrics")
-@limiter.limit(SCRAPE_LIMIT)
 @viewer_unless_public
 def scrape():
     """Prometheus' scrape: every number read from Redis now."""
