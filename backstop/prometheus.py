@@ -141,7 +141,7 @@ def health_gauges(assessment: dict) -> Iterator[Metric]:
 
 
 def per_queue(queues: dict, name: str, documentation: str, value) -> GaugeMetricFamily:
-    """A gauge with one sample per queue: value(row) of each queue's monitor row."""
+    """A gauge with one sample per queue: value(row) of each queue's assessment row."""
     gauge = GaugeMetricFamily(name, documentation, labels=["queue"])
     for queue, row in queues.items():
         gauge.add_metric([queue], value(row))
