@@ -18,7 +18,7 @@ CHEAP_PASSWORD_HASHING = {"PASSWORD_HASH_TIME_COST": "1", "PASSWORD_HASH_MEMORY_
                           "PASSWORD_HASH_PARALLELISM": "1"}
 os.environ.update(CHEAP_PASSWORD_HASHING)
 
-from backstop import config, connection, contracts, redis_server  # noqa: E402
+from backstop import config, connection, contracts, hueys, redis_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,7 @@ def apply_env(**env: str) -> None:
     os.environ.update(env)
     config.settings.cache_clear()
     connection.reset()
+    hueys.huey_for.cache_clear()  # each Huey holds a pool of the REDIS_URL it was made with
     contracts._CONFIGS.clear()
 
 
@@ -93,7 +94,9 @@ class Workers:
                    "BACKSTOP_TASK_MODULES": "tests.jobs_for_tests",
                    "BACKSTOP_QUEUES": _json.dumps(queue_config or {}),
                    "WORKER_HEARTBEAT_SECONDS": "0.5", "WORKER_HEARTBEAT_TTL": "2",
-                   "WORKER_REAPER_SECONDS": "0.5", **env}
+                   "WORKER_REAPER_SECONDS": "0.5",
+                   # No scheduled jobs (a health check each minute) unless a test asks.
+                   "SCHEDULES_ENABLED": "0", **env}
         log = open(log_to, "a") if log_to else None  # noqa: SIM115  (the child keeps it)
         proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--queues", queues],
                                 cwd=ROOT, env=environ, stderr=log)

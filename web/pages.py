@@ -139,7 +139,8 @@ PAGES = {page.name: page for page in [
     Page("dlq_record", "/dlq/records/<record_id>", "dlq_record.html", dlq_record_context,
          ("dlq_record",), topic=lambda a: "dlq", audit_action="dlq.view"),
     Page("dlq_analytics", "/dlq/analytics", "dlq_analytics.html", dlq_analytics_context),
-    Page("system", "/system", "system.html", system_context, ("workers",)),
+    Page("system", "/system", "system.html", system_context,
+         ("workers", "schedules", "health_log")),
     Page("audit", "/audit", "audit.html", audit_context),
 ]}
 
