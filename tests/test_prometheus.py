@@ -16,6 +16,7 @@ from conftest import apply_env
 from helpers import panel_app
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import NO_RETRY_WAIT, run_all, within_one_bucket
+from test_redis_acl import restricted  # noqa: F401  (the fixture, used by name)
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
 from backstop import keys, producers, prometheus, redis_server, stats, tokens
@@ -237,6 +238,17 @@ def test_scrapers_are_never_refused_by_the_rate_limits(app):
     statuses = [client.get("/").status_code for _ in range(610)]
     assert statuses[-1] == 429, "the panel's limit (600 per minute) is reached"
     assert client.get("/metrics", headers=headers).status_code == 200
+
+
+@pytest.mark.usefixtures("restricted")
+def test_a_scrape_runs_under_the_production_acl_user():
+    """Every read a scrape makes is allowed to backstop.redis_acl's user (a refused one
+    would be a 503)."""
+    from app import create_app
+
+    response = create_app().test_client().get("/metrics", headers=viewer())
+    assert response.status_code == 200, response.text
+    assert "backstop_health_score" in response.text
 
 
 def test_every_known_job_is_exported_from_zero(r):
