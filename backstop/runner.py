@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import dlq, dlq_maintenance, keys, metrics, poison, redrive
+from . import alerts, dlq, dlq_maintenance, keys, metrics, poison, redrive
 from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -160,7 +160,8 @@ class WorkerProcess:
                               (self.reconcile, settings().float("worker_reconcile_seconds")),
                               (self.refresh_paused, 0.25), (self.promote_due, 0.5),
                               (self.enforce_timeouts, 0.1), (dlq_maintenance.maintain, 30),
-                              (self.drive_redrives, 0.05)):
+                              (self.drive_redrives, 0.05),
+                              (self.evaluate_alerts, settings().float("alert_evaluate_seconds"))):
             self._thread(self.every, loop.__name__, loop, seconds)
         log.info("worker %s consuming %s", self.id, ", ".join(self.queues))
 
@@ -592,6 +593,10 @@ class WorkerProcess:
     def drive_redrives(self) -> None:
         """Replay records of the DLQ redrives whose lease this process holds (or takes)."""
         redrive.drive(self.id)
+
+    def evaluate_alerts(self) -> None:
+        """Evaluate the alert rules, if this process holds (or takes) the evaluator's lease."""
+        alerts.evaluate(self.id)
 
     def enforce_timeouts(self) -> None:
         """Raise JobTimeout inside any job that ran past its queue's timeout (an isolated job

@@ -1,0 +1,434 @@
+"""Alerts against real peers: Redis, a webhook sink and an SMTP server on loopback, real jobs
+failing in real worker processes (the headline of issue 10), and the panel's Alerts page.
+
+The failures window is whole minutes (metrics' minute buckets), so the parts that need time to
+pass (a window that clears, a cool-down that ends) evaluate in-process at an explicit `now`;
+one end-to-end run goes through worker.py processes, where the window is cleared by removing
+the minute buckets the failures were counted in, as their aging out would."""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import json
+import threading
+import time
+from email import policy
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from aiosmtpd.controller import Controller
+from conftest import apply_env, wait_for
+
+import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
+from backstop import alerts, keys, notify, producers
+from backstop.config import derived_key
+from backstop.hueys import huey_for
+from backstop.redis_server import free_port
+from backstop.runner import WorkerProcess
+from backstop.tasks.plugins import verify_signature
+
+ONE_ATTEMPT = {"system": {"attempts": 1, "rate_limit": 0, "concurrency": 1}}
+
+
+# ---- peers on loopback ----
+class Sink:
+    """A webhook receiver: every request it got, and the status it answers with next."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.statuses: list[int] = []  # answered in turn; 200 once they run out
+
+    def bodies(self) -> list[dict]:
+        return [json.loads(req["body"]) for req in self.requests]
+
+    def events(self) -> list[str]:
+        return [body["event"] for body in self.bodies()]
+
+
+def _sink_handler(sink: Sink):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            sink.requests.append({"path": self.path, "headers": dict(self.headers),
+                                  "body": body, "t": time.time()})
+            status = sink.statuses.pop(0) if sink.statuses else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    return Handler
+
+
+@contextlib.contextmanager
+def serve_sink():
+    sink = Sink()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _sink_handler(sink))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    sink.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/alerts-s3cret-path"
+    try:
+        yield sink
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Mailbox:
+    """An aiosmtpd handler keeping every message."""
+
+    def __init__(self):
+        self.envelopes = []
+
+    async def handle_DATA(self, server, session, envelope):
+        self.envelopes.append(envelope)
+        return "250 Message accepted"
+
+    def messages(self) -> list:
+        return [email.message_from_bytes(e.content, policy=policy.default)
+                for e in self.envelopes]
+
+    def subjects(self) -> list[str]:
+        return [m["Subject"] for m in self.messages()]
+
+
+@pytest.fixture
+def sink():
+    with serve_sink() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def mailbox():
+    box = Mailbox()
+    box.port = free_port()
+    controller = Controller(box, hostname="127.0.0.1", port=box.port)
+    controller.start()
+    yield box
+    controller.stop()
+
+
+@pytest.fixture
+def targets(r, sink, mailbox):
+    """Every alert goes to the sink and the mailbox (the default targets, from settings)."""
+    env = {"ALERT_WEBHOOK_URLS": sink.url, "ALERT_MAIL_TO": "oncall@backstop.test",
+           "WEBHOOK_ALLOW_PRIVATE": "1", "SMTP_URL": f"smtp://127.0.0.1:{mailbox.port}",
+           "MAIL_FROM": "alerts@backstop.test", "ALERT_WEBHOOK_SECRET": "",
+           "PANEL_ORIGINS": "https://ops.example.com"}
+    apply_env(**env)
+    yield env
+    notify.wait(30)
+
+
+# ---- real state, made by real jobs ----
+@pytest.fixture
+def worker(r):
+    """An in-process worker for the system queue: one attempt per job, no rate limit."""
+    apply_env(BACKSTOP_QUEUES=json.dumps(ONE_ATTEMPT))
+    process = WorkerProcess(("system",))
+    huey_for("system").storage.processing_key = keys.processing(process.id, "system")
+    return process
+
+
+def fail_jobs(worker: WorkerProcess, n: int) -> list[str]:
+    """Run n test.fail jobs to their (one, failed) attempt; each leaves a dead letter."""
+    ids = [producers.enqueue("test.fail", {}) for _ in range(n)]
+    while worker.run_next("system"):
+        pass
+    return ids
+
+
+def only(*rules: dict) -> None:
+    """Store exactly these rules (the defaults are marked as stored, not added)."""
+    alerts.client().set(keys.alert_rules_seeded(), "1")
+    for rule in rules:
+        alerts.create_rule({"cooldown_seconds": 600, **rule})
+
+
+def evaluate(now: float | None = None, worker_id: str = "evaluator-1") -> list[dict]:
+    done = alerts.evaluate(worker_id, now=now)
+    assert done is not None, "this evaluator should hold the lease"
+    notify.wait(30)
+    return done
+
+
+def actions(done: list[dict]) -> list[str]:
+    return [step["action"] for step in done]
+
+
+def alert_events(r) -> list[dict]:
+    return [json.loads(fields["e"]) for _, fields in r.xrange(keys.events_stream())
+            if json.loads(fields["e"])["type"] == "alert"]
+
+
+# ---- rules ----
+def test_a_bad_rule_is_refused_naming_each_field(r):
+    with pytest.raises(alerts.RuleError) as refused:
+        alerts.parse_rule({"id": "Bad Id!", "kind": "failures", "queue": "nope",
+                           "threshold": 0, "window_seconds": 7200, "cooldown_seconds": -1,
+                           "webhooks": ["ftp://x"], "mail_to": ["not-an-address"]})
+    fields = {e["field"] for e in refused.value.errors}
+    assert fields == {"id", "queue", "threshold", "window_seconds", "cooldown_seconds",
+                      "webhooks", "mail_to"}
+    window = next(e for e in refused.value.errors if e["field"] == "window_seconds")
+    assert "at most 3600" in window["message"]
+    with pytest.raises(alerts.RuleError) as kind:
+        alerts.parse_rule({"id": "x", "kind": "cpu", "threshold": 1})
+    assert [e["field"] for e in kind.value.errors] == ["kind"]
+
+
+def test_the_defaults_come_from_the_settings_once_and_a_deleted_rule_stays_deleted(r):
+    apply_env(ALERT_FAILURES="7", ALERT_FAILURES_WINDOW="120", ALERT_COOLDOWN_SECONDS="60",
+              ALERT_OLDEST_WAITING_SECONDS="90", ALERT_DLQ_GROWTH="5",
+              HEALTH_NO_WORKER_SECONDS="30")
+    stored = {rule.id: rule for rule in alerts.rules()}
+    assert set(stored) == {"failures", "dlq-growth", "oldest-waiting", "no-workers",
+                           "unhealthy"}
+    assert (stored["failures"].threshold, stored["failures"].window_seconds) == (7, 120)
+    assert stored["failures"].queue == "*" and stored["failures"].cooldown_seconds == 60
+    assert stored["oldest-waiting"].threshold == 90 and stored["no-workers"].threshold == 30
+    assert stored["dlq-growth"].threshold == 5
+    assert alerts.delete_rule("dlq-growth")
+    assert "dlq-growth" not in {rule.id for rule in alerts.rules()}
+    apply_env(ALERT_FAILURES="99")
+    assert alerts.get_rule("failures").threshold == 7, "stored rules win over the settings"
+
+
+def test_a_rule_is_created_changed_and_deleted(r):
+    only()
+    alerts.create_rule({"id": "email-fails", "kind": "failures", "queue": "email",
+                        "threshold": 3, "window_seconds": 120,
+                        "webhooks": ["https://hooks.example.com/a"]})
+    with pytest.raises(alerts.RuleError) as taken:
+        alerts.create_rule({"id": "email-fails", "kind": "failures", "threshold": 1})
+    assert taken.value.errors[0]["field"] == "id"
+    changed = alerts.update_rule("email-fails", {"threshold": 5, "kind": "dlq_growth",
+                                                 "enabled": False})
+    assert (changed.threshold, changed.kind, changed.enabled) == (5, "failures", False)
+    assert alerts.get_rule("email-fails").webhooks == ["https://hooks.example.com/a"]
+    with pytest.raises(alerts.RuleError) as missing:
+        alerts.update_rule("nobody", {"threshold": 1})
+    assert missing.value.status == 404
+    assert alerts.delete_rule("email-fails") and not alerts.delete_rule("email-fails")
+
+
+# ---- one incident: fires once, silent while it lasts, resolves once ----
+def test_failures_fire_once_stay_silent_and_resolve_once(targets, worker, sink, mailbox, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 10,
+          "window_seconds": 120})
+    fail_jobs(worker, 9)
+    assert evaluate() == [], "9 failures are under the threshold"
+    fail_jobs(worker, 1)
+    fired = evaluate()
+    assert actions(fired) == ["fire"]
+    assert sink.events() == ["fired"] and len(mailbox.envelopes) == 1
+    fail_jobs(worker, 20)
+    assert actions(evaluate()) == ["update"], "still firing: its value moves, nothing is sent"
+    assert actions(evaluate()) == []
+    assert len(sink.requests) == 1 and len(mailbox.envelopes) == 1
+    assert alerts.firing()[0]["value"] == 30
+    later = time.time() + 180  # the two minute buckets have left the window
+    assert actions(evaluate(later)) == ["resolve"]
+    assert actions(evaluate(later + 10)) == []
+    assert sink.events() == ["fired", "resolved"]
+    assert [s.split(":")[0] for s in mailbox.subjects()] == ["[Backstop] FIRING",
+                                                            "[Backstop] RESOLVED"]
+    assert alerts.firing() == []
+    assert [e["event"] for e in alerts.history()] == ["resolved", "fired"]
+    feed = alert_events(r)
+    assert [(e["event"], e["severity"], e["queue"]) for e in feed] == [
+        ("fired", "error", "system"), ("resolved", "info", "system")]
+
+
+def test_the_webhook_is_signed_and_says_what_fired(targets, worker, sink, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 2,
+          "window_seconds": 60})
+    fail_jobs(worker, 2)
+    evaluate()
+    request = sink.requests[0]
+    headers = request["headers"]
+    key = derived_key(b"backstop-alert-webhook").hex()  # no ALERT_WEBHOOK_SECRET: derived
+    assert verify_signature(key, headers["X-Backstop-Signature"], request["body"])
+    assert not verify_signature("another key", headers["X-Backstop-Signature"],
+                                request["body"])
+    assert headers["X-Backstop-Signature"].startswith(f"t={headers['X-Backstop-Timestamp']},")
+    assert headers["X-Backstop-Event"] == "alert.fired"
+    assert request["path"] == "/hooks/alerts-s3cret-path"
+    body = sink.bodies()[0]
+    assert {k: body[k] for k in ("event", "rule", "kind", "queue", "value", "threshold",
+                                 "resolved_at")} == {
+        "event": "fired", "rule": "fails", "kind": "failures", "queue": "system",
+        "value": 2, "threshold": 2, "resolved_at": None}
+    assert "2 failed attempts on queue system" in body["message"]
+    assert body["links"] == {"alerts": "https://ops.example.com/alerts",
+                             "queue": "https://ops.example.com/queues/system"}
+    assert time.time() - body["started_at"] < 30
+
+
+def test_alert_webhook_secret_signs_when_set(targets, worker, sink, r):
+    apply_env(ALERT_WEBHOOK_SECRET="whsec-test")
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+          "window_seconds": 60})
+    fail_jobs(worker, 1)
+    evaluate()
+    request = sink.requests[0]
+    assert verify_signature("whsec-test", request["headers"]["X-Backstop-Signature"],
+                            request["body"])
+
+
+def test_a_star_rule_is_one_incident_per_queue(targets, sink, r):
+    only({"id": "waiting", "kind": "oldest_waiting", "queue": "*", "threshold": 60})
+    producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s", "text": "t"})
+    producers.enqueue("test.work", {})
+    fired = evaluate(time.time() + 120)
+    assert sorted(step["entry"]["queue"] for step in fired) == ["email", "system"]
+    assert sorted(body["queue"] for body in sink.bodies()) == ["email", "system"]
+
+
+# ---- cool-down ----
+def test_the_cool_down_holds_back_a_second_firing_until_it_ends(targets, worker, sink, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+          "window_seconds": 60, "cooldown_seconds": 600})
+    fail_jobs(worker, 1)
+    start = time.time()
+    assert actions(evaluate(start)) == ["fire"]
+    assert actions(evaluate(start + 130)) == ["resolve"]
+    fail_jobs(worker, 1)  # now: a new failure, in the current minute again
+    assert actions(evaluate()) == [], "within the cool-down since it fired: held back"
+    assert alerts.last_evaluation()["held_back"] == ["fails|system"]
+    assert sink.events() == ["fired", "resolved"]
+    # Once the cool-down is over (and with a window that still holds that failure):
+    alerts.update_rule("fails", {"window_seconds": 3600})
+    assert actions(evaluate(start + 601)) == ["fire"]
+    assert sink.events() == ["fired", "resolved", "fired"]
+
+
+# ---- one evaluator ----
+def test_one_process_holds_the_lease_and_only_it_evaluates(r):
+    only()
+    assert alerts.evaluate("worker-a") == []
+    assert alerts.evaluate("worker-b") is None, "worker-a holds the lease"
+    assert alerts.evaluate("worker-a") == [], "its holder renews it"
+    assert 0 < r.pttl(keys.alert_lease()) <= alerts.lease_ms()
+    r.delete(keys.alert_lease())  # as if worker-a died and its lease ran out
+    assert alerts.evaluate("worker-b") == []
+    assert r.get(keys.alert_lease()) == "worker-b"
+
+
+def test_evaluators_racing_fire_once(targets, worker, sink, mailbox, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 3,
+          "window_seconds": 60})
+    fail_jobs(worker, 3)
+    results: list = []
+    holders: set[str] = set()
+    barrier = threading.Barrier(4)
+
+    def race(name: str) -> None:
+        barrier.wait()
+        for _ in range(5):
+            done = alerts.evaluate(name)
+            results.append(done)
+            holders.add(name if done is not None else "")
+            if done is not None:  # its holder lets it go: anyone may take it next time
+                r.delete(keys.alert_lease())
+
+    threads = [threading.Thread(target=race, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    notify.wait(30)
+    fired = [step for done in results if done for step in done if step["action"] == "fire"]
+    assert len(fired) == 1
+    assert len(holders - {""}) >= 2, "the lease changed hands"
+    assert sink.events() == ["fired"] and len(mailbox.envelopes) == 1
+
+
+def test_a_process_that_lost_the_lease_writes_and_sends_nothing(targets, worker, sink, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+          "window_seconds": 60})
+    fail_jobs(worker, 1)
+    assert alerts.hold_lease("slow-worker")
+    rule = alerts.get_rule("fails")
+    step = alerts._fire("fails|system", rule, "system", 1.0, time.time())
+    r.set(keys.alert_lease(), "another-worker")  # the slow worker's lease expired meanwhile
+    assert not alerts._commit(r, "slow-worker", step, time.time())
+    assert r.hlen(keys.alert_firing()) == 0 and r.xlen(keys.alert_history()) == 0
+
+
+# ---- end to end: real worker processes ----
+FAST = {"ALERT_EVALUATE_SECONDS": "0.5", "ALERT_FAILURES": "10", "ALERT_FAILURES_WINDOW": "120",
+        "ALERT_COOLDOWN_SECONDS": "600"}
+
+
+def defaults_but_failures() -> None:
+    """The default rules (from the settings), all but the failures rule disabled."""
+    for rule in alerts.rules():
+        if rule.id != "failures":
+            alerts.update_rule(rule.id, {"enabled": False})
+
+
+def dead_count(r) -> int:
+    return r.zcard(keys.state_index("system", "dead"))
+
+
+def clear_failure_window(r) -> None:
+    """Remove the minute buckets the failures were counted in, as their aging out would."""
+    now_minute = int(time.time() // 60)
+    r.delete(*[keys.metrics_minute("system", m) for m in range(now_minute - 5, now_minute + 1)])
+
+
+def test_ten_failures_alert_once_twenty_more_nothing_then_one_resolved(targets, workers, sink,
+                                                                      mailbox, r):
+    apply_env(**FAST)
+    defaults_but_failures()
+    workers.start("system", ONE_ATTEMPT)
+    producers.enqueue_many([{"job": "test.fail", "payload": {}} for _ in range(10)])
+    wait_for(lambda: dead_count(r) == 10, what="10 failed attempts")
+    tenth = time.monotonic()
+    wait_for(lambda: sink.requests and mailbox.envelopes, timeout=15, what="the alert")
+    assert time.monotonic() - tenth < 15
+    assert sink.events() == ["fired"] and sink.bodies()[0]["rule"] == "failures"
+    assert mailbox.subjects() == ["[Backstop] FIRING: failures on system"]
+    producers.enqueue_many([{"job": "test.fail", "payload": {}} for _ in range(20)])
+    wait_for(lambda: dead_count(r) == 30, what="20 more failed attempts")
+    seen = alerts.last_evaluation()["t"]
+    wait_for(lambda: alerts.last_evaluation()["t"] > seen + 2, what="4 more evaluations")
+    assert len(sink.requests) == 1 and len(mailbox.envelopes) == 1, "within the cool-down"
+    assert alerts.firing()[0]["value"] == 30
+    clear_failure_window(r)
+    wait_for(lambda: len(sink.requests) == 2 and len(mailbox.envelopes) == 2, timeout=15,
+             what="the resolved messages")
+    assert sink.events() == ["fired", "resolved"]
+    assert mailbox.subjects()[1] == "[Backstop] RESOLVED: failures on system"
+    seen = alerts.last_evaluation()["t"]
+    wait_for(lambda: alerts.last_evaluation()["t"] > seen + 2, what="4 more evaluations")
+    assert len(sink.requests) == 2 and len(mailbox.envelopes) == 2
+
+
+def test_two_worker_processes_deliver_once_and_the_other_takes_over(targets, workers, sink,
+                                                                   mailbox, r):
+    apply_env(**FAST)
+    defaults_but_failures()
+    procs = [workers.start("system", ONE_ATTEMPT) for _ in range(2)]
+    wait_for(lambda: r.get(keys.alert_lease()), what="an evaluator")
+    producers.enqueue_many([{"job": "test.fail", "payload": {}} for _ in range(12)])
+    wait_for(lambda: sink.requests and mailbox.envelopes, timeout=20, what="the alert")
+    time.sleep(2)  # four evaluations more
+    assert sink.events() == ["fired"] and len(mailbox.envelopes) == 1
+    holder = r.get(keys.alert_lease())
+    pid = int(holder.split(":")[1])
+    victim = next(p for p in procs if p.pid == pid)
+    victim.kill()
+    victim.wait(10)
+    clear_failure_window(r)
+    wait_for(lambda: r.get(keys.alert_lease()) not in (None, holder), timeout=15,
+             what="the other process taking the lease")
+    wait_for(lambda: len(sink.requests) == 2 and len(mailbox.envelopes) == 2, timeout=15,
+             what="the resolved messages")
+    time.sleep(1.5)
+    assert sink.events() == ["fired", "resolved"] and len(mailbox.envelopes) == 2
