@@ -428,3 +428,124 @@ def test_two_worker_processes_deliver_once_and_the_other_takes_over(targets, wor
              what="the resolved messages")
     time.sleep(1.5)
     assert sink.events() == ["fired", "resolved"] and len(mailbox.envelopes) == 2
+
+
+# ---- each default kind on a real Redis state ----
+def kind_rule(kind: str, **extra) -> dict:
+    return {"id": kind.replace("_", "-"), "kind": kind, "queue": "*", **extra}
+
+
+def fired_pairs(done: list[dict]) -> list[tuple[str, str]]:
+    return [(s["entry"]["rule"], s["entry"]["queue"]) for s in done if s["action"] == "fire"]
+
+
+def test_dlq_growth_fires_on_new_dead_letters_within_its_window(targets, worker, r):
+    only(kind_rule("dlq_growth", threshold=3, window_seconds=300))
+    fail_jobs(worker, 2)
+    assert evaluate() == []
+    fail_jobs(worker, 1)
+    assert fired_pairs(evaluate()) == [("dlq-growth", "system")]
+    assert alerts.firing()[0]["value"] == 3
+    assert actions(evaluate(time.time() + 301)) == ["resolve"], "they left the window"
+
+
+def test_oldest_waiting_fires_on_an_old_job_and_not_on_a_paused_queue(targets, r):
+    from backstop import queues
+
+    only(kind_rule("oldest_waiting", threshold=600))
+    producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s", "text": "t"})
+    assert evaluate(time.time() + 60) == []
+    queues.pause("email")
+    assert evaluate(time.time() + 700) == [], "a paused queue's jobs wait on purpose"
+    queues.resume("email")
+    assert fired_pairs(evaluate(time.time() + 700)) == [("oldest-waiting", "email")]
+    assert alerts.firing()[0]["value"] >= 700
+
+
+def test_no_workers_fires_once_waiting_jobs_had_no_worker_for_its_threshold(targets, workers,
+                                                                           sink, r):
+    only(kind_rule("no_workers", threshold=60))
+    producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s", "text": "t"})
+    start = time.time()
+    assert evaluate(start) == [], "the clock starts at the first evaluation that sees it"
+    assert evaluate(start + 30) == []
+    assert alerts.last_evaluation()["values"]["no-workers|email"] == 30
+    assert fired_pairs(evaluate(start + 61)) == [("no-workers", "email")]
+    assert "no live worker for 61 s" in sink.bodies()[0]["message"]
+    workers.start("email", {"email": {"concurrency": 1}}, SMTP_URL="smtp://127.0.0.1:9")
+    wait_for(lambda: any("email" in w["queues"] for w in alerts.stats.workers()
+                         if w["alive"]), what="an email worker")
+    assert actions(evaluate(start + 70)) == ["resolve"], "a worker consumes the queue"
+    assert r.hlen(keys.alert_pending()) == 0
+
+
+# ---- delivery: retries, refusals, every attempt recorded ----
+@pytest.fixture
+def quick_retries(monkeypatch):
+    monkeypatch.setattr(notify, "RETRY_DELAYS", (0.1, 0.2, 0.3))
+
+
+def test_a_failing_webhook_is_retried_and_every_attempt_recorded(targets, worker, sink, mailbox,
+                                                                 quick_retries, r):
+    sink.statuses = [503, 500]
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+          "window_seconds": 60})
+    fail_jobs(worker, 1)
+    evaluate()
+    assert sink.events() == ["fired"] * 3
+    stamps = [req["headers"]["X-Backstop-Timestamp"] for req in sink.requests]
+    assert all(verify_signature(derived_key(b"backstop-alert-webhook").hex(),
+                                req["headers"]["X-Backstop-Signature"], req["body"])
+               for req in sink.requests), stamps
+    hooks = [d for d in alerts.deliveries() if d["channel"] == "webhook"]
+    assert [(d["attempt"], d["ok"], d["detail"]) for d in reversed(hooks)] == [
+        (1, False, "answered 503"), (2, False, "answered 500"), (3, True, "answered 200")]
+    assert {d["target"] for d in hooks} == {sink.url.split("/hooks/")[0] + "/…"}
+    assert "s3cret" not in json.dumps(alerts.deliveries())
+    mail = [d for d in alerts.deliveries() if d["channel"] == "mail"]
+    assert [(d["ok"], d["target"]) for d in mail] == [(True, "oncall@backstop.test")]
+
+
+def test_a_webhook_to_an_internal_address_is_refused_once_and_not_retried(targets, worker, sink,
+                                                                          quick_retries, r):
+    apply_env(WEBHOOK_ALLOW_PRIVATE="0", WEBHOOK_ALLOWED_HOSTS="")
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+          "window_seconds": 60})
+    fail_jobs(worker, 1)
+    evaluate()
+    assert sink.requests == []
+    hooks = [d for d in alerts.deliveries() if d["channel"] == "webhook"]
+    assert len(hooks) == 1 and not hooks[0]["ok"]
+    assert "loopback" in hooks[0]["detail"] and "refused" in hooks[0]["detail"]
+    apply_env(WEBHOOK_ALLOWED_HOSTS="127.0.0.1")
+    alerts.update_rule("fails", {"threshold": 100})
+    evaluate()  # resolves: the allowed host gets the resolved message
+    assert sink.events() == ["resolved"]
+
+
+def test_mail_that_cannot_be_sent_is_retried_then_recorded_as_failed(targets, worker, sink,
+                                                                     quick_retries, r):
+    apply_env(SMTP_URL=f"smtp://127.0.0.1:{free_port()}")  # nothing listens there
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+          "window_seconds": 60, "mail_to": ["team@backstop.test"]})
+    fail_jobs(worker, 1)
+    evaluate()
+    mail = [d for d in alerts.deliveries() if d["channel"] == "mail"]
+    assert [d["attempt"] for d in reversed(mail)] == [1, 2, 3, 4]
+    assert not any(d["ok"] for d in mail)
+    assert mail[0]["target"] == "oncall@backstop.test, team@backstop.test"
+    assert "ConnectionRefusedError" in mail[0]["detail"]
+    assert sink.events() == ["fired"], "the webhook is not held up by the mail"
+
+
+def test_a_rules_own_targets_are_added_to_the_defaults(targets, worker, sink, mailbox, r):
+    with serve_sink() as own:
+        only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+              "window_seconds": 60, "webhooks": [own.url, sink.url],
+              "mail_to": ["team@backstop.test", "oncall@backstop.test"]})
+        fail_jobs(worker, 1)
+        evaluate()
+        assert own.events() == ["fired"] and sink.events() == ["fired"], "each URL once"
+    assert len(mailbox.envelopes) == 1
+    assert sorted(mailbox.envelopes[0].rcpt_tos) == ["oncall@backstop.test",
+                                                      "team@backstop.test"]
