@@ -42,8 +42,9 @@ import math
 import re
 import time
 import uuid
-from functools import lru_cache
-from typing import Literal
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import Any, Literal
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -270,8 +271,9 @@ def read_values(active: list[AlertRule], now: float, live: bool) -> dict[tuple[s
     pairs = [(rule, queue) for rule in active for queue in rule.queues()]
     windows = sorted({window_minutes(rule) for rule in active if rule.kind == "failures"})
     growth = [(rule, q) for rule, q in pairs if rule.kind == "dlq_growth"]
-    readers = [lambda p, m=m: metrics.recent(p, QUEUES, m, now) for m in windows]
-    readers.append(lambda p: _dlq_reads(p, growth, now))
+    readers: list[Callable[[Any], metrics.Finish]] = [
+        partial(metrics.recent, queues=QUEUES, minutes=m, now=now) for m in windows]
+    readers.append(partial(_dlq_reads, pairs=growth, now=now))
     *recent, dlq_counts = metrics.read(client(), *readers)
     failures = dict(zip(windows, recent, strict=True))
     monitor = (stats.monitor(None if live else now)["queues"]
@@ -281,8 +283,13 @@ def read_values(active: list[AlertRule], now: float, live: bool) -> dict[tuple[s
     for rule, queue in pairs:
         value = _value(rule, queue, failures, dlq_counts, monitor, health)
         if value is not None:
-            values[(rule.id, queue)] = value
+            values[(rule.id, queue)] = tidy(value)
     return values
+
+
+def tidy(value: float) -> float:
+    """A reading as it is stored and shown: whole numbers as int, others to 0.1."""
+    return int(value) if float(value).is_integer() else round(value, 1)
 
 
 def _dlq_reads(pipe, pairs: list[tuple[AlertRule, str]], now: float):
@@ -337,20 +344,21 @@ def _held_for(values: dict, active: list[AlertRule], pending: dict, now: float,
               r: redis.Redis) -> None:
     """no_workers readings become how long the condition has held; the start is kept."""
     kinds = {rule.id: rule.kind for rule in active}
-    start, stop = {}, []
+    start: dict[str, float] = {}
+    stop: list[str] = []
     for (rule_id, queue), value in values.items():
         if kinds[rule_id] != "no_workers":
             continue
         field = _field(rule_id, queue)
         if value:
             since = pending.get(field) or start.setdefault(field, now)
-            values[(rule_id, queue)] = round(now - since, 1)
+            values[(rule_id, queue)] = tidy(round(now - since, 1))
         elif field in pending:
             stop.append(field)
     stale = [f for f in pending if f.split("|")[0] not in kinds]
     pipe = r.pipeline(transaction=False)
-    if start:
-        pipe.hset(keys.alert_pending(), mapping=start)
+    for field, since in start.items():
+        pipe.hset(keys.alert_pending(), field, since)
     if stop or stale:
         pipe.hdel(keys.alert_pending(), *stop, *stale)
     pipe.execute()
@@ -419,7 +427,7 @@ def _plan(by_id: dict, values: dict, firing: dict, fired_at: dict,
 
 def _fire(field: str, rule: AlertRule, queue: str, value: float, now: float) -> dict:
     entry = {"id": uuid.uuid4().hex[:12], "event": "fired", "rule": rule.id, "kind": rule.kind,
-             "queue": queue, "value": value, "peak": value, "threshold": rule.threshold,
+             "queue": queue, "value": value, "peak": value, "threshold": tidy(rule.threshold),
              "window_seconds": rule.window_seconds, "started_at": now, "resolved_at": None}
     entry["message"] = describe(entry)
     return {"action": "fire", "field": field, "entry": entry, "incident": entry}
@@ -505,14 +513,14 @@ def firing() -> list[dict]:
     return sorted((json.loads(v) for v in raw.values()), key=lambda i: -i["started_at"])
 
 
-def history(count: int = 50, after: str | None = None) -> list[dict]:
-    """Alerts fired and resolved, newest first; after: only those after this history id
-    (oldest first then, for a toast)."""
-    if after is not None:
-        entries = client().xrange(keys.alert_history(), min=f"({after}", count=count)
-    else:
-        entries = client().xrevrange(keys.alert_history(), count=count)
-    return [{**json.loads(fields["a"]), "history_id": xid} for xid, fields in entries]
+def history(count: int = 50) -> list[dict]:
+    """Alerts fired and resolved, newest first."""
+    return _entries(client().xrevrange(keys.alert_history(), count=count))
+
+
+def _entries(raw: Any) -> list[dict]:
+    """History stream entries as alerts, each with its "history_id"."""
+    return [{**json.loads(fields["a"]), "history_id": xid} for xid, fields in raw or []]
 
 
 def deliveries(count: int = 50) -> list[dict]:
@@ -527,7 +535,40 @@ def last_evaluation() -> dict | None:
     return json.loads(raw) if raw else None
 
 
-def newest_history_id() -> str:
-    """The id of the newest history entry ("0-0" when there is none)."""
-    newest = client().xrevrange(keys.alert_history(), count=1)
-    return newest[0][0] if newest else "0-0"
+HISTORY_ID = re.compile(r"\d{1,20}-\d{1,20}")
+
+
+def badge(after: str | None = None) -> dict:
+    """The panel's alert count and toasts: how many incidents fire, the newest history id,
+    and (after: a history id the page has seen) up to 5 alerts fired or resolved since."""
+    pipe = client().pipeline(transaction=False)
+    pipe.hlen(keys.alert_firing())
+    pipe.xrevrange(keys.alert_history(), count=1)
+    seen = after if after and HISTORY_ID.fullmatch(after) else None
+    if seen:
+        pipe.xrange(keys.alert_history(), min=f"({seen}", count=5)
+    count, newest, *since = pipe.execute()
+    return {"firing": count, "latest": newest[0][0] if newest else (seen or "0-0"),
+            "new": _entries(since[0] if since else [])}
+
+
+def stale_after() -> float:
+    """Seconds without an evaluation after which the panel says nobody evaluates."""
+    return max(3 * settings().float("alert_evaluate_seconds"), 30.0)
+
+
+def panel_data(now: float | None = None) -> dict:
+    """Everything the Alerts page shows: firing incidents, history, delivery attempts, the
+    last evaluation (and whether it is too old), the rules and the default targets."""
+    from .notify import mail_targets, shown_url, webhook_targets
+
+    now = time.time() if now is None else now
+    evaluated = last_evaluation()
+    stale = evaluated is None or now - evaluated["t"] > stale_after()
+    listed = [{**rule.model_dump(), "webhooks_shown": [shown_url(u) for u in rule.webhooks]}
+              for rule in rules()]
+    return {"firing": firing(), "history": history(50), "deliveries": deliveries(50),
+            "evaluated": evaluated, "evaluation_stale": stale, "rules": listed,
+            "default_webhooks": [shown_url(u) for u in webhook_targets(None)],
+            "default_mail": mail_targets(None), "kinds": KINDS, "queues": QUEUES,
+            "now": now}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import email
 import json
+import os
 import threading
 import time
 from email import policy
@@ -29,6 +30,17 @@ from backstop.runner import WorkerProcess
 from backstop.tasks.plugins import verify_signature
 
 ONE_ATTEMPT = {"system": {"attempts": 1, "rate_limit": 0, "concurrency": 1}}
+
+
+@pytest.fixture(autouse=True)
+def restored_environment():
+    """Whatever settings a test applies are undone after it (other modules run after us)."""
+    saved = dict(os.environ)
+    yield
+    notify.wait(30)
+    os.environ.clear()
+    os.environ.update(saved)
+    apply_env()
 
 
 # ---- peers on loopback ----
@@ -549,3 +561,162 @@ def test_a_rules_own_targets_are_added_to_the_defaults(targets, worker, sink, ma
     assert len(mailbox.envelopes) == 1
     assert sorted(mailbox.envelopes[0].rcpt_tos) == ["oncall@backstop.test",
                                                       "team@backstop.test"]
+
+
+# ---- the panel: the Alerts page, its forms, the nav's count and toasts ----
+from helpers import flashes, panel_app, signed_in  # noqa: E402
+
+from backstop import audit  # noqa: E402
+
+
+@pytest.fixture
+def app(r):
+    return panel_app()
+
+
+def post(client, path: str, form: dict):
+    return client.post(path, data={"csrf_token": client.csrf, **form})
+
+
+RULE_FORM = {"id": "email-fails", "kind": "failures", "queue": "email", "threshold": "5",
+             "window_seconds": "120", "cooldown_seconds": "300", "enabled": "on",
+             "webhooks": "https://hooks.example.com/T0/B1/secretpath\nhttps://b.example.com/x",
+             "mail_to": "team@example.com, lead@example.com"}
+
+
+def audit_of(action: str) -> list[dict]:
+    return audit.entries(action=action).items
+
+
+def test_an_owner_adds_a_rule_and_it_is_stored_audited_and_listed(app, r):
+    only()
+    client = signed_in(app, "olga")
+    response = post(client, "/alerts/rules", RULE_FORM)
+    assert response.status_code == 302 and response.headers["Location"] == "/alerts#rules"
+    assert ("ok", "Alert rule email-fails added.") in flashes(client)
+    rule = alerts.get_rule("email-fails")
+    assert (rule.kind, rule.queue, rule.threshold, rule.window_seconds, rule.cooldown_seconds,
+            rule.enabled) == ("failures", "email", 5, 120, 300, True)
+    assert rule.webhooks == ["https://hooks.example.com/T0/B1/secretpath",
+                             "https://b.example.com/x"]
+    assert rule.mail_to == ["team@example.com", "lead@example.com"]
+    [entry] = audit_of("alert.rule.create")
+    assert (entry["actor"], entry["target"], entry["result"]) == ("user:olga", "email-fails",
+                                                                   "ok")
+    assert "secretpath" not in json.dumps(entry), "webhook paths are secrets"
+    page = client.get("/alerts").get_data(as_text=True)
+    assert 'id="rule-email-fails"' in page and "At least 5 failed attempts within" in page
+    assert "https://hooks.example.com/…" in page
+    assert client.get("/alerts", headers={}).status_code == 200
+
+
+def test_a_bad_rule_is_refused_with_the_form_again_naming_the_field(app, r):
+    only()
+    client = signed_in(app, "olga")
+    bad = {**RULE_FORM, "threshold": "0", "window_seconds": "abc",
+           "mail_to": "team@example.com nobody"}
+    response = post(client, "/alerts/rules", bad)
+    page = response.get_data(as_text=True)
+    assert response.status_code == 422
+    assert "The new rule was not added" in page
+    for name in ("threshold", "window_seconds", "mail_to"):
+        assert f'id="error-{name}"' in page, name
+    assert "greater than 0" in page and "&#39;nobody&#39; is not an e-mail address" in page
+    assert 'value="email-fails"' in page, "what was typed is kept"
+    assert alerts.get_rule("email-fails") is None
+    [entry] = audit_of("alert.rule.create")
+    assert entry["result"] == "refused 422" and "threshold" in json.dumps(entry["summary"])
+
+
+def test_an_owner_edits_and_deletes_a_rule(app, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 10,
+          "window_seconds": 300, "webhooks": ["https://a.example.com/hook"]})
+    client = signed_in(app, "olga")
+    response = post(client, "/alerts/rules/fails", {
+        "queue": "*", "threshold": "3", "window_seconds": "60", "cooldown_seconds": "0",
+        "webhooks": "", "mail_to": "a@example.com", "kind": "no_workers"})
+    assert response.status_code == 302
+    rule = alerts.get_rule("fails")
+    assert (rule.kind, rule.queue, rule.threshold, rule.window_seconds, rule.cooldown_seconds,
+            rule.enabled, rule.webhooks, rule.mail_to) == (
+        "failures", "*", 3, 60, 0, False, [], ["a@example.com"])
+    assert audit_of("alert.rule.update")[0]["result"] == "ok"
+    refused = post(client, "/alerts/rules/fails", {"threshold": "3", "window_seconds": "60",
+                                                   "cooldown_seconds": "-5", "queue": "*"})
+    page = refused.get_data(as_text=True)
+    assert refused.status_code == 422 and 'id="error-cooldown_seconds"' in page
+    assert "This rule was not saved" in page and alerts.get_rule("fails").cooldown_seconds == 0
+    assert post(client, "/alerts/rules/nobody", {"threshold": "1"}).status_code == 404
+    deleted = post(client, "/alerts/rules/fails/delete", {})
+    assert deleted.status_code == 302 and alerts.get_rule("fails") is None
+    assert ("ok", "Alert rule fails deleted.") in flashes(client)
+    assert audit_of("alert.rule.delete")[0]["target"] == "fails"
+    assert post(client, "/alerts/rules/fails/delete", {}).status_code == 404
+
+
+@pytest.mark.parametrize("user", ["vera", "oscar"])
+def test_below_owner_the_page_is_read_only_and_every_post_is_403(app, r, user):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 10,
+          "webhooks": ["https://hooks.example.com/T0/B1/secretpath"]})
+    client = signed_in(app, user)
+    page = client.get("/alerts").get_data(as_text=True)
+    assert 'id="rule-fails"' in page
+    assert "Add a rule" not in page and "/alerts/rules" not in page
+    assert "secretpath" not in page, "only an owner's edit form shows a webhook's path"
+    before = r.hgetall(keys.alert_rules())
+    for path, form in (("/alerts/rules", RULE_FORM), ("/alerts/rules/fails", {"threshold": "1"}),
+                       ("/alerts/rules/fails/delete", {})):
+        assert post(client, path, form).status_code == 403, path
+    assert r.hgetall(keys.alert_rules()) == before
+    refusals = audit.entries(actor=f"user:{user}").items
+    assert sorted(e["action"] for e in refusals if e["result"] == "refused 403") == [
+        "alert.rule.create", "alert.rule.delete", "alert.rule.update"]
+
+
+def test_a_post_without_its_csrf_token_changes_nothing(app, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 10})
+    client = signed_in(app, "olga")
+    response = client.post("/alerts/rules/fails/delete", data={})
+    assert response.status_code == 400 and alerts.get_rule("fails") is not None
+
+
+def test_the_page_lists_firing_alerts_history_and_deliveries(targets, worker, app, sink, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 2,
+          "window_seconds": 60})
+    client = signed_in(app, "vera")
+    page = client.get("/alerts").get_data(as_text=True)
+    assert "No worker has evaluated the alert rules yet" in page
+    fail_jobs(worker, 2)
+    evaluate()
+    page = client.get("/alerts").get_data(as_text=True)
+    assert "Rules last evaluated" in page and "evaluator-1" in page
+    firing = page.split('id="alerts-firing"')[1].split("</table>")[0]
+    assert "<code>fails</code>" in firing and ">system</a>" in firing
+    history = page.split('id="alerts-history"')[1].split("</table>")[0]
+    assert history.count("<tr>") == 2  # the header and one alert
+    deliveries = page.split('id="alerts-deliveries"')[1].split("</table>")[0]
+    assert deliveries.count('data-delivery="ok"') == 2  # the webhook and the mail
+    assert "/hooks/" not in deliveries and "oncall@backstop.test" in deliveries
+    partial = client.get("/alerts?partial=alerts").get_data(as_text=True)
+    assert partial.startswith('<div id="alerts-live"') or 'id="alerts-live"' in partial[:200]
+
+
+def test_the_nav_counts_firing_alerts_and_a_new_one_becomes_a_toast(targets, worker, app, r):
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+          "window_seconds": 60})
+    client = signed_in(app, "vera")
+    page = client.get("/queues").get_data(as_text=True)
+    count = page.split('id="alert-count"')[1].split("</span>")[0]
+    assert count.endswith(">") and "after=0-0" in count, "nothing firing: an empty count"
+    fail_jobs(worker, 1)
+    [fired] = evaluate()
+    seen = client.get("/alerts/count?after=0-0").get_data(as_text=True)
+    assert f'after={fired["entry"]["history_id"]}' in seen
+    assert seen.split('id="alert-count"')[1].split("</span>")[0].endswith(">1")
+    assert seen.count('hx-swap-oob="afterbegin:#toasts"') == 1
+    assert "Alert: fails on queue system (1; threshold 1)." in seen
+    again = client.get(f"/alerts/count?after={fired['entry']['history_id']}")
+    assert "hx-swap-oob" not in again.get_data(as_text=True), "a toast is shown once"
+    for damaged in ("x", "1-2-3", "'><script>"):
+        answer = client.get(f"/alerts/count?after={damaged}").get_data(as_text=True)
+        assert "hx-swap-oob" not in answer and "<script>" not in answer
