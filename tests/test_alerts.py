@@ -697,8 +697,11 @@ def test_the_page_lists_firing_alerts_history_and_deliveries(targets, worker, ap
     deliveries = page.split('id="alerts-deliveries"')[1].split("</table>")[0]
     assert deliveries.count('data-delivery="ok"') == 2  # the webhook and the mail
     assert "/hooks/" not in deliveries and "oncall@backstop.test" in deliveries
+    r.set(keys.alert_evaluated(), json.dumps({"t": time.time(), "worker": "<b>host</b>:1",
+                                              "values": {}, "held_back": []}))
     partial = client.get("/alerts?partial=alerts").get_data(as_text=True)
-    assert partial.startswith('<div id="alerts-live"') or 'id="alerts-live"' in partial[:200]
+    assert 'id="alerts-live"' in partial.split(">")[0]
+    assert '<bdi dir="ltr">&lt;b&gt;host&lt;/b&gt;:1</bdi>' in partial
 
 
 def test_the_nav_counts_firing_alerts_and_a_new_one_becomes_a_toast(targets, worker, app, r):
@@ -720,3 +723,41 @@ def test_the_nav_counts_firing_alerts_and_a_new_one_becomes_a_toast(targets, wor
     for damaged in ("x", "1-2-3", "'><script>"):
         answer = client.get(f"/alerts/count?after={damaged}").get_data(as_text=True)
         assert "hx-swap-oob" not in answer and "<script>" not in answer
+
+
+# ---- in a real browser: the toast and the count on a page left open ----
+@pytest.fixture
+def quick_polls(r):
+    apply_env(POLL_SECONDS="1")  # before live_server starts: it reads the environment
+
+
+def test_an_open_page_shows_a_toast_and_the_count_when_an_alert_fires(quick_polls, live_server,
+                                                                     page, worker, r):
+    from browser_support import shot
+    from helpers import browser_sign_in
+    from playwright.sync_api import expect
+
+    only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 2,
+          "window_seconds": 60})
+    browser_sign_in(page, live_server, "vera", "viewer")
+    page.goto(live_server + "/dlq/analytics")  # a page whose socket carries no alerts
+    count = page.locator("#alert-count")
+    expect(count).to_have_text("")
+    fail_jobs(worker, 2)
+    evaluate()
+    toast = page.locator('#toasts .toast[data-alert="fired"]')
+    expect(toast).to_contain_text("Alert: fails on queue system (2; threshold 2).")
+    expect(count).to_have_text("1")
+    shot(page, "alerts-toast")
+    toast.locator("[data-dismiss]").click()
+    expect(toast).to_have_count(0)
+    page.wait_for_timeout(2500)  # two more polls: a dismissed toast does not come back
+    expect(toast).to_have_count(0)
+    evaluate(time.time() + 130)
+    expect(page.locator('#toasts .toast[data-alert="resolved"]')).to_contain_text(
+        "Resolved: fails on queue system.")
+    expect(count).to_have_text("")
+    page.locator('#toasts .toast a[href="/alerts"]').click()
+    page.wait_for_url("**/alerts")
+    expect(page.locator("#alerts-history tbody tr")).to_have_count(2)
+    assert page.console_errors == []
