@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -120,6 +122,12 @@ SETTINGS = [
             "Share of Redis maxmemory in use at which Redis is reported as near full."),
     Setting("HEALTH_REDIS_SLOW_MS", "100",
             "Redis PING time, in ms, at which Redis is reported as slow."),
+    Setting("HEALTH_ERROR_RATE_MIN_ATTEMPTS", "10",
+            "Attempts a queue must have run in the last 5 minutes before its error rate is "
+            "judged (one failure of one attempt is not a 100% error rate)."),
+    Setting("HEALTH_BACKLOG_GROWTH", "100",
+            "Waiting jobs a queue may gain over 5 minutes, faster than it processes them, "
+            "before it is reported (degraded)."),
     # ---- alerts ----
     Setting("ALERT_WEBHOOK_URLS", "",
             "Comma-separated URLs every alert is POSTed to (HMAC-signed JSON), besides the "
@@ -166,6 +174,10 @@ class Settings:
 
     def float(self, name: str) -> float:
         return float(getattr(self, name))
+
+    def flag(self, name: str) -> bool:
+        """An on/off setting: 1, true, yes or on (any case) turn it on; anything else off."""
+        return getattr(self, name).strip().lower() in TRUE_WORDS
 
 
 @lru_cache(maxsize=1)

@@ -296,3 +296,11 @@ def alert_lease() -> str:
 def alert_evaluated() -> str:
     """The last evaluation: when, by which worker, each rule's reading (JSON)."""
     return _p("alerts", "evaluated")
+def queue_consumers() -> str:
+    """Queue -> when a worker consuming it last beat (unix s): "no worker since when"."""
+    return _p("consumers")
+
+
+def paused_since() -> str:
+    """Queue -> when it was paused (unix s); removed when it is resumed."""
+    return _p("paused", "since")

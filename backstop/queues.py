@@ -23,9 +23,13 @@ def _set_paused(queue: str, paused: bool, actor: str) -> None:
     body = json.dumps(event)
     pipe = client().pipeline()
     (pipe.sadd if paused else pipe.srem)(keys.paused(), queue)
+    if paused:  # the first pause counts: pausing a paused queue again changes nothing
+        pipe.hsetnx(keys.paused_since(), queue, event["t"])
+    else:
+        pipe.hdel(keys.paused_since(), queue)
     pipe.xadd(keys.events_stream(), {"e": body},
               maxlen=settings().int("backstop_events_maxlen"), approximate=True)
-    stream_id = pipe.execute()[1]
+    stream_id = pipe.execute()[-1]
     client().publish(keys.events_channel(), f"{stream_id} {body}")
 
 

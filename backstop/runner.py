@@ -176,9 +176,10 @@ class WorkerProcess:
         wait = seconds
         while not self.done.wait(wait):
             wait = seconds
+            started = time.monotonic()
             try:
                 action()
-                self.outage.recovered(concern)
+                self.outage.recovered(concern, started)
             except redis.RedisError as exc:
                 if not is_try_later(exc):
                     log.exception("%s failed", concern)
@@ -224,9 +225,10 @@ class WorkerProcess:
             if queue in self.paused or not self.beating():
                 self.stop.wait(0.2)
                 continue
+            started = time.monotonic()
             try:
                 self.take_and_run(queue)
-                self.outage.recovered("consume")
+                self.outage.recovered("consume", started)
             except redis.RedisError as exc:
                 if not is_try_later(exc):
                     log.exception("queue %s: Redis refused a call", queue)
@@ -455,9 +457,10 @@ class WorkerProcess:
         still in the processing list and reconciliation returns it."""
         deadline = time.monotonic() + seconds
         while True:
+            started = time.monotonic()
             try:
                 result = write()
-                self.outage.recovered("record outcomes")
+                self.outage.recovered("record outcomes", started)
                 return result
             except redis.RedisError as exc:
                 if not is_try_later(exc) or time.monotonic() > deadline:
@@ -485,7 +488,8 @@ class WorkerProcess:
         pipe.expire(keys.worker(self.id), ttl)
         pipe.set(keys.worker(self.id), json.dumps(info), ex=ttl)
         pipe.zadd(keys.workers(), {self.id: now})
-        kept, written, _ = pipe.execute(raise_on_error=False)
+        pipe.hset(keys.queue_consumers(), mapping=dict.fromkeys(self.queues, now))  # health
+        kept, written, *_ = pipe.execute(raise_on_error=False)
         if written is True or kept is True:
             self.last_beat_ok = time.monotonic()
         if isinstance(written, Exception):

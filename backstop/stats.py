@@ -93,7 +93,7 @@ def monitor(now: float | None = None) -> dict:
     """
     if now is not None:
         return _monitor(now)
-    return _cached("monitor", _monitor)
+    return cached("monitor", _monitor)
 
 
 def _monitor(now: float | None = None) -> dict:
@@ -147,7 +147,7 @@ _CACHE: dict[str, tuple[float, object]] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _cached(name: str, compute):
+def cached(name: str, compute):
     """compute(), reused for STATS_CACHE_SECONDS by every thread of this process."""
     ttl = settings().float("stats_cache_seconds")
     with _CACHE_LOCK:

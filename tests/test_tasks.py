@@ -22,7 +22,7 @@ import urllib3.util.connection
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
 
-from backstop import keys, outbound, registry
+from backstop import keys, metrics, outbound, registry
 from backstop.contracts import JOBS, register_job
 from backstop.errors import PermanentFailure
 from backstop.jobs import HANDLERS, JobContext, load_handlers
@@ -588,10 +588,14 @@ def test_hourly_snapshot_records_counts_counters_and_hourly_increase(r):
     assert (second["email:state:waiting"], second["email:delta:completed"]) == ("1", "3")
 
 
-def test_hourly_snapshot_defaults_to_the_current_utc_hour(r):
-    run(r, "analytics.snapshot.hourly", {})
+def test_hourly_snapshot_defaults_to_the_current_utc_hour_and_rolls_up_the_metrics(r):
+    previous_hour = int(time.time() // 3600) - 1
+    r.hset(keys.metrics_minute("email", previous_hour * 60 + 7), "email.send|ok", 5)
+    result = run(r, "analytics.snapshot.hourly", {})
     label = analytics.hour_label(datetime.now(UTC))
     assert r.hget(keys.metrics_hourly(label), "email:state:waiting") == "0"
+    assert result["metrics_hours_rolled_up"] == 48 * 6, "each queue's kept finished hours"
+    assert r.hget(keys.metrics_hour("email", previous_hour), "email.send|ok") == "5"
 
 
 def test_daily_aggregate_folds_the_days_snapshots(r):
@@ -659,27 +663,31 @@ def test_index_rebuild_restores_indexes_from_records(r):
     assert r.zscore(keys.state_index("ai", "dead"), "j618") == 1_700_000_618.5
 
 
-def test_health_check_judges_workers_and_eviction_and_logs_it(r):
-    r.zadd(keys.state_index("email", "waiting"), {"a": 1, "b": 2})
+def test_health_check_judges_records_the_backlog_and_logs_it(r):
+    r.zadd(keys.state_index("email", "waiting"), {"a": 1, "b": 2})  # waiting since 1970
     r.zadd(keys.workers(), {"stale": time.time() - 100})
     r.rpush(keys.health_log(), *["old"] * 1_000)
-    critical = run(r, "system.health.check", {})
-    assert critical["status"] == "critical" and critical["workers"]["alive"] == 0
-    assert [i["code"] for i in critical["issues"]] == ["no_workers"]
-    assert critical["issues"][0]["recommendation"]
-    assert critical["backlog"]["email"] == 2 and critical["redis"]["ping_ms"] < 100
-    assert critical["redis"]["used_memory"] > 0 and critical["redis"]["uptime_seconds"] >= 0
-    assert json.loads(r.lindex(keys.health_log(), 0)) == critical
+    unhealthy = run(r, "system.health.check", {})
+    assert unhealthy["status"] == "unhealthy" and unhealthy["workers"] == 0
+    found = {(i["code"], i["queue"], i["severity"]) for i in unhealthy["issues"]}
+    assert found == {("no_workers", "email", "critical"), ("oldest_waiting", "email", "critical")}
+    assert all(i["recommendation"] for i in unhealthy["issues"])
+    assert unhealthy["queues"]["email"]["waiting"] == 2 and unhealthy["redis"]["ping_ms"] < 100
+    assert unhealthy["redis"]["used_memory"] > 0 and unhealthy["redis"]["uptime_seconds"] >= 0
+    assert json.loads(r.lindex(keys.health_log(), 0)) == unhealthy
     assert r.llen(keys.health_log()) == 1_000
-    r.zadd(keys.workers(), {"live": time.time()})
+    minute = metrics.minute_of(unhealthy["checked_at"])
+    assert r.hget(keys.metrics_minute("email", minute), "backlog") == "2"
+    assert r.hget(keys.metrics_minute("ai", minute), "backlog") == "0"
+    r.delete(keys.state_index("email", "waiting"))
     assert run(r, "system.health.check", {})["status"] == "healthy"
     r.config_set("maxmemory-policy", "allkeys-lru")
     try:
-        warning = run(r, "system.health.check", {})
+        degraded = run(r, "system.health.check", {})
     finally:
         r.config_set("maxmemory-policy", "noeviction")
-    assert warning["status"] == "warning"
-    assert [i["code"] for i in warning["issues"]] == ["eviction_policy"]
+    assert degraded["status"] == "degraded"
+    assert [i["code"] for i in degraded["issues"]] == ["eviction_policy"]
 
 
 # ---- ai ----

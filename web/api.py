@@ -18,6 +18,7 @@ from backstop import dlq, export, producers, redrive, registry, replay, tokens
 from backstop.dlq import Filters
 from web.auth import audit_note, audited, require_token, scope_target
 from web.extensions import csrf
+from web.health import health_response
 from web.params import body_filter, checked_cursor, checked_limit, filters_from, json_body
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -60,6 +61,13 @@ def show_job(job_id: str):
     if job is None:
         abort(404, f"no job {job_id!r} (never enqueued, or removed by retention)")
     return jsonify(registry.redacted(job))
+
+
+@bp.get("/health/queues")
+@require_token("viewer")
+def queue_health():
+    """Queue and Redis health, whole (web.health): 200 healthy or degraded, 503 unhealthy."""
+    return health_response(full=True)
 
 
 # ---- the dead-letter queue (read: viewer, manage: operator, delete: owner) ----

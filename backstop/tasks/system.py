@@ -12,8 +12,7 @@ import time
 
 import redis
 
-from .. import dlq_maintenance, keys
-from ..config import settings
+from .. import dlq_maintenance, health, keys, metrics
 from ..contracts import QUEUES, SystemCacheInvalidate, SystemHealthCheck, SystemIndexRebuild
 from ..errors import PermanentFailure
 from ..jobs import JobContext, handler
@@ -21,9 +20,6 @@ from ..registry import STATES
 from ..scanning import chunks, scan_prefix
 
 HEALTH_LOG_LIMIT = 1_000
-SLOW_PING_MS = 100.0
-MEMORY_HIGH = 0.9
-SEVERITY = {"healthy": 0, "warning": 1, "critical": 2}
 
 
 def invalidate_all(r: redis.Redis) -> int:
@@ -104,87 +100,21 @@ def index_rebuild(payload: SystemIndexRebuild, ctx: JobContext) -> dict:
 
 
 # ---- health ----
-def _ping_ms(r: redis.Redis) -> float:
-    started = time.perf_counter()
-    r.ping()
-    return round((time.perf_counter() - started) * 1000, 2)
-
-
-def _read_health(r: redis.Redis) -> tuple[dict, int, dict]:
-    pipe = r.pipeline(transaction=False)
-    for section in ("memory", "clients", "server"):
-        pipe.info(section)
-    since = time.time() - settings().float("worker_heartbeat_ttl")
-    pipe.zcount(keys.workers(), since, "+inf")
-    for queue in QUEUES:
-        pipe.zcard(keys.state_index(queue, "waiting"))
-    memory, clients, server, alive, *backlog = pipe.execute()
-    return {**memory, **clients, **server}, alive, dict(zip(QUEUES, backlog, strict=True))
-
-
-def _redis_summary(info: dict, ping_ms: float) -> dict:
-    return {"ping_ms": ping_ms, "version": info.get("redis_version"),
-            "used_memory": info.get("used_memory"),
-            "used_memory_human": info.get("used_memory_human"),
-            "maxmemory": info.get("maxmemory", 0),
-            "maxmemory_policy": info.get("maxmemory_policy"),
-            "connected_clients": info.get("connected_clients"),
-            "uptime_seconds": info.get("uptime_in_seconds")}
-
-
-def _issue(severity: str, code: str, message: str, recommendation: str) -> dict:
-    return {"severity": severity, "code": code, "message": message,
-            "recommendation": recommendation}
-
-
-def find_issues(redis_info: dict, workers_alive: int) -> list[dict]:
-    """The problems in a health reading, each with a severity and a recommendation."""
-    issues = []
-    if workers_alive == 0:
-        ttl = settings().worker_heartbeat_ttl
-        issues.append(_issue(
-            "critical", "no_workers", f"0 workers alive: none has beaten in the last {ttl} s",
-            "Start workers (python worker.py) and check their logs and their REDIS_URL."))
-    if redis_info["ping_ms"] > SLOW_PING_MS:
-        issues.append(_issue(
-            "warning", "slow_redis", f"Redis answered PING in {redis_info['ping_ms']} ms",
-            "Check the Redis host's load and the network; keep Redis close to the workers."))
-    issues += _memory_issues(redis_info)
-    return issues
-
-
-def _memory_issues(redis_info: dict) -> list[dict]:
-    issues = []
-    policy = redis_info["maxmemory_policy"]
-    if policy != "noeviction":
-        issues.append(_issue(
-            "warning", "eviction_policy", f"Redis maxmemory-policy is {policy}",
-            "Set maxmemory-policy noeviction: eviction can silently delete jobs and records."))
-    used, limit = redis_info["used_memory"] or 0, redis_info["maxmemory"] or 0
-    if limit and used / limit >= MEMORY_HIGH:
-        issues.append(_issue(
-            "warning", "memory_high", f"Redis uses {used / limit:.0%} of maxmemory",
-            "Raise maxmemory, or lower the retention of completed/failed jobs and the DLQ."))
-    return issues
-
-
-def assess(r: redis.Redis) -> dict:
-    """Read Redis, workers and backlog and judge them: healthy, warning or critical."""
-    ping_ms = _ping_ms(r)
-    info, alive, backlog = _read_health(r)
-    redis_info = _redis_summary(info, ping_ms)
-    issues = find_issues(redis_info, alive)
-    status = max((i["severity"] for i in issues), key=SEVERITY.get, default="healthy")
-    return {"status": status, "checked_at": time.time(), "redis": redis_info,
-            "workers": {"alive": alive}, "backlog": backlog, "issues": issues}
-
-
 @handler("system.health.check")
 def health_check(payload: SystemHealthCheck, ctx: JobContext) -> dict:
-    """Assess health, append it to the health log (last 1000 kept) and return it."""
-    assessment = assess(ctx.redis)
+    """Assess health (backstop.health), note each queue's waiting count in this minute's
+    metrics (the charts' backlog line, the backlog-growth check), note since when a queue
+    paused before pauses were timed is paused, and append the assessment to the health log
+    (last 1000 kept). Returns the log entry."""
+    now = time.time()
+    assessment = health.assess(now)
+    entry = health.log_entry(assessment)
     pipe = ctx.redis.pipeline()
-    pipe.lpush(keys.health_log(), json.dumps(assessment))
+    for queue, row in assessment["queues"].items():
+        metrics.record_backlog(pipe, queue, row["counts"]["waiting"], now)
+        if row["paused"] and row["paused_since"] is None:
+            pipe.hsetnx(keys.paused_since(), queue, now)
+    pipe.lpush(keys.health_log(), json.dumps(entry))
     pipe.ltrim(keys.health_log(), 0, HEALTH_LOG_LIMIT - 1)
     pipe.execute()
-    return assessment
+    return entry
