@@ -15,11 +15,18 @@ Decisions:
                   N minutes of history). At most one hour.
   dlq_growth      dead letters from the queue whose last failure is within the window
                   (exact to the second: the DLQ's per-queue index is scored by last failure).
-  oldest_waiting  age in seconds of the queue's oldest waiting job (the window is unused;
-                  paused queues are left out: waiting is what pausing is for).
-  no_workers      seconds the queue has had waiting jobs and no live worker consuming it,
-                  counted from the first evaluation that saw it (the window is unused).
-  unhealthy       1 while backstop.health calls the queue unhealthy (threshold 1).
+  oldest_waiting  age in seconds of the queue's oldest waiting job (the window is unused).
+  no_workers      seconds the queue has had waiting jobs and no live worker consuming it:
+                  since the later of its last consumer's last beat and its oldest waiting
+                  job's arrival, as backstop.health counts it (the window is unused). A worker
+                  that never started is caught as soon as a job has waited that long.
+  unhealthy       1 while backstop.health.assess has critical findings on the queue that no
+                  other enabled rule watches there (error rate: failures; oldest job:
+                  oldest_waiting; no workers: no_workers), so one incident is one alert
+                  (threshold 1; the alert's message carries those findings).
+
+  A paused queue reads 0 for oldest_waiting and no_workers: its jobs wait, and no worker takes
+  them, because someone chose so (health reports a long pause on its own).
 
 - An incident is one (rule, queue). It fires once when the condition becomes true and the
   rule's cool-down since that pair last fired has passed; it stays firing, silently, while
@@ -49,7 +56,7 @@ from typing import Any, Literal
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from . import keys, metrics, stats
+from . import health, keys, metrics, stats
 from .config import settings
 from .connection import client
 from .contracts import EMAIL_PATTERN, QUEUES
@@ -67,8 +74,10 @@ MAX_FAILURE_WINDOW = 3600
 HISTORY_LENGTH = 1000
 LEASE_FLOOR_SECONDS = 5.0
 EVALUATED_TTL = 86400
-UNUSED_WINDOW = ("oldest_waiting", "no_workers", "unhealthy")
 SEVERITY = {"fired": "error", "resolved": "info"}
+# A rule kind -> the health finding it watches (an unhealthy rule leaves that one to it).
+COVERED_BY = {"failures": "error_rate", "oldest_waiting": "oldest_waiting",
+              "no_workers": "no_workers"}
 
 
 class RuleError(BackstopError):
@@ -263,28 +272,43 @@ def window_minutes(rule: AlertRule) -> int:
     return max(1, math.ceil(rule.window_seconds / 60))
 
 
-def read_values(active: list[AlertRule], now: float, live: bool) -> dict[tuple[str, str], float]:
-    """Each (rule id, queue)'s raw reading (no_workers: 1 while a queue has waiting jobs and
-    no worker, 0 otherwise), from one pipelined round trip plus, when a rule needs it, the
-    stats monitor and the health assessment. live: the readings are of now (cached stats
-    may be reused), not of an explicit moment."""
+def read_values(active: list[AlertRule], now: float,
+                live: bool) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], str]]:
+    """Each (rule id, queue)'s reading, from one pipelined round trip plus, when a rule needs
+    them, the stats monitor and the health assessment; and, for unhealthy queues, what health
+    found (the alert's message says it). live: the readings are of now (cached stats may be
+    reused), not of an explicit moment."""
     pairs = [(rule, queue) for rule in active for queue in rule.queues()]
     windows = sorted({window_minutes(rule) for rule in active if rule.kind == "failures"})
     growth = [(rule, q) for rule, q in pairs if rule.kind == "dlq_growth"]
     readers: list[Callable[[Any], metrics.Finish]] = [
         partial(metrics.recent, queues=QUEUES, minutes=m, now=now) for m in windows]
     readers.append(partial(_dlq_reads, pairs=growth, now=now))
-    *recent, dlq_counts = metrics.read(client(), *readers)
-    failures = dict(zip(windows, recent, strict=True))
-    monitor = (stats.monitor(None if live else now)["queues"]
-               if any(rule.kind in ("oldest_waiting", "no_workers") for rule in active) else {})
-    health = _unhealthy_queues() if any(rule.kind == "unhealthy" for rule in active) else None
-    values: dict[tuple[str, str], float] = {}
-    for rule, queue in pairs:
-        value = _value(rule, queue, failures, dlq_counts, monitor, health)
-        if value is not None:
-            values[(rule.id, queue)] = tidy(value)
-    return values
+    readers.append(_consumers_read)
+    *recent, dlq_counts, consumers = metrics.read(client(), *readers)
+    sources = {"failures": dict(zip(windows, recent, strict=True)), "dlq": dlq_counts,
+               "consumers": consumers, "now": now, "monitor": {}, "health": {}}
+    kinds = {rule.kind for rule in active}
+    if kinds & {"oldest_waiting", "no_workers"}:
+        sources["monitor"] = stats.monitor(None if live else now)["queues"]
+    if "unhealthy" in kinds:
+        sources["health"] = health.assess(None if live else now)["queues"]
+    if "unhealthy" in kinds:
+        sources["uncovered"] = _uncovered(active, sources["health"])
+    values = {(rule.id, queue): tidy(_value(rule, queue, sources)) for rule, queue in pairs}
+    notes = {(rule.id, queue): "; ".join(i["message"] for i in sources["uncovered"][queue])
+             for rule, queue in pairs if rule.kind == "unhealthy" and values[(rule.id, queue)]}
+    return values, notes
+
+
+def _uncovered(active: list[AlertRule], assessed: dict) -> dict[str, list[dict]]:
+    """Per queue, health's critical findings that no other enabled rule watches on it: one
+    incident is one alert, so a failing queue's error rate does not alert twice (as failures
+    and as unhealthy)."""
+    watched = {(COVERED_BY[rule.kind], queue) for rule in active if rule.kind in COVERED_BY
+               for queue in rule.queues()}
+    return {queue: [i for i in row["issues"] if i["severity"] == "critical"
+                    and (i["code"], queue) not in watched] for queue, row in assessed.items()}
 
 
 def tidy(value: float) -> float:
@@ -302,28 +326,33 @@ def _dlq_reads(pipe, pairs: list[tuple[AlertRule, str]], now: float):
     return finish
 
 
-def _value(rule: AlertRule, queue: str, failures: dict, dlq_counts: dict, monitor: dict,
-           health: set[str] | None) -> float | None:
+def _consumers_read(pipe):
+    pipe.hgetall(keys.queue_consumers())
+    return lambda results: {q: float(t) for q, t in results[0].items()}
+
+
+def _value(rule: AlertRule, queue: str, sources: dict) -> float:
     if rule.kind == "failures":
-        return float(failures[window_minutes(rule)][queue]["all"].failed)
+        return float(sources["failures"][window_minutes(rule)][queue]["all"].failed)
     if rule.kind == "dlq_growth":
-        return float(dlq_counts[(rule.id, queue)])
+        return float(sources["dlq"][(rule.id, queue)])
     if rule.kind == "unhealthy":
-        return None if health is None else float(queue in health)
-    row = monitor[queue]
+        return float(bool(sources["uncovered"].get(queue)))
+    row = sources["monitor"][queue]
+    if row["paused"]:
+        return 0.0  # its jobs wait, and no worker takes them, because someone chose so
     if rule.kind == "oldest_waiting":
-        return 0.0 if row["paused"] else float(row["oldest_waiting_age"] or 0)
-    return float(row["counts"]["waiting"] > 0 and row["workers"] == 0)
+        return float(row["oldest_waiting_age"] or 0)
+    return _without_workers(row, sources["consumers"].get(queue), sources["now"])
 
 
-def _unhealthy_queues() -> set[str] | None:
-    """The queues backstop.health calls unhealthy; None while there is no health module."""
-    try:
-        from . import health  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    assessment = health.assess()
-    return {q["queue"] for q in assessment.get("queues", []) if q.get("status") == "unhealthy"}
+def _without_workers(row: dict, last_seen: float | None, now: float) -> float:
+    """Seconds a queue has had waiting jobs and no live consumer: since the later of its last
+    consumer's last beat and its oldest waiting job's arrival (as backstop.health counts)."""
+    if row["workers"] or not row["counts"]["waiting"]:
+        return 0.0
+    since = max(last_seen or 0.0, now - (row["oldest_waiting_age"] or 0.0))
+    return round(max(0.0, now - since), 1)
 
 
 # ---- evaluation ----
@@ -331,37 +360,13 @@ def _field(rule_id: str, queue: str) -> str:
     return f"{rule_id}|{queue}"
 
 
-def _state(r: redis.Redis) -> tuple[dict, dict, dict]:
+def _state(r: redis.Redis) -> tuple[dict, dict]:
     pipe = r.pipeline(transaction=False)
-    for key in (keys.alert_firing(), keys.alert_fired_at(), keys.alert_pending()):
-        pipe.hgetall(key)
-    firing, fired_at, pending = pipe.execute()
+    pipe.hgetall(keys.alert_firing())
+    pipe.hgetall(keys.alert_fired_at())
+    firing, fired_at = pipe.execute()
     return ({k: json.loads(v) for k, v in firing.items()},
-            {k: float(v) for k, v in fired_at.items()}, {k: float(v) for k, v in pending.items()})
-
-
-def _held_for(values: dict, active: list[AlertRule], pending: dict, now: float,
-              r: redis.Redis) -> None:
-    """no_workers readings become how long the condition has held; the start is kept."""
-    kinds = {rule.id: rule.kind for rule in active}
-    start: dict[str, float] = {}
-    stop: list[str] = []
-    for (rule_id, queue), value in values.items():
-        if kinds[rule_id] != "no_workers":
-            continue
-        field = _field(rule_id, queue)
-        if value:
-            since = pending.get(field) or start.setdefault(field, now)
-            values[(rule_id, queue)] = tidy(round(now - since, 1))
-        elif field in pending:
-            stop.append(field)
-    stale = [f for f in pending if f.split("|")[0] not in kinds]
-    pipe = r.pipeline(transaction=False)
-    for field, since in start.items():
-        pipe.hset(keys.alert_pending(), field, since)
-    if stop or stale:
-        pipe.hdel(keys.alert_pending(), *stop, *stale)
-    pipe.execute()
+            {k: float(v) for k, v in fired_at.items()})
 
 
 def evaluate(worker_id: str, now: float | None = None) -> list[dict] | None:
@@ -378,11 +383,10 @@ def evaluate(worker_id: str, now: float | None = None) -> list[dict] | None:
     if not hold_lease(worker_id):
         return None
     active = [rule for rule in rules(r) if rule.enabled]
-    values = read_values(active, now, live)
-    firing, fired_at, pending = _state(r)
-    _held_for(values, active, pending, now, r)
+    values, notes = read_values(active, now, live)
+    firing, fired_at = _state(r)
     by_id = {rule.id: rule for rule in active}
-    plan, held_back = _plan(by_id, values, firing, fired_at, now)
+    plan, held_back = _plan(by_id, values, notes, firing, fired_at, now)
     done = [step for step in plan if _commit(r, worker_id, step, now)]
     _note(r, worker_id, now, values, held_back)
     for step in done:
@@ -400,7 +404,7 @@ def get_rule_quiet(rule_id: str) -> AlertRule | None:
         return None
 
 
-def _plan(by_id: dict, values: dict, firing: dict, fired_at: dict,
+def _plan(by_id: dict, values: dict, notes: dict, firing: dict, fired_at: dict,
           now: float) -> tuple[list[dict], list[str]]:
     """The transitions to write, and the pairs whose firing the cool-down holds back."""
     plan, held_back = [], []
@@ -414,7 +418,7 @@ def _plan(by_id: dict, values: dict, firing: dict, fired_at: dict,
             elif now - fired_at.get(field, -math.inf) < rule.cooldown_seconds:
                 held_back.append(field)
             else:
-                plan.append(_fire(field, rule, queue, value, now))
+                plan.append(_fire(field, rule, queue, value, now, notes.get((rule_id, queue))))
         elif incident is not None:
             plan.append(_resolve(field, incident, value, now, ""))
     for field, incident in firing.items():
@@ -425,10 +429,12 @@ def _plan(by_id: dict, values: dict, firing: dict, fired_at: dict,
     return plan, held_back
 
 
-def _fire(field: str, rule: AlertRule, queue: str, value: float, now: float) -> dict:
+def _fire(field: str, rule: AlertRule, queue: str, value: float, now: float,
+          note: str | None = None) -> dict:
     entry = {"id": uuid.uuid4().hex[:12], "event": "fired", "rule": rule.id, "kind": rule.kind,
              "queue": queue, "value": value, "peak": value, "threshold": tidy(rule.threshold),
-             "window_seconds": rule.window_seconds, "started_at": now, "resolved_at": None}
+             "window_seconds": rule.window_seconds, "started_at": now, "resolved_at": None,
+             "note": note}
     entry["message"] = describe(entry)
     return {"action": "fire", "field": field, "entry": entry, "incident": entry}
 
@@ -482,7 +488,8 @@ def describe(entry: dict, why: str = "") -> str:
                           f"(threshold {t} s)",
         "no_workers": f"queue {q} has had waiting jobs and no live worker for {v} s "
                       f"(threshold {t} s)",
-        "unhealthy": f"queue {q} is unhealthy",
+        "unhealthy": f"queue {q} is unhealthy" + (f": {entry['note']}" if entry.get("note")
+                                                   else ""),
     }[entry["kind"]]
     if entry["event"] == "fired":
         return f"{entry['rule']}: {what}"

@@ -272,12 +272,6 @@ def alert_fired_at() -> str:
     return _p("alerts", "fired-at")
 
 
-def alert_pending() -> str:
-    """Since when a condition that must hold for a while (no_workers) has held: "<rule>|<queue>"
-    -> unix s."""
-    return _p("alerts", "pending")
-
-
 def alert_history() -> str:
     """Every alert fired and resolved, newest last (a capped stream; field "a": JSON)."""
     return _p("alerts", "history")

@@ -373,13 +373,6 @@ FAST = {"ALERT_EVALUATE_SECONDS": "0.5", "ALERT_FAILURES": "10", "ALERT_FAILURES
         "ALERT_COOLDOWN_SECONDS": "600"}
 
 
-def defaults_but_failures() -> None:
-    """The default rules (from the settings), all but the failures rule disabled."""
-    for rule in alerts.rules():
-        if rule.id != "failures":
-            alerts.update_rule(rule.id, {"enabled": False})
-
-
 def dead_count(r) -> int:
     return r.zcard(keys.state_index("system", "dead"))
 
@@ -392,8 +385,7 @@ def clear_failure_window(r) -> None:
 
 def test_ten_failures_alert_once_twenty_more_nothing_then_one_resolved(targets, workers, sink,
                                                                       mailbox, r):
-    apply_env(**FAST)
-    defaults_but_failures()
+    apply_env(**FAST)  # the default rules, made from these settings
     workers.start("system", ONE_ATTEMPT)
     producers.enqueue_many([{"job": "test.fail", "payload": {}} for _ in range(10)])
     wait_for(lambda: dead_count(r) == 10, what="10 failed attempts")
@@ -420,8 +412,7 @@ def test_ten_failures_alert_once_twenty_more_nothing_then_one_resolved(targets, 
 
 def test_two_worker_processes_deliver_once_and_the_other_takes_over(targets, workers, sink,
                                                                    mailbox, r):
-    apply_env(**FAST)
-    defaults_but_failures()
+    apply_env(**FAST)  # the default rules, made from these settings
     procs = [workers.start("system", ONE_ATTEMPT) for _ in range(2)]
     wait_for(lambda: r.get(keys.alert_lease()), what="an evaluator")
     producers.enqueue_many([{"job": "test.fail", "payload": {}} for _ in range(12)])
@@ -488,7 +479,29 @@ def test_no_workers_fires_once_waiting_jobs_had_no_worker_for_its_threshold(targ
     wait_for(lambda: any("email" in w["queues"] for w in alerts.stats.workers()
                          if w["alive"]), what="an email worker")
     assert actions(evaluate(start + 70)) == ["resolve"], "a worker consumes the queue"
-    assert r.hlen(keys.alert_pending()) == 0
+
+
+def test_unhealthy_fires_while_health_calls_a_queue_unhealthy(targets, worker, sink, r):
+    only(kind_rule("unhealthy", threshold=1))
+    fail_jobs(worker, 9)  # (an explicit now: health read afresh, not cached for a few s)
+    assert evaluate(time.time()) == [], "too few attempts for health to judge the error rate"
+    fail_jobs(worker, 1)
+    assert fired_pairs(evaluate(time.time())) == [("unhealthy", "system")]
+    body = sink.bodies()[0]
+    assert body["message"] == ("unhealthy: queue system is unhealthy: 100% of system's "
+                               "attempts failed in the last 5 minutes (10 of 10)")
+    assert actions(evaluate(time.time() + 400)) == ["resolve"], "its last 5 minutes are calm"
+    assert sink.events() == ["fired", "resolved"]
+
+
+def test_one_incident_is_one_alert_a_failures_rule_watches_the_error_rate(targets, worker, r):
+    only(kind_rule("unhealthy", threshold=1),
+         {"id": "fails", "kind": "failures", "queue": "system", "threshold": 10,
+          "window_seconds": 300})
+    fail_jobs(worker, 10)
+    assert fired_pairs(evaluate(time.time())) == [("fails", "system")]
+    alerts.update_rule("fails", {"queue": "email"})  # now nothing watches system's failures
+    assert fired_pairs(evaluate(time.time())) == [("unhealthy", "system")]
 
 
 # ---- delivery: retries, refusals, every attempt recorded ----
