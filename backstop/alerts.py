@@ -112,6 +112,13 @@ class AlertRule(BaseModel):
             raise ValueError(f"must be * (each queue) or one of {', '.join(QUEUES)}")
         return value
 
+    @field_validator("threshold")
+    @classmethod
+    def _unhealthy_threshold(cls, value: float, info) -> float:
+        if info.data.get("kind") == "unhealthy" and value != 1:
+            raise ValueError("an unhealthy rule reads 1 while the queue is unhealthy: use 1")
+        return value
+
     @field_validator("window_seconds")
     @classmethod
     def _failure_window(cls, value: int, info) -> int:

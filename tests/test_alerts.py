@@ -191,6 +191,9 @@ def test_a_bad_rule_is_refused_naming_each_field(r):
     with pytest.raises(alerts.RuleError) as kind:
         alerts.parse_rule({"id": "x", "kind": "cpu", "threshold": 1})
     assert [e["field"] for e in kind.value.errors] == ["kind"]
+    with pytest.raises(alerts.RuleError) as unhealthy:
+        alerts.parse_rule({"id": "x", "kind": "unhealthy", "threshold": 2})
+    assert [e["field"] for e in unhealthy.value.errors] == ["threshold"]
 
 
 def test_the_defaults_come_from_the_settings_once_and_a_deleted_rule_stays_deleted(r):
@@ -511,7 +514,8 @@ def quick_retries(monkeypatch):
 
 
 def test_a_failing_webhook_is_retried_and_every_attempt_recorded(targets, worker, sink, mailbox,
-                                                                 quick_retries, r):
+                                                                 quick_retries, r, caplog):
+    caplog.set_level("INFO", logger="backstop.alerts")
     sink.statuses = [503, 500]
     only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
           "window_seconds": 60})
@@ -529,6 +533,10 @@ def test_a_failing_webhook_is_retried_and_every_attempt_recorded(targets, worker
     assert "s3cret" not in json.dumps(alerts.deliveries())
     mail = [d for d in alerts.deliveries() if d["channel"] == "mail"]
     assert [(d["ok"], d["target"]) for d in mail] == [(True, "oncall@backstop.test")]
+    logged = [rec.getMessage() for rec in caplog.records if rec.name == "backstop.alerts"]
+    assert len([m for m in logged if "webhook" in m]) == 1, "once per target, not per attempt"
+    assert any("delivered (attempt 3)" in m for m in logged)
+    assert "s3cret" not in "\n".join(logged)
 
 
 def test_a_webhook_to_an_internal_address_is_refused_once_and_not_retried(targets, worker, sink,
