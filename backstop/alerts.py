@@ -349,7 +349,7 @@ def _value(rule: AlertRule, queue: str, sources: dict) -> float:
     if row["paused"]:
         return 0.0  # its jobs wait, and no worker takes them, because someone chose so
     if rule.kind == "oldest_waiting":
-        return float(row["oldest_waiting_age"] or 0)
+        return float(round(row["oldest_waiting_age"] or 0))
     return _without_workers(row, sources["consumers"].get(queue), sources["now"])
 
 
@@ -359,7 +359,7 @@ def _without_workers(row: dict, last_seen: float | None, now: float) -> float:
     if row["workers"] or not row["counts"]["waiting"]:
         return 0.0
     since = max(last_seen or 0.0, now - (row["oldest_waiting_age"] or 0.0))
-    return round(max(0.0, now - since), 1)
+    return float(round(max(0.0, now - since)))
 
 
 # ---- evaluation ----
