@@ -10,8 +10,15 @@ holds the newest mac; it moves in the same EXEC as each append, so every writer 
 process extends one chain, and `verify` can tell an edited, removed or reordered entry,
 and a removed tail, from an intact log.
 
+The log keeps about AUDIT_MAX_ENTRIES entries: `trim` (run by the retention job) drops the
+oldest and notes in keys.audit_trimmed() how many went and the mac of the newest it dropped,
+which the oldest kept entry's prev must match, so `verify` checks the rest of the chain from
+there. Trimming checks the entries it drops first, and a problem it finds stays in that note:
+waiting for retention does not hide an edit.
+
 What the chain cannot tell: someone with write access to Redis who deletes the newest
-entries *and* resets the head to the mac of the entry now last. Catching that needs the
+entries *and* resets the head to the mac of the entry now last (or the oldest entries and
+the trim note with them). Catching that needs the
 head copied somewhere Redis writers cannot reach. Changing SECRET_KEY makes every older
 entry fail verification.
 
@@ -31,7 +38,7 @@ from dataclasses import dataclass, field
 import redis
 
 from . import keys
-from .config import derived_key
+from .config import derived_key, settings
 from .connection import client
 from .errors import BackstopError
 from .redaction import redact, redact_text
@@ -49,6 +56,8 @@ STREAM_ID = re.compile(r"\d+-\d+")  # always fullmatch
 ALTERED = "entry altered"
 CHAIN_BROKEN = "chain broken: an entry before this one was removed or reordered"
 HEAD_MISMATCH = "head does not match the last entry: entries were removed from the end"
+SEEN_WHEN_TRIMMED = "{reason} (found when retention trimmed this entry)"
+TRIMMED_PROBLEMS_KEPT = 100
 
 
 class AuditError(BackstopError):
@@ -66,11 +75,13 @@ class Page:
 
 @dataclass
 class Verification:
-    """The outcome of `verify`: ok, entries checked, and problems as {id, reason}."""
+    """The outcome of `verify`: ok, entries checked, problems as {id, reason}, and how many
+    of the oldest entries retention trimmed before the walk (checked from the trim on)."""
 
     ok: bool
     checked: int
     problems: list[dict] = field(default_factory=list)
+    trimmed: int = 0
 
 
 def record(actor: str, action: str, target: str = "", *, summary: dict | str = "",
@@ -202,20 +213,23 @@ def _public(entry_id: str, fields: dict) -> dict:
 def verify(r=None) -> Verification:
     """Walk the whole audit log oldest first and check its chain.
 
-    Every mac must match its entry, every prev the mac before it, and the head the last
-    mac. Entries appended while this runs are checked too. Reads raw bytes, so an entry a
+    Every mac must match its entry, every prev the mac before it (the oldest kept entry's:
+    the mac of the newest entry retention trimmed), and the head the last mac. Entries
+    appended while this runs are checked too, and a trim meanwhile is followed; problems
+    found in trimmed entries when they were trimmed are reported too. Reads raw bytes, so an entry a
     tamperer made invalid UTF-8 is reported, not raised. r: a Redis client (default:
     connection.client()). Raises redis.RedisError when Redis fails.
     """
     r = r or client()
     chain = _Chain(_mac_key())
+    chain.start_after_trim(_trim_note(r))
     chain.walk(r)
     # A head ahead of the walk is a writer that appended meanwhile; walk on until they agree.
     while _head(r) != chain.last_mac:
         if not chain.walk(r):
             chain.problem(chain.last_id or "", HEAD_MISMATCH)
             break
-    return Verification(not chain.problems, chain.checked, chain.problems)
+    return Verification(not chain.problems, chain.checked, chain.problems, chain.trimmed)
 
 
 class _Chain:
@@ -226,7 +240,14 @@ class _Chain:
         self.last_id: str | None = None
         self.last_mac = GENESIS
         self.checked = 0
+        self.trimmed = 0
         self.problems: list[dict] = []
+
+    def start_after_trim(self, note: dict) -> None:
+        """Start where retention's last trim left the log; take on what it found."""
+        self.last_mac, self.trimmed = note["mac"], note["count"]
+        self.problems += [{"id": p["id"], "reason": SEEN_WHEN_TRIMMED.format(reason=p["reason"])}
+                          for p in note["problems"]]
 
     def walk(self, r) -> int:
         """Check every entry after the last one checked; return how many there were."""
@@ -235,6 +256,7 @@ class _Chain:
             batch = _read(r, "XRANGE", keys.audit_log(), lower, "+", "COUNT", VERIFY_CHUNK,
                           errors="surrogateescape")
             for entry_id, fields in batch:
+                self.follow_trim(r, fields.get("prev"))
                 self.check(entry_id, fields)
             count += len(batch)
             if len(batch) < VERIFY_CHUNK:
@@ -252,6 +274,82 @@ class _Chain:
 
     def problem(self, entry_id: str, reason: str) -> None:
         self.problems.append({"id": entry_id, "reason": reason})
+
+    def follow_trim(self, r, prev: str | None) -> None:
+        """When an entry does not follow the last one checked, retention may have trimmed
+        past this walk meanwhile: if the trim note moved on to this entry's prev, go on from
+        there (what the trim found in entries this walk had not reached is taken on)."""
+        if prev == self.last_mac:
+            return
+        note = _trim_note(r)
+        if note["count"] > self.trimmed and note["mac"] == prev:
+            seen = {p["id"] for p in self.problems}
+            self.start_after_trim({**note, "problems": [
+                p for p in note["problems"] if p["id"] not in seen]})
+
+
+def trim(max_entries: int | None = None, r=None) -> int:
+    """Drop the oldest entries so that at most max_entries stay; return how many went.
+
+    max_entries: default AUDIT_MAX_ENTRIES (at least 1 is kept). Each chunk of up to 1,000
+    entries is checked against the chain before it goes, then dropped in the same EXEC that
+    moves keys.audit_trimmed() on (count, the newest dropped entry's id and mac, and any
+    problem found), so `verify` checks the kept entries from there. Appends meanwhile are
+    safe; concurrent trims do not interleave. r: a Redis client (default:
+    connection.client()). Raises redis.RedisError when Redis fails.
+    """
+    r = r or client()
+    limit = max(1, settings().int("audit_max_entries") if max_entries is None else max_entries)
+    dropped = 0
+    while (excess := r.xlen(keys.audit_log()) - limit) > 0:
+        done = _trim_chunk(r, min(excess, VERIFY_CHUNK))
+        if not done:
+            break
+        dropped += done
+    return dropped
+
+
+def _trim_chunk(r, count: int) -> int:
+    """Drop the oldest count entries (fewer if fewer than count + 1 exist); how many went."""
+    with r.pipeline() as pipe:
+        for _ in range(APPEND_ATTEMPTS):
+            try:
+                pipe.watch(keys.audit_trimmed())
+                note = _trim_note(pipe)
+                batch = _read(pipe, "XRANGE", keys.audit_log(), "-", "+", "COUNT", count + 1,
+                              errors="surrogateescape")
+                doomed = batch[:-1]
+                if not doomed:
+                    return 0
+                pipe.multi()
+                pipe.xtrim(keys.audit_log(), minid=batch[-1][0], approximate=False)
+                pipe.hset(keys.audit_trimmed(), mapping=_next_note(note, doomed))
+                pipe.execute()
+                return len(doomed)
+            except redis.WatchError:
+                continue
+    raise AuditError("the audit log was not trimmed: other trims kept moving its start")
+
+
+def _next_note(note: dict, doomed: list[tuple[str, dict]]) -> dict:
+    """The trim note once doomed (the oldest entries, in order) are gone."""
+    chain = _Chain(_mac_key())
+    chain.last_mac = note["mac"]
+    for entry_id, fields in doomed:
+        chain.check(entry_id, fields)
+    problems = (note["problems"] + chain.problems)[:TRIMMED_PROBLEMS_KEPT]
+    return {"count": note["count"] + len(doomed), "last_id": doomed[-1][0],
+            "mac": _bytes(chain.last_mac), "problems": json.dumps(problems),
+            "at": f"{time.time():.3f}"}
+
+
+def _trim_note(r) -> dict:
+    """keys.audit_trimmed() as {count, last_id, mac, problems}; nothing trimmed yet: the
+    chain starts at genesis."""
+    raw = r.execute_command("HGETALL", keys.audit_trimmed(), NEVER_DECODE=True)
+    note = {_text(k): _text(v, "surrogateescape") for k, v in (raw or {}).items()}
+    return {"count": int(note.get("count") or 0), "last_id": note.get("last_id", ""),
+            "mac": note.get("mac") or GENESIS, "problems": json.loads(note.get("problems") or "[]")}
 
 
 def _mac_key() -> bytes:

@@ -149,9 +149,11 @@ SETTINGS = [
     # ---- scheduled system jobs ----
     Setting("SCHEDULES_ENABLED", "1",
             "1: workers run the scheduled system jobs (health check each minute, analytics "
-            "hourly and daily, retention); exactly one worker runs each occurrence."),
+            "hourly and daily, retention and DLQ maintenance every 5 minutes); exactly one "
+            "worker runs each occurrence. 0: none runs (nor the DLQ's archiving and alerts)."),
     Setting("AUDIT_MAX_ENTRIES", "100000",
-            "The audit log keeps about this many newest entries (older ones are trimmed)."),
+            "The audit log keeps about this many newest entries: the retention job trims "
+            "older ones, and `flask audit verify` checks the chain from the oldest kept one."),
     Setting("HOST", "127.0.0.1", "Address `./run` binds the web app to."),
     Setting("PORT", "8000", "Port `./run` binds the web app to."),
     Setting("REDIS_PORT", "6380", "Port of the embedded Redis that `./run` starts."),

@@ -196,7 +196,8 @@ class SystemCacheInvalidate(Payload):
 
 
 class SystemIndexRebuild(Payload):
-    target: Literal["jobs", "dlq", "all"] = "all"
+    # "retention" trims what outgrows its bounds instead (backstop.retention; scheduled).
+    target: Literal["jobs", "dlq", "all", "retention"] = "all"
 
 
 class SystemHealthCheck(Payload):

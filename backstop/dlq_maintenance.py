@@ -100,15 +100,19 @@ def _open_private(path: Path):
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
-def maintain() -> None:
-    """One maintenance pass (workers run it every 30 s, one at a time)."""
+def maintain() -> dict | None:
+    """One maintenance pass, one at a time (the retention job runs it: backstop.retention).
+
+    Returns {"archived": records archived, "alert_level": 0, 80 or 95}, or None when another
+    pass holds the lock.
+    """
     lock = client().lock(keys.dlq_lock("maintenance"), timeout=300, blocking=False)
-    if lock.acquire():
-        try:
-            archive_overflow()
-            check_alerts()
-        finally:
-            lock.release()
+    if not lock.acquire():
+        return None
+    try:
+        return {"archived": archive_overflow(), "alert_level": check_alerts()}
+    finally:
+        lock.release()
 
 
 def rebuild() -> dict:

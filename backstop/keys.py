@@ -290,6 +290,16 @@ def alert_lease() -> str:
 def alert_evaluated() -> str:
     """The last evaluation: when, by which worker, each rule's reading (JSON)."""
     return _p("alerts", "evaluated")
+def schedules() -> str:
+    """Scheduled system jobs: schedule name -> JSON of its latest occurrence {slot, job_id,
+    enqueued_at, worker} (see backstop.schedules)."""
+    return _p("schedules")
+
+
+def audit_trimmed() -> str:
+    """What retention trimmed from the audit log's start: count, last_id, mac (the newest
+    trimmed entry's, which the oldest kept entry's prev must match), problems (JSON)."""
+    return _p("audit", "trimmed")
 def queue_consumers() -> str:
     """Queue -> when a worker consuming it last beat (unix s): "no worker since when"."""
     return _p("consumers")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from . import audit, dlq, redrive, registry, stats
+from . import audit, dlq, redrive, registry, schedules, stats
 from .config import SETTINGS, TRUE_WORDS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
@@ -150,7 +150,29 @@ def system_page() -> dict:
               for s in SETTINGS}
     return {"workers": stats.workers(), "redis": shown_redis(_redis_or_error()),
             "settings": values, "help": {s.name: s.help for s in SETTINGS},
-            "configs": {q: shown_config(q) for q in QUEUES}}
+            "configs": {q: shown_config(q) for q in QUEUES},
+            "schedules": scheduled_jobs(), "health_log": stats.health_log(20)}
+
+
+def scheduled_jobs() -> dict:
+    """The scheduled system jobs (schedules.listing), each with its period as words the
+    template translates: {"kind": seconds | minutes | hourly | daily, "n", "at"}."""
+    listing = schedules.listing()
+    rows = [{**row, "period": period_words(row["every"], row["at"])}
+            for row in listing["schedules"]]
+    return {**listing, "schedules": rows}
+
+
+def period_words(every: int, at: int) -> dict:
+    """How often a schedule runs, as the System page says it: every N seconds or minutes,
+    hourly at a minute, daily at a UTC time."""
+    if every == 86400:
+        return {"kind": "daily", "n": 1, "at": f"{at // 3600:02d}:{at % 3600 // 60:02d}"}
+    if every == 3600 and at % 60 == 0:
+        return {"kind": "hourly", "n": 1, "at": f"{at // 60:02d}"}
+    if every % 60 == 0 and at == 0 and every < 86400:
+        return {"kind": "minutes", "n": every // 60, "at": ""}
+    return {"kind": "seconds", "n": every, "at": ""}
 
 
 def shown_config(queue: str) -> dict:

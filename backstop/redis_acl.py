@@ -30,7 +30,7 @@ COMMANDS = (
     "sadd", "srem", "smembers", "sismember",
     "zadd", "zrem", "zcard", "zcount", "zscore", "zrange", "zrangebyscore", "zrevrange",
     "zrevrangebyscore", "zremrangebyrank",
-    "xadd", "xlen", "xrange", "xrevrange",
+    "xadd", "xlen", "xrange", "xrevrange", "xtrim",
     "publish", "subscribe", "unsubscribe",
 )
 

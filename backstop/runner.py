@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import alerts, dlq, dlq_maintenance, keys, metrics, poison, redrive
+from . import alerts, dlq, keys, metrics, poison, redrive, schedules
 from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -159,8 +159,8 @@ class WorkerProcess:
         for loop, seconds in ((self.reap, settings().float("worker_reaper_seconds")),
                               (self.reconcile, settings().float("worker_reconcile_seconds")),
                               (self.refresh_paused, 0.25), (self.promote_due, 0.5),
-                              (self.enforce_timeouts, 0.1), (dlq_maintenance.maintain, 30),
-                              (self.drive_redrives, 0.05),
+                              (self.enforce_timeouts, 0.1), (self.drive_redrives, 0.05),
+                              (self.tick_schedules, 1),
                               (self.evaluate_alerts, settings().float("alert_evaluate_seconds"))):
             self._thread(self.every, loop.__name__, loop, seconds)
         log.info("worker %s consuming %s", self.id, ", ".join(self.queues))
@@ -593,6 +593,11 @@ class WorkerProcess:
         for queue in self.queues:
             storage = huey_for(queue).storage
             self.scripts.promote(keys=[storage.schedule_key, storage.queue_key], args=[now, 1000])
+
+    def tick_schedules(self) -> None:
+        """Enqueue the scheduled system jobs now due (of the queues this process consumes):
+        one job per occurrence however many workers tick (see backstop.schedules)."""
+        schedules.ticker(self.queues).tick()
 
     def drive_redrives(self) -> None:
         """Replay records of the DLQ redrives whose lease this process holds (or takes)."""

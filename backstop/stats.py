@@ -164,3 +164,29 @@ def forget() -> None:
     """Drop this process's cached stats (after a write this process made: pause, purge ...)."""
     with _CACHE_LOCK:
         _CACHE.clear()
+
+
+# ---- the health log, as the System page shows it ----
+def health_log(limit: int = 20) -> list[dict]:
+    """The newest entries the health check job wrote (health.log_entry), newest first, each
+    as {t, status, score (None when not given), issues: [{severity, message,
+    recommendation}]}; an entry that is not JSON is left out."""
+    rows = []
+    for raw in client().lrange(keys.health_log(), 0, max(1, limit) - 1):
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            rows.append(_health_entry(entry))
+    return rows
+
+
+def _health_entry(entry: dict) -> dict:
+    issues = entry["issues"] if isinstance(entry.get("issues"), list) else []
+    return {"t": entry.get("checked_at") or entry.get("t"),
+            "status": str(entry.get("status") or "unknown"), "score": entry.get("score"),
+            "issues": [{"severity": str(i.get("severity") or ""),
+                        "message": str(i.get("message") or i.get("code") or ""),
+                        "recommendation": str(i.get("recommendation") or "")}
+                       for i in issues if isinstance(i, dict)]}

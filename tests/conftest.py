@@ -93,7 +93,9 @@ class Workers:
                    "BACKSTOP_TASK_MODULES": "tests.jobs_for_tests",
                    "BACKSTOP_QUEUES": _json.dumps(queue_config or {}),
                    "WORKER_HEARTBEAT_SECONDS": "0.5", "WORKER_HEARTBEAT_TTL": "2",
-                   "WORKER_REAPER_SECONDS": "0.5", **env}
+                   "WORKER_REAPER_SECONDS": "0.5",
+                   # No scheduled jobs (a health check each minute) unless a test asks.
+                   "SCHEDULES_ENABLED": "0", **env}
         log = open(log_to, "a") if log_to else None  # noqa: SIM115  (the child keeps it)
         proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py"), "--queues", queues],
                                 cwd=ROOT, env=environ, stderr=log)

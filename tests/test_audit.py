@@ -267,3 +267,76 @@ def test_a_paging_id_with_a_line_break_is_refused(r):
     audit.record("olga", "queue.pause", "email")
     with pytest.raises(ValueError):
         audit.entries(before="1-1\n")
+
+
+# ---- the cap: retention trims the oldest entries, the rest still verifies ----
+def test_trimming_keeps_the_newest_entries_and_the_rest_still_verifies(r):
+    ids = record_many(r, 30)
+    assert audit.trim(12, r=r) == 18
+    assert [i for i, _ in r.xrange(keys.audit_log())] == ids[18:]
+    assert audit.verify(r) == audit.Verification(True, 12, [], trimmed=18)
+    later = record_many(r, 3)
+    assert audit.trim(12, r=r) == 3 and audit.trim(12, r=r) == 0
+    assert audit.verify(r) == audit.Verification(True, 12, [], trimmed=21)
+    assert audit.entries(r=r).items[0]["id"] == later[-1]
+
+
+def test_the_cap_comes_from_audit_max_entries_and_works_in_chunks(r):
+    from conftest import apply_env
+
+    record_many(r, 2300)
+    apply_env(AUDIT_MAX_ENTRIES="250")
+    try:
+        assert audit.trim(r=r) == 2050
+    finally:
+        os.environ.pop("AUDIT_MAX_ENTRIES")
+        apply_env()
+    result = audit.verify(r)
+    assert (result.ok, result.checked, result.trimmed) == (True, 250, 2050)
+
+
+def test_after_a_trim_removing_the_oldest_kept_entry_is_still_found(r):
+    ids = record_many(r, 10)
+    audit.trim(6, r=r)
+    r.xdel(keys.audit_log(), ids[4])
+    assert audit.verify(r).problems == [{"id": ids[5], "reason": audit.CHAIN_BROKEN}]
+
+
+def test_an_edit_in_entries_that_retention_trims_stays_reported(r):
+    ids = record_many(r, 8)
+    rewrite(r, lambda position, fields: {**fields, "actor": "mallory"} if position == 1
+            else fields)
+    audit.trim(4, r=r)
+    result = audit.verify(r)
+    assert not result.ok and result.checked == 4 and result.trimmed == 4
+    reason = audit.SEEN_WHEN_TRIMMED.format(reason=audit.ALTERED)
+    assert result.problems == [{"id": ids[1], "reason": reason}]
+
+
+def test_verify_while_appends_and_trims_run_reports_no_false_problems(r):
+    record_many(r, 200)
+    writer = threading.Thread(target=record_many, args=(r, 300))
+    writer.start()
+
+    def trim_while_writing():
+        while writer.is_alive():
+            audit.trim(20, r=r)
+
+    trimmer = threading.Thread(target=trim_while_writing)
+    trimmer.start()
+    results = []
+    while writer.is_alive():
+        results.append(audit.verify(r))
+    writer.join()
+    trimmer.join()
+    assert results and all(v.ok for v in results), [v.problems for v in results if not v.ok]
+    audit.trim(20, r=r)
+    assert audit.verify(r) == audit.Verification(True, 20, [], trimmed=480)
+
+
+def test_flask_audit_verify_says_how_many_entries_retention_trimmed(r, cli):
+    record_many(r, 5)
+    audit.trim(2, r=r)
+    result = cli("audit", "verify")
+    assert result.exit_code == 0
+    assert result.output.strip() == "ok: 2 entries checked (3 older ones trimmed by retention)"

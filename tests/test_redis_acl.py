@@ -23,6 +23,7 @@ from backstop import (
     redis_server,
     registry,
     replay,
+    schedules,
     tokens,
 )
 
@@ -87,6 +88,27 @@ def test_every_role_runs_under_the_acl_user(restricted, workers):
     assert audit.verify().ok
     browse_the_panel()
     listen_to_the_live_feed(url)
+    assert denied(admin) == [], denied(admin)
+
+
+def test_scheduled_jobs_and_retention_run_under_the_acl_user(restricted, workers):
+    url, admin = restricted
+    for n in range(5):
+        audit.record("olga", "queue.pause", f"q{n}")
+    workers.start("system", {"system": FAST}, REDIS_URL=url, SCHEDULES_ENABLED="1",
+                  AUDIT_MAX_ENTRIES="2")
+
+    def finished() -> bool:
+        notes = schedules.recorded(connection.client())
+        jobs = registry.get_jobs([notes.get(n, {}).get("job_id", "-")
+                                  for n in ("health-check", "retention")])
+        return all(job and job["state"] in ("completed", "dead") for job in jobs)
+
+    wait_for(finished, what="the health check and retention ran")
+    notes = schedules.recorded(connection.client())
+    for name in ("health-check", "retention"):
+        assert registry.get_job(notes[name]["job_id"])["state"] == "completed", name
+    assert audit.verify() == audit.Verification(True, 2, [], trimmed=3)
     assert denied(admin) == [], denied(admin)
 
 

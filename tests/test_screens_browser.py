@@ -15,7 +15,8 @@ from conftest import apply_env
 from helpers import browser_sign_in_as, create_panel_users
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the seeding runs)
-from backstop import alerts, dlq, keys, notify, producers, redrive, registry
+from backstop import alerts, dlq, keys, notify, producers, redrive, registry, schedules
+from backstop.contracts import QUEUES
 from backstop.dates import format_when
 from backstop.dlq import Filters
 from backstop.hueys import huey_for
@@ -42,6 +43,7 @@ def seed() -> dict:
                       delay=3600)
     done = producers.enqueue("test.work", {})
     producers.enqueue("test.fail", {})
+    schedules.Ticker(QUEUES).tick()  # the System page's scheduled jobs and health log
     run_system_jobs({"attempts": 3, "backoff_base": 600})
     dead = producers.enqueue_many([{"job": "test.flaky", "payload": {"cause": 1 + n % 3, "n": n}}
                                    for n in range(3)])
@@ -201,7 +203,8 @@ def test_on_a_phone_a_dead_letter_is_a_short_card_and_no_column_is_off_screen(
     assert len(heights) == 24 and max(heights) < 200, heights
     for path, cells in (("/queues", "#queue-rows td, #queue-rows th"),
                         ("/overview", "#queue-rows td, #queue-rows th, #events li > *"),
-                        ("/queues/system?state=dead", "#jobs td"), ("/system", "#workers td")):
+                        ("/queues/system?state=dead", "#jobs td"),
+                        ("/system", "#workers td, #schedules td, #health-log li > *")):
         page.goto(base + path)
         assert overflow(page) <= 0, path
         off = [b for b in boxes(page, cells) if b["x"] < 0 or b["x"] + b["width"] > PHONE + 0.5]

@@ -14,7 +14,7 @@ from flask import (
     url_for,
 )
 
-from backstop import dlq, export, producers, redrive, registry, replay, tokens
+from backstop import dlq, export, producers, redrive, registry, replay, schedules, stats, tokens
 from backstop.dlq import Filters
 from web.auth import audit_note, audited, require_token, scope_target
 from web.extensions import csrf
@@ -249,3 +249,17 @@ def streamed_export(fmt: str) -> Response:
     records = dlq.iter_records(filters_from(request.args.to_dict()))
     return Response(stream_with_context(writer(records)), mimetype=mimetype, headers={
         "Content-Disposition": f'attachment; filename="backstop-dlq.{fmt}"'})
+
+
+@bp.get("/system/schedules")
+@require_token("viewer")
+def list_schedules():
+    """The scheduled system jobs: period, next run, last run and its outcome."""
+    return jsonify(schedules.listing())
+
+
+@bp.get("/system/health-log")
+@require_token("viewer")
+def health_log():
+    """The health check's log, newest first (?limit=, at most 1000)."""
+    return jsonify(items=stats.health_log(checked_limit(50, 1000)))

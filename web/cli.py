@@ -54,7 +54,8 @@ def verify_audit():
     report = audit.verify()
     for problem in report.problems:
         click.echo(f"{problem['id']}: {problem['reason']}")
-    click.echo(f"{'ok' if report.ok else 'TAMPERED'}: {report.checked} entries checked")
+    trimmed = f" ({report.trimmed} older ones trimmed by retention)" if report.trimmed else ""
+    click.echo(f"{'ok' if report.ok else 'TAMPERED'}: {report.checked} entries checked{trimmed}")
     raise SystemExit(0 if report.ok else 1)
 
 

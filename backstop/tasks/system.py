@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from .. import dlq_maintenance, health, keys, metrics
+from .. import dlq_maintenance, health, keys, metrics, retention
 from ..contracts import QUEUES, SystemCacheInvalidate, SystemHealthCheck, SystemIndexRebuild
 from ..errors import PermanentFailure
 from ..jobs import JobContext, handler
@@ -90,7 +90,10 @@ def rebuild_indexes(r: redis.Redis) -> dict:
 
 @handler("system.index.rebuild")
 def index_rebuild(payload: SystemIndexRebuild, ctx: JobContext) -> dict:
-    """Rebuild the job state indexes and/or the DLQ's indexes and counters from the records."""
+    """Rebuild the job state indexes and/or the DLQ's indexes and counters from the records;
+    target "retention": one retention pass instead (the scheduled maintenance job)."""
+    if payload.target == "retention":
+        return {"retention": retention.run(ctx.redis)}
     done = {}
     if payload.target in ("jobs", "all"):
         done["jobs"] = rebuild_indexes(ctx.redis)
