@@ -18,17 +18,20 @@ from email import policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import test_redis_acl
 from aiosmtpd.controller import Controller
 from conftest import apply_env, wait_for
+from helpers import flashes, panel_app, signed_in
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import alerts, keys, notify, producers
+from backstop import alerts, audit, keys, notify, producers
 from backstop.config import derived_key
 from backstop.hueys import huey_for
 from backstop.redis_server import free_port
 from backstop.runner import WorkerProcess
 from backstop.tasks.plugins import verify_signature
 
+acl_restricted = test_redis_acl.restricted  # a Redis whose only user is the ACL user (fixture)
 ONE_ATTEMPT = {"system": {"attempts": 1, "rate_limit": 0, "concurrency": 1}}
 
 
@@ -585,10 +588,6 @@ def test_a_rules_own_targets_are_added_to_the_defaults(targets, worker, sink, ma
 
 
 # ---- the panel: the Alerts page, its forms, the nav's count and toasts ----
-from helpers import flashes, panel_app, signed_in  # noqa: E402
-
-from backstop import audit  # noqa: E402
-
 
 @pytest.fixture
 def app(r):
@@ -782,3 +781,24 @@ def test_an_open_page_shows_a_toast_and_the_count_when_an_alert_fires(quick_poll
     page.wait_for_url("**/alerts")
     expect(page.locator("#alerts-history tbody tr")).to_have_count(2)
     assert page.console_errors == []
+
+
+# ---- under the production ACL user ----
+def test_alerts_run_under_the_acl_user(acl_restricted, sink, mailbox):
+    from test_redis_acl import denied
+
+    _url, admin = acl_restricted
+    apply_env(ALERT_WEBHOOK_URLS=sink.url, WEBHOOK_ALLOW_PRIVATE="1",
+              SMTP_URL=f"smtp://127.0.0.1:{mailbox.port}", ALERT_MAIL_TO="ops@backstop.test")
+    producers.enqueue("email.send", {"to": ["a@example.com"], "subject": "s", "text": "t"})
+    later = time.time() + 700  # the defaults: oldest-waiting and no-workers fire on email
+    fired = evaluate(later)
+    assert sorted(fired_pairs(fired)) == [("no-workers", "email"), ("oldest-waiting", "email")]
+    assert len(sink.requests) == 2 and len(mailbox.envelopes) == 2
+    app = panel_app()
+    client = signed_in(app, "olga")
+    assert client.get("/alerts").status_code == 200
+    assert client.get("/alerts/count?after=0-0").status_code == 200
+    assert post(client, "/alerts/rules", RULE_FORM).status_code == 302
+    assert post(client, "/alerts/rules/email-fails/delete", {}).status_code == 302
+    assert denied(admin) == []
