@@ -281,31 +281,35 @@ def window_minutes(rule: AlertRule) -> int:
 
 def read_values(active: list[AlertRule], now: float,
                 live: bool) -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], str]]:
-    """Each (rule id, queue)'s reading, from one pipelined round trip plus, when a rule needs
-    them, the stats monitor and the health assessment; and, for unhealthy queues, what health
-    found (the alert's message says it). live: the readings are of now (cached stats may be
-    reused), not of an explicit moment."""
+    """Each (rule id, queue)'s reading; and, for queues an unhealthy rule fires on, what
+    health found (the alert's message says it). live: the readings are of now (cached stats
+    may be reused), not of an explicit moment."""
+    sources = _sources(active, now, live)
     pairs = [(rule, queue) for rule in active for queue in rule.queues()]
-    windows = sorted({window_minutes(rule) for rule in active if rule.kind == "failures"})
-    growth = [(rule, q) for rule, q in pairs if rule.kind == "dlq_growth"]
-    readers: list[Callable[[Any], metrics.Finish]] = [
-        partial(metrics.recent, queues=QUEUES, minutes=m, now=now) for m in windows]
-    readers.append(partial(_dlq_reads, pairs=growth, now=now))
-    readers.append(_consumers_read)
-    *recent, dlq_counts, consumers = metrics.read(client(), *readers)
-    sources = {"failures": dict(zip(windows, recent, strict=True)), "dlq": dlq_counts,
-               "consumers": consumers, "now": now, "monitor": {}, "health": {}}
-    kinds = {rule.kind for rule in active}
-    if kinds & {"oldest_waiting", "no_workers"}:
-        sources["monitor"] = stats.monitor(None if live else now)["queues"]
-    if "unhealthy" in kinds:
-        sources["health"] = health.assess(None if live else now)["queues"]
-    if "unhealthy" in kinds:
-        sources["uncovered"] = _uncovered(active, sources["health"])
     values = {(rule.id, queue): tidy(_value(rule, queue, sources)) for rule, queue in pairs}
     notes = {(rule.id, queue): "; ".join(i["message"] for i in sources["uncovered"][queue])
              for rule, queue in pairs if rule.kind == "unhealthy" and values[(rule.id, queue)]}
     return values, notes
+
+
+def _sources(active: list[AlertRule], now: float, live: bool) -> dict:
+    """What the rules read: metrics, DLQ counts and consumers' last beats in one pipelined
+    round trip; the stats monitor and the health assessment only when a rule needs them."""
+    windows = sorted({window_minutes(rule) for rule in active if rule.kind == "failures"})
+    growth = [(rule, q) for rule in active if rule.kind == "dlq_growth" for q in rule.queues()]
+    readers: list[Callable[[Any], metrics.Finish]] = [
+        partial(metrics.recent, queues=QUEUES, minutes=m, now=now) for m in windows]
+    readers += [partial(_dlq_reads, pairs=growth, now=now), _consumers_read]
+    *recent, dlq_counts, consumers = metrics.read(client(), *readers)
+    sources = {"failures": dict(zip(windows, recent, strict=True)), "dlq": dlq_counts,
+               "consumers": consumers, "now": now, "monitor": {}, "uncovered": {}}
+    kinds = {rule.kind for rule in active}
+    if kinds & {"oldest_waiting", "no_workers"}:
+        sources["monitor"] = stats.monitor(None if live else now)["queues"]
+    if "unhealthy" in kinds:
+        assessed = health.assess(None if live else now)["queues"]
+        sources["uncovered"] = _uncovered(active, assessed)
+    return sources
 
 
 def _uncovered(active: list[AlertRule], assessed: dict) -> dict[str, list[dict]]:
@@ -431,7 +435,8 @@ def _plan(by_id: dict, values: dict, notes: dict, firing: dict, fired_at: dict,
     for field, incident in firing.items():
         rule_id, queue = field.split("|", 1)
         if (rule_id, queue) not in values:
-            why = "its rule was disabled or deleted" if rule_id not in by_id else "no reading"
+            why = ("its rule was disabled or deleted" if rule_id not in by_id
+                   else "its rule no longer watches this queue")
             plan.append(_resolve(field, incident, None, now, why))
     return plan, held_back
 

@@ -307,6 +307,23 @@ def test_a_star_rule_is_one_incident_per_queue(targets, sink, r):
     assert sorted(body["queue"] for body in sink.bodies()) == ["email", "system"]
 
 
+def test_disabling_or_deleting_a_firing_rule_resolves_its_alert(targets, worker, r):
+    with serve_sink() as own:
+        only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
+              "window_seconds": 60, "webhooks": [own.url]},
+             {"id": "gone", "kind": "failures", "queue": "system", "threshold": 1,
+              "window_seconds": 60})
+        fail_jobs(worker, 1)
+        assert actions(evaluate()) == ["fire", "fire"]
+        alerts.update_rule("fails", {"enabled": False})
+        alerts.delete_rule("gone")
+        assert actions(evaluate()) == ["resolve", "resolve"]
+        assert own.events() == ["fired", "resolved"], "a disabled rule's own targets hear it"
+        assert own.bodies()[1]["message"].startswith(
+            "resolved fails on queue system: its rule was disabled or deleted")
+    assert alerts.firing() == []
+
+
 # ---- cool-down ----
 def test_the_cool_down_holds_back_a_second_firing_until_it_ends(targets, worker, sink, r):
     only({"id": "fails", "kind": "failures", "queue": "system", "threshold": 1,
