@@ -18,7 +18,7 @@ CHEAP_PASSWORD_HASHING = {"PASSWORD_HASH_TIME_COST": "1", "PASSWORD_HASH_MEMORY_
                           "PASSWORD_HASH_PARALLELISM": "1"}
 os.environ.update(CHEAP_PASSWORD_HASHING)
 
-from backstop import config, connection, contracts, redis_server  # noqa: E402
+from backstop import config, connection, contracts, hueys, redis_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +40,7 @@ def apply_env(**env: str) -> None:
     os.environ.update(env)
     config.settings.cache_clear()
     connection.reset()
+    hueys.huey_for.cache_clear()  # each Huey holds a pool of the REDIS_URL it was made with
     contracts._CONFIGS.clear()
 
 

@@ -5,6 +5,7 @@ Redis's ACL log stays empty."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -44,10 +45,12 @@ def restricted(r, tmp_path):
                         decode_responses=True)
     admin.execute_command("ACL", "LOG", "RESET")
     url = f"redis://backstop:app-pw@127.0.0.1:{port}/0"
+    shared = os.environ["REDIS_URL"]
     apply_env(REDIS_URL=url, BACKSTOP_QUEUES=json.dumps({"system": FAST}), COOKIE_SECURE="0")
     yield url, admin
     proc.terminate()
     proc.wait(10)
+    apply_env(REDIS_URL=shared)  # later tests must not find this stopped server's URL
 
 
 def denied(admin) -> list[str]:
