@@ -10,7 +10,10 @@ the panel and /metrics show one truth:
 - the gauges from ``health.assess()`` (``stats.monitor()``'s snapshot, judged; cached
   STATS_CACHE_SECONDS and shared with GET /health/queues): jobs by queue and state, oldest
   waiting age, paused, consumers, stuck jobs, workers alive, DLQ records, and the health
-  scores and statuses of each queue, Redis and the whole.
+  scores and statuses of each queue, Redis and the whole;
+- the state of Backstop's own alert rules (``alerts.rules()``, ``alerts.firing()``):
+  ``backstop_alert_firing{rule,queue}``, 1 while an incident is open, 0 for every other queue
+  an enabled rule watches.
 
 Every job name the contracts know is exported from zero before it first runs, so the first
 failure of a job is an increase Prometheus sees, not the birth of a series.
@@ -34,7 +37,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from . import health, metrics
+from . import alerts, health, metrics
 from .connection import client
 from .contracts import JOBS, QUEUES
 from .metrics import BOUNDS, OUTCOMES, Figures, Histogram
@@ -48,15 +51,19 @@ SEVERITIES = tuple(s for s in health.RANK if s)  # warning, critical
 
 @dataclass
 class Snapshot:
-    """What one scrape exports: health.assess()'s dict and metrics.totals' figures."""
+    """What one scrape exports: health.assess()'s dict, metrics.totals' figures, and the
+    alert rules with the incidents firing now."""
 
     assessment: dict
     totals: dict[tuple[str, str], Figures] = field(default_factory=dict)
+    rules: list[alerts.AlertRule] = field(default_factory=list)
+    firing: list[dict] = field(default_factory=list)
 
 
 def snapshot() -> Snapshot:
     """Read everything a scrape exports: the health assessment (cached a few seconds, shared
-    with GET /health/queues) and the totals since the start (one HGETALL).
+    with GET /health/queues), the totals since the start (one HGETALL), the alert rules and
+    the incidents firing.
 
     Raises redis.RedisError when Redis cannot answer (assess() itself reports an unreachable
     Redis as a finding: here it is an error, so a scrape never exports an empty picture).
@@ -65,13 +72,15 @@ def snapshot() -> Snapshot:
     assessment = health.assess()
     if not assessment["redis"].get("reachable", True):
         raise redis.ConnectionError(assessment["redis"].get("error", "Redis did not answer"))
-    return Snapshot(assessment=assessment, totals=totals)
+    return Snapshot(assessment=assessment, totals=totals, rules=alerts.rules(),
+                    firing=alerts.firing())
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:
     """The metric families of one snapshot, in a stable order."""
     yield from queue_gauges(snap.assessment)
     yield from health_gauges(snap.assessment)
+    yield alert_gauge(snap.rules, snap.firing)
     yield from finished(snap.totals)
 
 
@@ -138,6 +147,19 @@ def health_gauges(assessment: dict) -> Iterator[Metric]:
         issues.add_metric([severity], sum(1 for i in assessment["issues"]
                                           if i["severity"] == severity))
     yield issues
+
+
+def alert_gauge(rules: list[alerts.AlertRule], firing: list[dict]) -> GaugeMetricFamily:
+    """1 for each (rule, queue) whose incident is open, 0 for the other queues each enabled
+    rule watches (a disabled rule's open incident still shows until it resolves)."""
+    gauge = GaugeMetricFamily("backstop_alert_firing",
+                              "1 while Backstop's own alert rule fires for the queue.",
+                              labels=["rule", "queue"])
+    on = {(incident["rule"], incident["queue"]) for incident in firing}
+    watched = {(rule.id, queue) for rule in rules if rule.enabled for queue in rule.queues()}
+    for rule_id, queue in sorted(watched | on):
+        gauge.add_metric([rule_id, queue], int((rule_id, queue) in on))
+    return gauge
 
 
 def per_queue(queues: dict, name: str, documentation: str, value) -> GaugeMetricFamily:

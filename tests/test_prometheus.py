@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from test_metrics import NO_RETRY_WAIT, run_all, within_one_bucket
 from test_redis_acl import restricted  # noqa: F401  (the fixture, used by name)
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import keys, producers, prometheus, redis_server, stats, tokens
+from backstop import alerts, keys, producers, prometheus, redis_server, stats, tokens
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 from tools.browser import works
@@ -238,6 +239,21 @@ def test_scrapers_are_never_refused_by_the_rate_limits(app):
     statuses = [client.get("/").status_code for _ in range(610)]
     assert statuses[-1] == 429, "the panel's limit (600 per minute) is reached"
     assert client.get("/metrics", headers=headers).status_code == 200
+
+
+def test_the_alert_state_is_backstops_own(r):
+    """An incident Backstop's evaluator opened is 1 for its rule and queue; every other queue
+    an enabled rule watches is 0."""
+    producers.enqueue("test.work", {})
+    alerts.evaluate("evaluator-1", now=time.time() + 700)  # the job has waited 700 s
+    firing = {(i["rule"], i["queue"]) for i in alerts.firing()}
+    assert ("oldest-waiting", "system") in firing
+    samples = scraped(prometheus.exposition().decode())
+    exported = {(labels["rule"], labels["queue"]): value
+                for labels, value in samples["backstop_alert_firing"]}
+    assert {pair for pair, value in exported.items() if value == 1} == firing
+    assert exported[("oldest-waiting", "email")] == 0
+    assert len(exported) == sum(len(rule.queues()) for rule in alerts.rules() if rule.enabled)
 
 
 @pytest.mark.usefixtures("restricted")
