@@ -256,8 +256,10 @@ class _Chain:
             batch = _read(r, "XRANGE", keys.audit_log(), lower, "+", "COUNT", VERIFY_CHUNK,
                           errors="surrogateescape")
             for entry_id, fields in batch:
-                self.follow_trim(r, fields.get("prev"))
-                self.check(entry_id, fields)
+                if self.follow_trim(r, entry_id, fields.get("prev")):
+                    self.check(entry_id, fields)
+                else:  # trimmed since this batch was read: the trim checked it
+                    self.last_id = entry_id
             count += len(batch)
             if len(batch) < VERIFY_CHUNK:
                 return count
@@ -275,17 +277,31 @@ class _Chain:
     def problem(self, entry_id: str, reason: str) -> None:
         self.problems.append({"id": entry_id, "reason": reason})
 
-    def follow_trim(self, r, prev: str | None) -> None:
+    def follow_trim(self, r, entry_id: str, prev: str | None) -> bool:
         """When an entry does not follow the last one checked, retention may have trimmed
-        past this walk meanwhile: if the trim note moved on to this entry's prev, go on from
-        there (what the trim found in entries this walk had not reached is taken on)."""
+        past this walk meanwhile. Returns False for an entry trimmed since it was read (the
+        trim checked it; skip it); when the trim note ends right before this entry, go on
+        from the note (taking on what the trim found). Otherwise True: check the entry."""
         if prev == self.last_mac:
-            return
+            return True
         note = _trim_note(r)
-        if note["count"] > self.trimmed and note["mac"] == prev:
+        if note["count"] <= self.trimmed:
+            return True  # no trim since: a real break, which check reports
+        if _stream_order(entry_id) <= _stream_order(note["last_id"]):
+            return False
+        if note["mac"] == prev:
             seen = {p["id"] for p in self.problems}
             self.start_after_trim({**note, "problems": [
                 p for p in note["problems"] if p["id"] not in seen]})
+        return True
+
+
+def _stream_order(entry_id: str) -> tuple[int, int]:
+    """A stream id as (ms, seq), for ordering; "" (nothing trimmed) sorts first."""
+    if not STREAM_ID.fullmatch(entry_id or ""):
+        return (-1, -1)
+    ms, seq = entry_id.split("-")
+    return (int(ms), int(seq))
 
 
 def trim(max_entries: int | None = None, r=None) -> int:

@@ -251,6 +251,45 @@ def metrics_total() -> str:
     return _p("metrics", "total")
 
 
+# ---- alerts (backstop.alerts, backstop.notify) ----
+def alert_rules() -> str:
+    """Alert rules: rule id -> JSON of an alerts.AlertRule."""
+    return _p("alerts", "rules")
+
+
+def alert_rules_seeded() -> str:
+    """Set once the default rules were stored, so rules an owner deleted stay deleted."""
+    return _p("alerts", "rules", "seeded")
+
+
+def alert_firing() -> str:
+    """Incidents firing now: "<rule>|<queue>" -> JSON of the incident."""
+    return _p("alerts", "firing")
+
+
+def alert_fired_at() -> str:
+    """When each "<rule>|<queue>" last fired (unix s): its cool-down runs from there."""
+    return _p("alerts", "fired-at")
+
+
+def alert_history() -> str:
+    """Every alert fired and resolved, newest last (a capped stream; field "a": JSON)."""
+    return _p("alerts", "history")
+
+
+def alert_deliveries() -> str:
+    """The newest delivery attempts of alerts to webhooks and mail (a capped list of JSON)."""
+    return _p("alerts", "deliveries")
+
+
+def alert_lease() -> str:
+    """The id of the worker process that evaluates alert rules (a string with a short TTL)."""
+    return _p("alerts", "lease")
+
+
+def alert_evaluated() -> str:
+    """The last evaluation: when, by which worker, each rule's reading (JSON)."""
+    return _p("alerts", "evaluated")
 def schedules() -> str:
     """Scheduled system jobs: schedule name -> JSON of its latest occurrence {slot, job_id,
     enqueued_at, worker} (see backstop.schedules)."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import dlq, keys, metrics, poison, redrive, schedules
+from . import alerts, dlq, keys, metrics, poison, redrive, schedules
 from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -160,7 +160,8 @@ class WorkerProcess:
                               (self.reconcile, settings().float("worker_reconcile_seconds")),
                               (self.refresh_paused, 0.25), (self.promote_due, 0.5),
                               (self.enforce_timeouts, 0.1), (self.drive_redrives, 0.05),
-                              (self.tick_schedules, 1)):
+                              (self.tick_schedules, 1),
+                              (self.evaluate_alerts, settings().float("alert_evaluate_seconds"))):
             self._thread(self.every, loop.__name__, loop, seconds)
         log.info("worker %s consuming %s", self.id, ", ".join(self.queues))
 
@@ -601,6 +602,10 @@ class WorkerProcess:
     def drive_redrives(self) -> None:
         """Replay records of the DLQ redrives whose lease this process holds (or takes)."""
         redrive.drive(self.id)
+
+    def evaluate_alerts(self) -> None:
+        """Evaluate the alert rules, if this process holds (or takes) the evaluator's lease."""
+        alerts.evaluate(self.id)
 
     def enforce_timeouts(self) -> None:
         """Raise JobTimeout inside any job that ran past its queue's timeout (an isolated job

@@ -1,5 +1,6 @@
 // Backstop's panel script: CSRF header for htmx, the viewer's time zone, the live-connection
-// indicator, and polling while the live socket is down. Everything else lives in markup.
+// indicator, polling while the live socket is down (the alert count: always). Everything else
+// lives in markup.
 (function () {
   "use strict";
 
@@ -39,6 +40,16 @@
     });
   }
 
+  // Marked data-poll-always (the nav's alert count): refreshed even while the socket is live,
+  // since not every page's socket carries alerts.
+  function pollAlways() {
+    if (document.hidden || !window.htmx) return;
+    document.querySelectorAll("[data-poll-always]").forEach(function (el) {
+      htmx.ajax("GET", el.dataset.pollAlways, { target: el, swap: "outerHTML",
+                                                headers: { "X-Backstop-Refresh": "poll" } });
+    });
+  }
+
   function dismiss(event) {
     const button = event.target.closest("[data-dismiss]");
     if (button) button.closest(".toast").remove();
@@ -60,5 +71,6 @@
     rememberTimeZone();
     const seconds = Number(document.body.dataset.pollSeconds || 5);
     window.setInterval(pollOnce, seconds * 1000);
+    window.setInterval(pollAlways, seconds * 1000);
   });
 })();

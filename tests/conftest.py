@@ -45,6 +45,18 @@ def apply_env(**env: str) -> None:
     stats.forget()  # figures read from the Redis of the test before
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Whatever a test sets in os.environ (apply_env) ends with it: no setting leaks into
+    the next test, or into the workers it starts."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+        apply_env()
+
+
 @pytest.fixture
 def r(redis_url) -> redis.Redis:
     """A clean Redis (flushed) and fresh settings for one test."""

@@ -18,7 +18,7 @@ from conftest import apply_env
 from helpers import browser_sign_in_as, create_panel_users
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the seeding runs)
-from backstop import connection, dlq, keys, producers, redrive, registry, schedules
+from backstop import alerts, connection, dlq, keys, notify, producers, redrive, registry, schedules
 from backstop.contracts import QUEUES
 from backstop.dates import format_when
 from backstop.dlq import Filters
@@ -54,8 +54,27 @@ def seed() -> dict:
     write_old_records(21)
     started = redrive.start("olga", Filters(queue="email"), rate=1)
     redrive.cancel(started["id"], "olga")
+    seed_alerts()  # before the seeded worker: its rules see no live worker
     seed_metrics()
     return {"job": done, "dead": dead[0]}
+
+
+def seed_alerts() -> None:
+    """An alert that fired and resolved, one firing, and delivery attempts (recorded here: no
+    target is contacted)."""
+    alerts.create_rule({"id": "system-failures", "kind": "failures", "queue": "system",
+                        "threshold": 1, "window_seconds": 60})
+    now = time.time()
+    alerts.evaluate("seed-worker", now=now)
+    alerts.evaluate("seed-worker", now=now + 130)  # the failures left the window; no worker
+    alerts.update_rule("system-failures", {"webhooks": ["https://hooks.example.com/T0/B0/x"],
+                                           "mail_to": ["oncall@example.com"]})
+    fired = alerts.history()[-1]
+    notify._record(fired, "webhook", "https://hooks.example.com/…", 1, False, "answered 503",
+                   time.monotonic())
+    notify._record(fired, "webhook", "https://hooks.example.com/…", 2, True, "answered 200",
+                   time.monotonic())
+    notify._record(fired, "mail", "oncall@example.com", 1, True, "accepted", time.monotonic())
 
 
 def seed_metrics() -> None:
@@ -107,7 +126,8 @@ def pages(ids: dict) -> list[tuple[str, str]]:
             ("dlq-analytics-failures", "/dlq/analytics?tab=failures"),
             ("dlq-analytics-trends", "/dlq/analytics?tab=trends"),
             ("dlq-analytics-replays", "/dlq/analytics?tab=replays"),
-            ("system", "/system"), ("audit", "/audit"), ("error", "/jobs/does-not-exist")]
+            ("system", "/system"), ("audit", "/audit"), ("alerts", "/alerts"),
+            ("error", "/jobs/does-not-exist")]
 
 
 def overflow(page) -> int:

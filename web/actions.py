@@ -4,15 +4,19 @@ token, then the same POST with it."""
 
 from __future__ import annotations
 
+import re
+
 from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext, ngettext
 
-from backstop import bounded_json, confirm, dlq, queues, redrive, registry, replay
+from backstop import alerts, bounded_json, confirm, dlq, queues, redrive, registry, replay
 from backstop.contracts import QUEUES
 from backstop.dlq import FilterError, Filters
 from backstop.errors import BackstopError
+from backstop.notify import shown_url
 from web.auth import DESTROY, MUTATE, audit_note, audited, require_role, scope_target
+from web.pages import PAGES, page_context
 from web.security import safe_next
 from web.templating import can
 
@@ -344,3 +348,83 @@ def change_redrive(redrive_id: str, verb: str):
     except BackstopError as exc:
         failed(exc)
     return back(url_for("pages.dlq_page"))
+
+
+# ---- alert rules (owner) ----
+RULE_LISTS = ("webhooks", "mail_to")
+RULE_FIELDS = ("queue", "threshold", "window_seconds", "cooldown_seconds")
+
+
+def rule_form(creating: bool) -> dict:
+    """A rule's fields as the form sent them: the lists one per line (or comma-separated),
+    enabled a checkbox; id and kind only when creating (a blank id is made from the kind)."""
+    form = request.form
+    data: dict = {name: form.get(name, "").strip() for name in RULE_FIELDS}
+    data["enabled"] = form.get("enabled") == "on"
+    for name in RULE_LISTS:
+        data[name] = [item for item in re.split(r"[\s,]+", form.get(name, "")) if item]
+    if creating:
+        data["kind"] = form.get("kind", "")
+        queue = "all" if data["queue"] == "*" else data["queue"]
+        data["id"] = form.get("id", "").strip() or f"{data['kind']}-{queue}".replace("_", "-")
+    return data
+
+
+def audited_rule(rule: alerts.AlertRule) -> dict:
+    """A rule as the audit log keeps it: webhook URLs without their (secret) paths."""
+    return {**rule.model_dump(), "webhooks": [shown_url(u) for u in rule.webhooks]}
+
+
+def rule_refused(exc: alerts.RuleError, editing: str):
+    """The Alerts page again, the form as sent, each bad field named."""
+    if exc.status == 404:
+        abort(404, _("There is no alert rule %(id)s.", id=editing))
+    audit_note(reason=str(exc))
+    context = page_context(PAGES["alerts"], {})
+    errors = {e["field"].split(".")[0]: e["message"] for e in exc.errors}
+    return render_template("alerts.html", **context, form_errors=errors, editing=editing,
+                           form_values=request.form), exc.status
+
+
+@bp.post("/alerts/rules")
+@require_role("owner")
+@MUTATE
+@audited("alert.rule.create")
+def create_alert_rule():
+    """Add an alert rule."""
+    data = rule_form(creating=True)
+    audit_note(target=data["id"])
+    try:
+        rule = alerts.create_rule(data)
+    except alerts.RuleError as exc:
+        return rule_refused(exc, "new")
+    audit_note(rule=audited_rule(rule))
+    flash(_("Alert rule %(id)s added.", id=rule.id), "ok")
+    return redirect(url_for("pages.alerts_page") + "#rules")
+
+
+@bp.post("/alerts/rules/<rule_id>")
+@require_role("owner")
+@MUTATE
+@audited("alert.rule.update")
+def update_alert_rule(rule_id: str):
+    """Change an alert rule's threshold, window, cool-down, targets or enabled flag."""
+    try:
+        rule = alerts.update_rule(rule_id, rule_form(creating=False))
+    except alerts.RuleError as exc:
+        return rule_refused(exc, rule_id)
+    audit_note(rule=audited_rule(rule))
+    flash(_("Alert rule %(id)s saved.", id=rule.id), "ok")
+    return redirect(url_for("pages.alerts_page") + "#rules")
+
+
+@bp.post("/alerts/rules/<rule_id>/delete")
+@require_role("owner")
+@MUTATE
+@audited("alert.rule.delete")
+def delete_alert_rule(rule_id: str):
+    """Delete an alert rule (its firing alerts resolve at the next evaluation)."""
+    if not alerts.delete_rule(rule_id):
+        abort(404, _("There is no alert rule %(id)s.", id=rule_id))
+    flash(_("Alert rule %(id)s deleted.", id=rule_id), "ok")
+    return redirect(url_for("pages.alerts_page") + "#rules")

@@ -15,7 +15,7 @@ from flask import Blueprint, abort, flash, render_template, request
 from flask_babel import get_timezone
 from flask_babel import gettext as _
 
-from backstop import audit, panel
+from backstop import alerts, audit, panel
 from backstop.contracts import QUEUES
 from backstop.dlq import FilterError, Filters
 from web.api import streamed_export
@@ -127,6 +127,16 @@ def audit_context(args: Args) -> dict:
     return {**context, "page_args": kept(**filters, before=before)}
 
 
+def alerts_context(args: Args) -> dict:
+    return {**alerts.panel_data(), "page_args": {}}
+
+
+def alert_count_context(args: Args) -> dict:
+    """The nav's count of firing alerts, with toasts for those fired or resolved after the
+    history id the page last saw ("after")."""
+    return {"badge": alerts.badge(args.get("after")), "page_args": {}}
+
+
 PAGES = {page.name: page for page in [
     Page("overview", "/overview", "overview.html", overview_context,
          ("health", "pulse", "running", "events"), topic=lambda a: "all"),
@@ -145,7 +155,16 @@ PAGES = {page.name: page for page in [
     Page("system", "/system", "system.html", system_context,
          ("workers", "schedules", "health_log")),
     Page("audit", "/audit", "audit.html", audit_context),
+    Page("alerts", "/alerts", "alerts.html", alerts_context, ("alerts",),
+         topic=lambda a: "all"),
+    Page("alert_count", "/alerts/count", "_alert_count.html", alert_count_context),
 ]}
+
+
+@bp.app_template_global("alert_badge")
+def alert_badge() -> dict:
+    """The alert count every signed-in page's nav starts with (base.html)."""
+    return alerts.badge()
 
 
 def page_context(page: Page, args: Args) -> dict:
