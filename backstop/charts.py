@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from . import keys, metrics, stats
+from .config import settings
 from .connection import client
 from .dates import zone as zone_named
 from .metrics import Figures
@@ -110,7 +111,8 @@ def _hour_steps(pipe, queue: str, win: Window, now: float):
     def finish(results: list) -> list[dict]:
         rolled, current = results[:win.points - 1], results[win.points - 1:]
         finished = list(zip(hours[:-1], rolled, strict=True))
-        missing = [hour for hour, raw in finished if not raw]
+        kept = last_hour - settings().float("metrics_minute_hours")  # older minutes expired
+        missing = [hour for hour, raw in finished if not raw and hour >= kept]
         by_hour = {**{hour: [raw] for hour, raw in finished}, **_minutes_of(queue, missing),
                    last_hour: current}
         out = []
@@ -154,9 +156,10 @@ def summed(hashes: Iterable[dict]) -> tuple[Figures, int | None]:
 # ---- the charts of a queue page ----
 def queue_charts(queue: str, hours: int = DEFAULT_WINDOW, zone: str = "UTC",
                  now: float | None = None) -> dict:
-    """The four charts of a queue page over the window of ``hours`` (one Redis round trip):
-    throughput (processed and failed per minute), runtime (p50, p95, p99), wait (p95) and
-    backlog, each as ``chart()`` returns; with the window, its start and end.
+    """The four charts of a queue page over the window of ``hours`` (one Redis round trip;
+    two when a finished hour has no roll-up yet): throughput (processed and failed per
+    minute, ``bar_chart()``), runtime (p50, p95, p99), wait (p95) and backlog
+    (``line_chart()``); with the window, its start and end.
 
     zone: the viewer's IANA zone (time labels fall on its round times). Without ``now`` the
     reads are shared for STATS_CACHE_SECONDS by every page of this process (a busy queue's
