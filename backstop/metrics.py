@@ -157,7 +157,11 @@ def parse(raw: dict, parts: int = 1) -> dict[tuple[str, ...], Figures]:
         pieces = _text(name).split("|")
         if len(pieces) != parts + 1:
             continue  # 'n', or a field this version does not know
-        _put(out.setdefault(tuple(pieces[:parts]), Figures()), pieces[-1], int(value))
+        key = tuple(pieces[:parts])
+        figures = out.get(key)
+        if figures is None:
+            figures = out[key] = Figures()
+        _put(figures, pieces[-1], int(value))
     return out
 
 
