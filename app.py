@@ -38,7 +38,7 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def base_config() -> dict:
     """Flask and extension settings, from Backstop's settings."""
-    secure = settings().cookie_secure == "1"
+    secure = settings().flag("cookie_secure")
     return dict(
         SECRET_KEY=secret_key(), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure,

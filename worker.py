@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from backstop.connection import NoRedisConfigured
 from backstop.contracts import QUEUES
 from backstop.runner import WorkerProcess
 
@@ -30,7 +31,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    worker = WorkerProcess(args.queues, args.concurrency)
+    try:
+        worker = WorkerProcess(args.queues, args.concurrency)
+    except NoRedisConfigured as exc:
+        print(f"worker.py: {exc}", file=sys.stderr)
+        return 2
     stopping = threading.Event()
 
     def on_signal(signum, frame):

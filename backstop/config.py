@@ -16,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+TRUE_WORDS = ("1", "true", "yes", "on")
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -172,6 +174,10 @@ class Settings:
 
     def float(self, name: str) -> float:
         return float(getattr(self, name))
+
+    def flag(self, name: str) -> bool:
+        """An on/off setting: 1, true, yes or on (any case) turn it on; anything else off."""
+        return getattr(self, name).strip().lower() in TRUE_WORDS
 
 
 @lru_cache(maxsize=1)

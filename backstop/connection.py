@@ -15,18 +15,24 @@ from redis.maint_notifications import MaintNotificationsConfig
 
 from .config import settings
 
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
 # Where `./run` notes its embedded Redis, so commands run beside it (users, tokens) find it.
 EMBEDDED_URL_FILE = Path(__file__).resolve().parent.parent / "var" / "redis-url"
 
 
+class NoRedisConfigured(RuntimeError):
+    """Neither REDIS_URL nor an embedded Redis started by `./run`: never guess a server."""
+
+
 def redis_url() -> str:
-    """REDIS_URL; else the embedded Redis that `./run` started; else localhost:6379."""
+    """REDIS_URL; else the embedded Redis that `./run` started. Raises NoRedisConfigured
+    otherwise: a guessed localhost:6379 could be someone else's Redis (or a test's)."""
     if settings().redis_url:
         return settings().redis_url
     if EMBEDDED_URL_FILE.exists():
         return EMBEDDED_URL_FILE.read_text().strip()
-    return DEFAULT_URL
+    raise NoRedisConfigured(
+        "no Redis configured: set REDIS_URL (e.g. redis://127.0.0.1:6379/0), or start "
+        "Backstop with ./run, which starts an embedded Redis and notes where it is")
 
 
 class KernelTimedConnection(redis.Connection):

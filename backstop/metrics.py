@@ -25,17 +25,24 @@ from dataclasses import dataclass, field
 
 from . import keys
 from .config import settings
+from .contracts import QUEUES
 
 # Upper bounds of the histogram buckets, in seconds: 5 ms ... 5 min (then one above all).
 BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300)
 OUTCOMES = ("ok", "retry", "dead")
 
 
+def minute_ttl() -> int:
+    return int(settings().float("metrics_minute_hours") * 3600) + 120
+
+
+def hour_ttl() -> int:
+    return int(settings().float("metrics_hourly_days") * 86400) + 7200
+
+
 def retention_args() -> list[str]:
-    """The FINISH script's metrics arguments: key prefix, minute TTL, hour TTL (seconds)."""
-    minute_ttl = int(settings().float("metrics_minute_hours") * 3600) + 120
-    hour_ttl = int(settings().float("metrics_hourly_days") * 86400) + 7200
-    return [keys.metrics_prefix(), str(minute_ttl), str(hour_ttl)]
+    """The FINISH script's metrics arguments: key prefix, minute TTL (seconds)."""
+    return [keys.metrics_prefix(), str(minute_ttl())]
 
 
 @dataclass
@@ -260,7 +267,7 @@ def record_backlog(pipe, queue: str, waiting: int, now: float | None = None) -> 
     the minute health check calls this for every queue."""
     key = keys.metrics_minute(queue, minute_of(time.time() if now is None else now))
     pipe.hset(key, "backlog", waiting)
-    pipe.expire(key, int(retention_args()[1]))
+    pipe.expire(key, minute_ttl())
 
 
 def read(r, *readers: Callable[[object], Finish]) -> list:
@@ -273,3 +280,38 @@ def read(r, *readers: Callable[[object], Finish]) -> list:
         spans.append((start, len(pipe)))
     results = pipe.execute()
     return [f(results[a:b]) for f, (a, b) in zip(finishers, spans, strict=True)]
+
+
+# ---- hourly roll-ups (the hourly analytics job) ----
+def roll_up_hours(r, now: float | None = None) -> int:
+    """Write the hourly hash of every finished hour whose minutes are still kept and that has
+    none yet (so an hour missed while no worker ran is made up later); return how many.
+    Runs in the hourly analytics job: O(queues x hours) EXISTS, then 60 HGETALL per new hour.
+
+    Counts add up; 'backlog' (a gauge) keeps the hour's last reading.
+    """
+    now = time.time() if now is None else now
+    current = int(now // 3600)
+    oldest = current - int(settings().float("metrics_minute_hours"))
+    hours = [(q, h) for q in QUEUES for h in range(oldest, current)]
+    pipe = r.pipeline(transaction=False)
+    for queue, hour in hours:
+        pipe.exists(keys.metrics_hour(queue, hour))
+    missing = [qh for qh, there in zip(hours, pipe.execute(), strict=True) if not there]
+    return sum(_roll_up(r, queue, hour) for queue, hour in missing)
+
+
+def _roll_up(r, queue: str, hour: int) -> int:
+    pipe = r.pipeline(transaction=False)
+    for minute in range(hour * 60, hour * 60 + 60):
+        pipe.hgetall(keys.metrics_minute(queue, minute))
+    fields: dict[str, int] = {}
+    for raw in map(_texts, pipe.execute()):
+        for name, value in raw.items():
+            fields[name] = int(value) + (0 if name == "backlog" else fields.get(name, 0))
+    key = keys.metrics_hour(queue, hour)
+    pipe = r.pipeline()
+    pipe.hset(key, mapping=fields or {"n": 0})  # an idle hour is rolled up too, once
+    pipe.expire(key, hour_ttl())
+    pipe.execute()
+    return 1

@@ -5,6 +5,11 @@ fails about once a second. An OutageLog turns that into one line when the troubl
 (the first concern to fail: consuming, heartbeats, reaping ...) and one when it ends (the last
 failing concern recovered: how long, how many failed calls), and tells each caller how long
 to back off.
+
+Several threads share a concern (every consumer thread is "consume"), so a call that began
+before the latest failure of its concern and succeeded does not end the outage: it proves
+only that Redis took calls before the trouble, and counting it made the log flap (a
+"recovered" line 60 ms after the first failure at maxmemory, then a second "cannot take").
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ class OutageLog:
         self.logger = logger
         self.lock = threading.Lock()
         self.failing: dict[str, int] = {}  # concern -> failed calls in a row
+        self.last_failure: dict[str, float] = {}  # concern -> when it last failed (monotonic)
         self.began = 0.0
         self.calls = 0
 
@@ -35,17 +41,22 @@ class OutageLog:
             if first:
                 self.began, self.calls = time.monotonic(), 0
             self.failing[concern] = in_a_row = self.failing.get(concern, 0) + 1
+            self.last_failure[concern] = time.monotonic()
             self.calls += 1
         if first:
             self.logger.warning("Redis cannot take calls (%s, in %s: %s); backing off, quiet "
                                 "until it recovers", type(exc).__name__, concern, exc)
         return backoff(in_a_row)
 
-    def recovered(self, concern: str) -> None:
-        """A call of this concern succeeded; when the last failing one recovers, log the end."""
+    def recovered(self, concern: str, started: float) -> None:
+        """A call of this concern that began at ``started`` (time.monotonic()) succeeded; when
+        the last failing concern recovers, log the end. A call that began before the concern's
+        latest failure proves nothing and is ignored."""
         if concern not in self.failing:
             return
         with self.lock:
+            if started <= self.last_failure.get(concern, 0.0):
+                return
             if self.failing.pop(concern, None) is None or self.failing:
                 return
             seconds, calls = time.monotonic() - self.began, self.calls

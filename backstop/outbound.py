@@ -35,7 +35,6 @@ from urllib3.util import connection as urllib3_connection
 
 from .config import settings
 
-TRUE_WORDS = ("1", "true", "yes", "on")
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 KINDS = (  # (ipaddress flag, how a refusal describes it), the first that applies wins
     ("is_unspecified", "an unspecified address"),
@@ -76,7 +75,7 @@ def _embedded_ipv4(ip: Address) -> ipaddress.IPv4Address | None:
 
 def unchecked(host: str) -> bool:
     """True if settings let ``host`` through without looking at its addresses."""
-    if settings().webhook_allow_private.strip().lower() in TRUE_WORDS:
+    if settings().flag("webhook_allow_private"):
         return True
     allowed = {h.strip().lower().rstrip(".") for h in settings().webhook_allowed_hosts.split(",")}
     return _normal(host) in allowed - {""}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from . import audit, dlq, redrive, registry, stats
-from .config import SETTINGS, settings
+from .config import SETTINGS, TRUE_WORDS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
 from .poison import UNREADABLE
@@ -16,7 +16,8 @@ from .registry import STATES
 SEVERITY = {"dead": "error", "alert": "error", "retrying": "warning", "stalled": "warning",
             "paused": "warning", "failed": "warning", "cancelled": "info"}
 UNLISTED = ("error", "result", "timeline")
-SECRET_SETTINGS = ("SECRET_KEY", "AI_API_KEY", "WEBHOOK_SECRET", "REDIS_URL", "SMTP_URL")
+SECRET_SETTINGS = ("SECRET_KEY", "AI_API_KEY", "WEBHOOK_SECRET", "ALERT_WEBHOOK_SECRET",
+                   "REDIS_URL", "SMTP_URL")
 
 
 def severity(event: dict) -> str:
@@ -112,7 +113,7 @@ def N_(text: str) -> str:
 
 YES, NO, NONE = Word(N_("yes")), Word(N_("no")), Word(N_("none"))
 EMPTY, SET, NO_LIMIT = Word(N_("(empty)")), Word(N_("(set)")), Word(N_("no limit"))
-FLAG_SETTINGS = ("COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE")  # "1" turns them on
+FLAG_SETTINGS = ("COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE", "METRICS_PUBLIC", "SCHEDULES_ENABLED")
 
 
 def shown(value) -> str:
@@ -133,8 +134,8 @@ def shown_setting(name: str, value: str) -> str:
     """A setting's value for the System page: secrets only as set or empty, flags yes/no."""
     if name in SECRET_SETTINGS:
         return SET if value else EMPTY
-    if name in FLAG_SETTINGS and value in ("0", "1"):
-        return YES if value == "1" else NO
+    if name in FLAG_SETTINGS:
+        return YES if value.strip().lower() in TRUE_WORDS else NO
     return shown(value)
 
 

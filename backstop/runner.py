@@ -175,9 +175,10 @@ class WorkerProcess:
         wait = seconds
         while not self.done.wait(wait):
             wait = seconds
+            started = time.monotonic()
             try:
                 action()
-                self.outage.recovered(concern)
+                self.outage.recovered(concern, started)
             except redis.RedisError as exc:
                 if not is_try_later(exc):
                     log.exception("%s failed", concern)
@@ -223,9 +224,10 @@ class WorkerProcess:
             if queue in self.paused or not self.beating():
                 self.stop.wait(0.2)
                 continue
+            started = time.monotonic()
             try:
                 self.take_and_run(queue)
-                self.outage.recovered("consume")
+                self.outage.recovered("consume", started)
             except redis.RedisError as exc:
                 if not is_try_later(exc):
                     log.exception("queue %s: Redis refused a call", queue)
@@ -454,9 +456,10 @@ class WorkerProcess:
         still in the processing list and reconciliation returns it."""
         deadline = time.monotonic() + seconds
         while True:
+            started = time.monotonic()
             try:
                 result = write()
-                self.outage.recovered("record outcomes")
+                self.outage.recovered("record outcomes", started)
                 return result
             except redis.RedisError as exc:
                 if not is_try_later(exc) or time.monotonic() > deadline:

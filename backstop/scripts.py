@@ -230,13 +230,14 @@ end
 """.replace("MAX_REPLAYS", "5")
 
 # Metrics of every attempt that ran to an end, written by FINISH beside the outcome (no extra
-# round trip). Per queue, per minute and per hour, a hash with fields <job>|<metric>:
+# round trip). Per queue and minute, a hash with fields <job>|<metric>:
 #   n (every attempt in the hash: the TTL is set when it is 1), ok / retry / dead (outcomes),
 #   r<i> / w<i> (runtime / wait histogram: bucket i of metrics.BOUNDS, #BOUNDS+1 = above all),
 #   rs / ws (their sums in microseconds).
 # And the same under <queue>|<job>|<metric> in one never-trimmed total hash (the Prometheus
 # counters). Wait: from when the job became due (enqueued, or its delay or retry ran out) to
-# its start; runtime: from its start to this outcome.
+# its start; runtime: from its start to this outcome. Hourly roll-ups are made from the minute
+# hashes by the hourly analytics job (metrics.roll_up_hours), off the hot path.
 METRICS = r"""
 local BOUNDS = {BOUNDS_LIST}
 local function bucket_of(seconds)
@@ -250,24 +251,21 @@ local function count_into(key, f, outcome, rb, rus, wb, wus)
   redis.call('hincrby', key, f .. 'w' .. wb, 1)
   redis.call('hincrby', key, f .. 'ws', wus)
 end
-local function record_metrics(prefix, queue, job, outcome, runtime, wait, now, ttls)
+local function record_metrics(prefix, queue, job, outcome, runtime, wait, now, ttl)
   runtime, wait = math.max(runtime, 0), math.max(wait, 0)
   local rb, wb = bucket_of(runtime), bucket_of(wait)
   local rus, wus = math.floor(runtime * 1e6 + 0.5), math.floor(wait * 1e6 + 0.5)
-  local spans = {{'m:', 60, tonumber(ttls[1])}, {'h:', 3600, tonumber(ttls[2])}}
-  for _, span in ipairs(spans) do
-    local key = prefix .. span[1] .. queue .. ':' .. math.floor(now / span[2])
-    if redis.call('hincrby', key, 'n', 1) == 1 then redis.call('expire', key, span[3]) end
-    count_into(key, job .. '|', outcome, rb, rus, wb, wus)
-  end
+  local key = prefix .. 'm:' .. queue .. ':' .. math.floor(now / 60)
+  if redis.call('hincrby', key, 'n', 1) == 1 then redis.call('expire', key, ttl) end
+  count_into(key, job .. '|', outcome, rb, rus, wb, wus)
   count_into(prefix .. 'total', queue .. '|' .. job .. '|', outcome, rb, rus, wb, wus)
 end
 """.replace("BOUNDS_LIST", ", ".join(f"{b:g}" for b in BOUNDS))
 
 # KEYS: record, processing list, stats, target (schedule zset / queue list), timeline
 # ARGV[8..]: id, queue, message, now, outcome, body, run_at, keep, timeline entry, event,
-#            start token, metrics prefix, minute TTL, hour TTL, then, for a dead job routed
-#            to the DLQ: dlq record id, hour, field pairs...
+#            start token, metrics prefix, minute TTL, then, for a dead job routed to the
+#            DLQ: dlq record id, hour, field pairs...
 # Returns the new state, or 'stale' when the record no longer holds this start's token (the
 # outcome was recorded already, or the job was taken back): then only the message is acked.
 FINISH = PRELUDE + DLQ_FUNCS + METRICS + r"""
@@ -309,8 +307,8 @@ else
   state = 'dead'
   redis.call('hsetnx', rec, 'first_failed_at', now)
   redis.call('hset', rec, 'state', state, 'updated_at', now, 'error', body, 'finished_at', now)
-  if #ARGV > 21 then
-    dlq_upsert(ARGV[22], ARGV[23], 24, now, redis.call('hget', rec, 'first_failed_at'))
+  if #ARGV > 20 then
+    dlq_upsert(ARGV[21], ARGV[22], 23, now, redis.call('hget', rec, 'first_failed_at'))
   end
   if dlq_id then lineage_outcome(dlq_id, id, 'dead', now) end
 end
@@ -321,7 +319,7 @@ local total = redis.call('hincrby', KEYS[3], counter[state], 1)
 if outcome ~= 'requeue' then
   local kind = ({completed = 'ok', retry = 'retry', dead = 'dead'})[outcome]
   record_metrics(ARGV[19], queue, current[4] or 'unknown', kind, now - started, started - due,
-    now, {ARGV[20], ARGV[21]})
+    now, ARGV[20])
 end
 emit(ARGV[17])
 -- Retention is enforced in batches: every 16th completion (or death) trims the index.

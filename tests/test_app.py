@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from backstop import tokens
@@ -106,7 +108,8 @@ def test_the_root_sends_strangers_to_sign_in(api):
     assert response.status_code == 302 and response.headers["Location"].endswith("/login")
 
 
-def test_commands_find_the_embedded_redis_that_run_started(r, tmp_path, monkeypatch):
+def test_commands_find_the_embedded_redis_that_run_started_and_never_guess_one(
+        r, tmp_path, monkeypatch):
     from conftest import apply_env
 
     from backstop import connection
@@ -115,7 +118,8 @@ def test_commands_find_the_embedded_redis_that_run_started(r, tmp_path, monkeypa
     monkeypatch.setattr(connection, "EMBEDDED_URL_FILE", noted)
     apply_env(REDIS_URL="")
     try:
-        assert connection.redis_url() == connection.DEFAULT_URL
+        with pytest.raises(connection.NoRedisConfigured, match="set REDIS_URL"):
+            connection.redis_url()
         noted.write_text("redis://127.0.0.1:6399/0\n")
         assert connection.redis_url() == "redis://127.0.0.1:6399/0"
     finally:
@@ -189,3 +193,19 @@ def test_a_damaged_cursor_or_limit_on_the_dlq_api_is_a_400(api, query):
 def test_a_filter_that_is_not_an_object_is_a_400_not_a_500(api, path, body):
     response = api.post(path, json=body, headers=bearer("owner"))
     assert response.status_code == 400 and "filter" in response.json["error"]
+
+
+def test_a_worker_without_a_configured_redis_says_what_to_set_and_exits_2():
+    import subprocess
+    import sys
+
+    from backstop import connection
+
+    if connection.EMBEDDED_URL_FILE.exists():
+        pytest.skip("./run's embedded Redis is noted in var/: the worker would use it")
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    done = subprocess.run([sys.executable, "worker.py", "--queues", "system"], env=env,
+                          cwd=connection.EMBEDDED_URL_FILE.parent.parent, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "set REDIS_URL" in done.stderr and "Traceback" not in done.stderr

@@ -57,3 +57,15 @@ def test_a_key_file_readable_by_others_is_tightened_and_an_empty_one_refused(tmp
     path.write_text("")
     with pytest.raises(RuntimeError, match="empty"):
         read_or_create_key(path)
+
+
+def test_every_on_off_setting_reads_the_same_words():
+    from backstop.config import Settings
+    from backstop.panel import shown_setting
+
+    for word, on in (("1", True), ("on", True), ("TRUE", True), (" yes ", True),
+                     ("0", False), ("off", False), ("", False), ("no", False)):
+        current = Settings({"COOKIE_SECURE": word, "WEBHOOK_ALLOW_PRIVATE": word})
+        assert current.flag("cookie_secure") is on, word
+        assert current.flag("webhook_allow_private") is on, word
+        assert shown_setting("WEBHOOK_ALLOW_PRIVATE", word) == ("yes" if on else "no"), word

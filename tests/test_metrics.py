@@ -11,6 +11,7 @@ from conftest import apply_env
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
 from backstop import keys, metrics, producers, stats
+from backstop.contracts import QUEUES
 from backstop.hueys import huey_for
 from backstop.metrics import BOUNDS, Histogram
 from backstop.runner import WorkerProcess
@@ -96,18 +97,32 @@ def test_wait_runs_from_enqueue_to_start(worker):
     assert wait.counts[bucket_index(wait.total)] == 1
 
 
-def test_minute_and_hour_buckets_expire_after_their_retention(worker):
-    apply_env(BACKSTOP_QUEUES=json.dumps(NO_RETRY_WAIT), METRICS_MINUTE_HOURS="1",
-              METRICS_HOURLY_DAYS="2")
+def test_minute_buckets_expire_after_their_retention_and_the_totals_never(worker):
+    apply_env(BACKSTOP_QUEUES=json.dumps(NO_RETRY_WAIT), METRICS_MINUTE_HOURS="1")
     worker.metrics_args = metrics.retention_args()
     producers.enqueue("test.work", {})
     run_all(worker)
-    now = time.time()
-    minute_ttl = worker.r.ttl(keys.metrics_minute("system", metrics.minute_of(now)))
-    hour_ttl = worker.r.ttl(keys.metrics_hour("system", int(now // 3600)))
+    minute_ttl = worker.r.ttl(keys.metrics_minute("system", metrics.minute_of(time.time())))
     assert 3600 <= minute_ttl <= 3600 + 120
-    assert 2 * 86400 <= hour_ttl <= 2 * 86400 + 7200
     assert worker.r.ttl(keys.metrics_total()) == -1
+
+
+def test_finished_hours_roll_up_once_from_their_minutes(r):
+    apply_env(METRICS_MINUTE_HOURS="3", METRICS_HOURLY_DAYS="2")
+    hour = 500_000
+    for minute, backlog in ((hour * 60, 4), (hour * 60 + 59, 9)):
+        r.hset(keys.metrics_minute("email", minute),
+               mapping={"n": 2, "email.send|ok": 2, "email.send|r3": 2, "backlog": backlog})
+    now = (hour + 1) * 3600 + 30
+    assert metrics.roll_up_hours(r, now) == 3 * len(QUEUES), "every queue, 3 kept hours"
+    rolled = r.hgetall(keys.metrics_hour("email", hour))
+    assert rolled == {"n": "4", "email.send|ok": "4", "email.send|r3": "4", "backlog": "9"}
+    assert 2 * 86400 <= r.ttl(keys.metrics_hour("email", hour)) <= 2 * 86400 + 7200
+    assert r.hgetall(keys.metrics_hour("email", hour - 1)) == {"n": "0"}
+    r.hset(keys.metrics_minute("email", hour * 60 + 1), "email.send|ok", 100)
+    assert metrics.roll_up_hours(r, now) == 0, "an hour is rolled up once"
+    assert r.hget(keys.metrics_hour("email", hour), "email.send|ok") == "4"
+    assert not r.exists(keys.metrics_hour("email", hour + 1)), "the current hour is not done"
 
 
 def test_a_series_merges_minutes_into_steps(r):

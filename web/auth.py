@@ -304,5 +304,5 @@ def set_language():
     response = redirect(safe_next(request.form.get("next")))
     if lang in LANGUAGES:
         response.set_cookie("lang", lang, max_age=365 * 86400, samesite="Lax",
-                            secure=settings().cookie_secure == "1", httponly=True)
+                            secure=settings().flag("cookie_secure"), httponly=True)
     return response

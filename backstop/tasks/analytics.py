@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import redis
 
-from .. import keys
+from .. import keys, metrics
 from ..contracts import (
     QUEUES,
     AnalyticsAggregateDaily,
@@ -104,9 +104,12 @@ def take_snapshot(r: redis.Redis, hour: datetime | None = None) -> dict:
 
 @handler("analytics.snapshot.hourly")
 def snapshot_hourly(payload: AnalyticsSnapshotHourly, ctx: JobContext) -> dict:
-    """Snapshot every queue's counts and counters for the hour (default: this UTC hour)."""
+    """Snapshot every queue's counts and counters for the hour (default: this UTC hour), and
+    roll the finished hours' minute metrics up into hourly ones."""
     fields = take_snapshot(ctx.redis, payload.hour)
-    return {"hour": fields["hour"], "queues": len(QUEUES), "fields": len(fields) - 1}
+    rolled = metrics.roll_up_hours(ctx.redis)
+    return {"hour": fields["hour"], "queues": len(QUEUES), "fields": len(fields) - 1,
+            "metrics_hours_rolled_up": rolled}
 
 
 def _fold(out: dict, name: str, value: int) -> None:
