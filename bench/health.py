@@ -56,7 +56,7 @@ def fill(hours: int, all_jobs: bool) -> int:
     from backstop.connection import client
 
     rng, r = random.Random(7), client()
-    minute_ttl, hour_ttl = (int(x) for x in metrics.retention_args()[1:])
+    minute_ttl, hour_ttl = metrics.minute_ttl(), metrics.hour_ttl()
     last, written = metrics.minute_of(time.time()), 0
     for queue, jobs in job_names(all_jobs).items():
         pipe = r.pipeline(transaction=False)
