@@ -244,11 +244,13 @@ def unreachable(now: float, exc: Exception) -> dict:
 
 def make_issue(severity: str, code: str, queue: str | None, message: str,
                recommendation: str) -> dict:
+    """One finding: severity "warning" or "critical", queue None for Redis and the system."""
     return {"code": code, "severity": severity, "queue": queue, "message": message,
             "recommendation": recommendation}
 
 
 def worst(issues: list[dict]) -> str | None:
+    """The highest severity among issues (None without any)."""
     return max((i["severity"] for i in issues), key=RANK.__getitem__, default=None)
 
 

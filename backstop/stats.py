@@ -148,7 +148,10 @@ _CACHE_LOCK = threading.Lock()
 
 
 def cached(name: str, compute):
-    """compute(), reused for STATS_CACHE_SECONDS by every thread of this process."""
+    """compute(), reused for STATS_CACHE_SECONDS by every thread of this process.
+
+    name: the cache entry ("monitor", "health" ...); forget() drops them all.
+    """
     ttl = settings().float("stats_cache_seconds")
     with _CACHE_LOCK:
         hit = _CACHE.get(name)

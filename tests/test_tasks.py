@@ -680,7 +680,10 @@ def test_health_check_judges_records_the_backlog_and_logs_it(r):
     assert r.hget(keys.metrics_minute("email", minute), "backlog") == "2"
     assert r.hget(keys.metrics_minute("ai", minute), "backlog") == "0"
     r.delete(keys.state_index("email", "waiting"))
-    assert run(r, "system.health.check", {})["status"] == "healthy"
+    r.sadd(keys.paused(), "ai")  # paused before pauses were timed: timed from now on
+    healthy = run(r, "system.health.check", {})
+    assert healthy["status"] == "healthy"
+    assert float(r.hget(keys.paused_since(), "ai")) == healthy["checked_at"]
     r.config_set("maxmemory-policy", "allkeys-lru")
     try:
         degraded = run(r, "system.health.check", {})
