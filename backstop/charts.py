@@ -147,7 +147,7 @@ def summed(hashes: Iterable[dict]) -> tuple[Figures, int | None]:
             if name == "backlog":
                 backlog = int(value)
                 continue
-            metric = name.rpartition("|")[2]
+            metric = name.partition("|")[2]  # job names hold no "|"
             sums[metric] = sums.get(metric, 0) + int(value)
     parsed = metrics.parse({f"all|{metric}": n for metric, n in sums.items()})
     return parsed.get(("all",), Figures()), backlog

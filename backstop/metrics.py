@@ -137,32 +137,57 @@ class Figures:
                 "runtime_ms": self.runtime.percentiles(), "wait_ms": self.wait.percentiles()}
 
 
-def _put(figures: Figures, metric: str, value: int) -> None:
-    if metric in OUTCOMES:
-        setattr(figures, metric, getattr(figures, metric) + value)
-    elif metric in ("rs", "ws"):
-        hist = figures.runtime if metric == "rs" else figures.wait
-        hist.total += value / 1e6
-    elif metric[:1] in ("r", "w") and metric[1:].isdigit():
-        index = int(metric[1:]) - 1  # Lua counts from 1
-        if 0 <= index <= len(BOUNDS):
-            hist = figures.runtime if metric[0] == "r" else figures.wait
-            hist.counts[index] += value
+def _put(figures: Figures, pieces: list[str], value: int) -> None:
+    """Count one field's value: an outcome|runtime bucket|wait bucket combination, or a sum."""
+    if len(pieces) == 3:
+        outcome, runtime, wait = pieces
+        if outcome not in OUTCOMES or not (runtime.isdigit() and wait.isdigit()):
+            return
+        setattr(figures, outcome, getattr(figures, outcome) + value)
+        figures.runtime.counts[_bucket(runtime)] += value
+        figures.wait.counts[_bucket(wait)] += value
+    elif pieces == ["rs"]:
+        figures.runtime.total += value / 1e6
+    elif pieces == ["ws"]:
+        figures.wait.total += value / 1e6
+
+
+def _bucket(number: str) -> int:
+    """A Lua bucket number (from 1) as an index of Histogram.counts (clamped)."""
+    return min(max(int(number) - 1, 0), len(BOUNDS))
 
 
 def parse(raw: dict, parts: int = 1) -> dict[tuple[str, ...], Figures]:
-    """Figures by the first ``parts`` pieces of each field name (job, or queue and job)."""
+    """Figures by the first ``parts`` pieces of each field name (job, or queue and job);
+    fields of another shape ('n', 'backlog') are left out."""
     out: dict[tuple[str, ...], Figures] = {}
     for name, value in raw.items():
         pieces = _text(name).split("|")
-        if len(pieces) != parts + 1:
-            continue  # 'n', or a field this version does not know
+        if len(pieces) not in (parts + 1, parts + 3):
+            continue
         key = tuple(pieces[:parts])
         figures = out.get(key)
         if figures is None:
             figures = out[key] = Figures()
-        _put(figures, pieces[-1], int(value))
+        _put(figures, pieces[parts:], int(value))
     return out
+
+
+def bucket_number(seconds: float) -> int:
+    """The bucket of a duration as the FINISH script numbers it (from 1; #BOUNDS+1 = above
+    every bound)."""
+    return next((i for i, bound in enumerate(BOUNDS) if seconds <= bound), len(BOUNDS)) + 1
+
+
+def fields_for(job: str, outcome: str, runtime: float, wait: float, count: int = 1,
+               queue: str | None = None) -> dict[str, int]:
+    """The field increments ``count`` attempts make, as the FINISH script writes them: in a
+    queue's minute (or hour) hash, or with ``queue`` in the total hash. For seeding tests and
+    benches with known numbers."""
+    head = f"{queue}|{job}|" if queue else f"{job}|"
+    combo = f"{outcome}|{bucket_number(runtime)}|{bucket_number(wait)}"
+    return {f"{head}{combo}": count, f"{head}rs": round(runtime * 1e6) * count,
+            f"{head}ws": round(wait * 1e6) * count}
 
 
 def _text(value) -> str:

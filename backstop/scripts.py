@@ -230,35 +230,36 @@ end
 """.replace("MAX_REPLAYS", "5")
 
 # Metrics of every attempt that ran to an end, written by FINISH beside the outcome (no extra
-# round trip). Per queue and minute, a hash with fields <job>|<metric>:
-#   n (every attempt in the hash: the TTL is set when it is 1), ok / retry / dead (outcomes),
-#   r<i> / w<i> (runtime / wait histogram: bucket i of metrics.BOUNDS, #BOUNDS+1 = above all),
-#   rs / ws (their sums in microseconds).
-# And the same under <queue>|<job>|<metric> in one never-trimmed total hash (the Prometheus
+# round trip). Per queue and minute, a hash with fields
+#   <job>|<outcome>|<r>|<w>: attempts with that outcome (ok, retry, dead) whose runtime fell in
+#     bucket r and whose wait fell in bucket w of metrics.BOUNDS (from 1; #BOUNDS+1 = above
+#     all): one HINCRBY counts the outcome and both histograms (metrics.parse splits them);
+#   <job>|rs, <job>|ws: the runtime and wait sums in microseconds.
+# And the same under <queue>|<job>|... in one never-trimmed total hash (the Prometheus
 # counters). Wait: from when the job became due (enqueued, or its delay or retry ran out) to
 # its start; runtime: from its start to this outcome. Hourly roll-ups are made from the minute
-# hashes by the hourly analytics job (metrics.roll_up_hours), off the hot path.
+# hashes by the hourly analytics job (metrics.roll_up_hours), off the hot path. Six calls per
+# attempt: per call, not per byte, is what a script pays for.
 METRICS = r"""
 local BOUNDS = {BOUNDS_LIST}
 local function bucket_of(seconds)
   for i, bound in ipairs(BOUNDS) do if seconds <= bound then return i end end
   return #BOUNDS + 1
 end
-local function count_into(key, f, outcome, rb, rus, wb, wus)
-  redis.call('hincrby', key, f .. outcome, 1)
-  redis.call('hincrby', key, f .. 'r' .. rb, 1)
+local function count_into(key, f, combo, rus, wus)
+  local first = redis.call('hincrby', key, f .. combo, 1) == 1
   redis.call('hincrby', key, f .. 'rs', rus)
-  redis.call('hincrby', key, f .. 'w' .. wb, 1)
   redis.call('hincrby', key, f .. 'ws', wus)
+  return first
 end
 local function record_metrics(prefix, queue, job, outcome, runtime, wait, now, ttl)
   runtime, wait = math.max(runtime, 0), math.max(wait, 0)
-  local rb, wb = bucket_of(runtime), bucket_of(wait)
+  local combo = outcome .. '|' .. bucket_of(runtime) .. '|' .. bucket_of(wait)
   local rus, wus = math.floor(runtime * 1e6 + 0.5), math.floor(wait * 1e6 + 0.5)
   local key = prefix .. 'm:' .. queue .. ':' .. math.floor(now / 60)
-  if redis.call('hincrby', key, 'n', 1) == 1 then redis.call('expire', key, ttl) end
-  count_into(key, job .. '|', outcome, rb, rus, wb, wus)
-  count_into(prefix .. 'total', queue .. '|' .. job .. '|', outcome, rb, rus, wb, wus)
+  -- a combination new in this minute (re)sets the TTL: the first write of the hash among them
+  if count_into(key, job .. '|', combo, rus, wus) then redis.call('expire', key, ttl) end
+  count_into(prefix .. 'total', queue .. '|' .. job .. '|', combo, rus, wus)
 end
 """.replace("BOUNDS_LIST", ", ".join(f"{b:g}" for b in BOUNDS))
 

@@ -47,20 +47,13 @@ def seed(r, keys, metrics, per_minute: int, now: float) -> None:
             job = rng.choice(JOBS)
             outcome = "ok" if rng.random() > 0.03 else rng.choice(("retry", "dead"))
             runtime, wait = rng.lognormvariate(-3, 1.2), rng.lognormvariate(-5, 1.5)
-            for name, value in ((f"{job}|{outcome}", 1), (f"{job}|r{bucket(metrics, runtime)}", 1),
-                                (f"{job}|rs", int(runtime * 1e6)),
-                                (f"{job}|w{bucket(metrics, wait)}", 1),
-                                (f"{job}|ws", int(wait * 1e6)), ("n", 1)):
+            for name, value in metrics.fields_for(job, outcome, runtime, wait).items():
                 fields[name] = fields.get(name, 0) + value
         for key in (keys.metrics_minute("email", minute), keys.metrics_hour("email", minute // 60)):
             for name, value in fields.items():
                 pipe.hincrby(key, name, value)
         pipe.hset(keys.metrics_minute("email", minute), "backlog", rng.randint(0, 50))
     pipe.execute()
-
-
-def bucket(metrics, seconds: float) -> int:
-    return next((i for i, b in enumerate(metrics.BOUNDS) if seconds <= b), len(metrics.BOUNDS)) + 1
 
 
 def median_ms(fn: Callable[[], object], reps: int) -> float:

@@ -36,17 +36,16 @@ def job_names(all_jobs: bool) -> dict[str, list[str]]:
 def minute_fields(jobs: list[str], rng: random.Random) -> dict[str, int]:
     """One minute of one queue, as the FINISH script leaves it: per job the outcome counts,
     one runtime and one wait bucket, and the sums in microseconds."""
+    from backstop.metrics import fields_for
+
     fields: dict[str, int] = {}
     for job in jobs:
         ok, retry = rng.randint(1, 40), rng.choice((0, 0, 0, 1, 2))
-        runs = ok + retry
-        fields.update({f"{job}|ok": ok, f"{job}|r{rng.randint(3, 8)}": runs,
-                       f"{job}|rs": runs * rng.randint(10_000, 400_000),
-                       f"{job}|w{rng.randint(1, 5)}": runs,
-                       f"{job}|ws": runs * rng.randint(1_000, 40_000)})
-        if retry:
-            fields[f"{job}|retry"] = retry
-    fields["n"] = sum(v for k, v in fields.items() if k.endswith(("|ok", "|retry")))
+        runtime, wait = rng.uniform(0.01, 0.4), rng.uniform(0.001, 0.04)
+        for outcome, count in (("ok", ok), ("retry", retry)):
+            if count:
+                for name, value in fields_for(job, outcome, runtime, wait, count).items():
+                    fields[name] = fields.get(name, 0) + value
     return fields
 
 

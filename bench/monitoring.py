@@ -3,8 +3,8 @@
 A Redis started here on a free port is filled as 48 hours of production would leave it: 6
 queues and the 19 job names of the contracts, each on its queue (--every-queue puts every
 name on every queue: 114 pairs, six times the series, a stress case); a minute hash per queue
-for each of the 48 x 60 minutes and an hour hash for each hour (fields <job>|<metric>, as
-scripts.METRICS writes them); the never-trimmed total hash (<queue>|<job>|<metric>); some
+for each of the 48 x 60 minutes and an hour hash for each hour (fields as
+scripts.METRICS writes them, via metrics.fields_for); the never-trimmed total hash; some
 waiting jobs, DLQ counts and four live workers. Then each endpoint is called through the app
 (the Flask test client, a viewer token) and the median of --calls calls is printed, with the
 stats cache on (STATS_CACHE_SECONDS=3) and off (0). Target: /metrics under 50 ms (median).
@@ -47,32 +47,33 @@ def job_names(every_queue: bool) -> dict[str, list[str]]:
 def minute_fields(jobs: list[str], rng: random.Random) -> dict[str, int]:
     """One minute of one queue: per job an ok count, a few failures, one runtime and one
     wait bucket and the two sums in microseconds (about what a busy minute writes)."""
-    fields = {"n": 0}
+    from backstop.metrics import fields_for
+
+    fields: dict[str, int] = {}
     for job in jobs:
-        ok = rng.randint(1, 40)
-        fields |= {f"{job}|ok": ok, f"{job}|r{rng.randint(2, 9)}": ok,
-                   f"{job}|w{rng.randint(1, 6)}": ok, f"{job}|rs": ok * rng.randint(5_000, 900_000),
-                   f"{job}|ws": ok * rng.randint(1_000, 200_000)}
+        runs = [("ok", rng.randint(1, 40))]
         if rng.random() < 0.2:
-            fields[f"{job}|retry"] = rng.randint(1, 3)
-        fields["n"] += ok
+            runs.append(("retry", rng.randint(1, 3)))
+        for outcome, count in runs:
+            runtime, wait = rng.uniform(0.005, 0.9), rng.uniform(0.001, 0.2)
+            for name, value in fields_for(job, outcome, runtime, wait, count).items():
+                fields[name] = fields.get(name, 0) + value
     return fields
 
 
 def total_fields(by_queue: dict[str, list[str]], rng: random.Random) -> dict[str, int]:
     """The total hash: every outcome and bucket of every (queue, job) since the start."""
-    from backstop.metrics import BOUNDS
+    from backstop.metrics import fields_for
 
-    fields = {}
+    fields: dict[str, int] = {}
     for queue, jobs in by_queue.items():
         for job in jobs:
-            f = f"{queue}|{job}|"
-            fields |= {f + "ok": rng.randint(10**5, 10**6), f + "retry": rng.randint(0, 10**4),
-                       f + "dead": rng.randint(0, 10**3), f + "rs": rng.randint(10**9, 10**12),
-                       f + "ws": rng.randint(10**8, 10**11)}
-            for i in range(1, len(BOUNDS) + 2):
-                fields[f"{f}r{i}"] = rng.randint(0, 10**5)
-                fields[f"{f}w{i}"] = rng.randint(0, 10**5)
+            for _ in range(40):  # 40 combinations of outcome, runtime and wait bucket
+                outcome = rng.choice(("ok", "ok", "ok", "retry", "dead"))
+                runtime, wait = rng.lognormvariate(-3, 1.5), rng.lognormvariate(-5, 2)
+                count = rng.randint(10**3, 10**5)
+                for name, value in fields_for(job, outcome, runtime, wait, count, queue).items():
+                    fields[name] = fields.get(name, 0) + value
     return fields
 
 

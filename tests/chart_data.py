@@ -1,4 +1,4 @@
-"""Metric hashes written as the FINISH script writes them (fields <job>|<metric>), for the chart
+"""Metric hashes written as the FINISH script writes them (metrics.fields_for), for the chart
 tests and the screenshots: known counts and durations at known minutes."""
 
 from __future__ import annotations
@@ -7,23 +7,16 @@ import math
 import random
 
 from backstop import keys, metrics
-from backstop.metrics import BOUNDS
-
-
-def bucket(seconds: float) -> int:
-    """The histogram field number (from 1, as Lua counts) of a duration."""
-    return next((i for i, bound in enumerate(BOUNDS) if seconds <= bound), len(BOUNDS)) + 1
 
 
 def minute_fields(job: str, ok: int = 0, retry: int = 0, dead: int = 0,
                   runtime: float = 0.02, wait: float = 0.005) -> dict[str, int]:
     """One minute of a job: its outcomes, every attempt taking runtime and waiting wait."""
-    n = ok + retry + dead
-    fields = {f"{job}|{name}": count for name, count in (("ok", ok), ("retry", retry),
-                                                         ("dead", dead)) if count}
-    if n:
-        fields.update({f"{job}|r{bucket(runtime)}": n, f"{job}|rs": int(runtime * 1e6) * n,
-                       f"{job}|w{bucket(wait)}": n, f"{job}|ws": int(wait * 1e6) * n})
+    fields: dict[str, int] = {}
+    for outcome, count in (("ok", ok), ("retry", retry), ("dead", dead)):
+        if count:
+            for name, value in metrics.fields_for(job, outcome, runtime, wait, count).items():
+                fields[name] = fields.get(name, 0) + value
     return fields
 
 

@@ -110,18 +110,19 @@ def test_minute_buckets_expire_after_their_retention_and_the_totals_never(worker
 def test_finished_hours_roll_up_once_from_their_minutes(r):
     apply_env(METRICS_MINUTE_HOURS="3", METRICS_HOURLY_DAYS="2")
     hour = 500_000
+    two = metrics.fields_for("email.send", "ok", 0.02, 0.001, count=2)
     for minute, backlog in ((hour * 60, 4), (hour * 60 + 59, 9)):
-        r.hset(keys.metrics_minute("email", minute),
-               mapping={"n": 2, "email.send|ok": 2, "email.send|r3": 2, "backlog": backlog})
+        r.hset(keys.metrics_minute("email", minute), mapping={**two, "backlog": backlog})
     now = (hour + 1) * 3600 + 30
     assert metrics.roll_up_hours(r, now) == 3 * len(QUEUES), "every queue, 3 kept hours"
     rolled = r.hgetall(keys.metrics_hour("email", hour))
-    assert rolled == {"n": "4", "email.send|ok": "4", "email.send|r3": "4", "backlog": "9"}
+    assert rolled == {"email.send|ok|3|1": "4", "email.send|rs": "80000",
+                      "email.send|ws": "4000", "backlog": "9"}
     assert 2 * 86400 <= r.ttl(keys.metrics_hour("email", hour)) <= 2 * 86400 + 7200
     assert r.hgetall(keys.metrics_hour("email", hour - 1)) == {"n": "0"}
-    r.hset(keys.metrics_minute("email", hour * 60 + 1), "email.send|ok", 100)
+    r.hset(keys.metrics_minute("email", hour * 60 + 1), "email.send|ok|3|1", 100)
     assert metrics.roll_up_hours(r, now) == 0, "an hour is rolled up once"
-    assert r.hget(keys.metrics_hour("email", hour), "email.send|ok") == "4"
+    assert r.hget(keys.metrics_hour("email", hour), "email.send|ok|3|1") == "4"
     assert not r.exists(keys.metrics_hour("email", hour + 1)), "the current hour is not done"
 
 
@@ -130,7 +131,7 @@ def test_a_series_merges_minutes_into_steps(r):
     pipe = r.pipeline()
     for back in range(10):
         key = keys.metrics_minute("email", metrics.minute_of(now) - back)
-        pipe.hset(key, mapping={"email.send|ok": 1, "email.send|r3": 1})
+        pipe.hset(key, mapping=metrics.fields_for("email.send", "ok", 0.02, 0.001))
     pipe.hset(keys.metrics_minute("email", metrics.minute_of(now)), "backlog", 7)
     pipe.execute()
     points = metrics.read(r, lambda p: metrics.series(p, "email", 10, points=5, now=now))[0]
@@ -156,3 +157,14 @@ def test_monitor_reads_counts_age_workers_and_recent_figures_together(worker):
     assert system["dead_letters"] == 1
     assert seen["queues"]["email"]["oldest_waiting_age"] is None
     assert seen["queues"]["email"]["workers"] == 0, "the worker consumes only the system queue"
+
+
+def test_one_field_counts_the_outcome_and_both_histograms(worker):
+    producers.enqueue("test.work", {"seconds": 0.03})
+    run_all(worker)
+    raw = worker.r.hgetall(keys.metrics_minute("system", metrics.minute_of(time.time())))
+    combos = [name for name in raw if name.count("|") == 3]
+    assert combos == [f"test.work|ok|{bucket_index(0.03) + 1}|1"], raw
+    parsed = metrics.parse(raw)[("test.work",)]
+    assert (parsed.ok, parsed.runtime.count, parsed.wait.count) == (1, 1, 1)
+    assert 0.03 <= parsed.runtime.total < 0.2

@@ -590,12 +590,12 @@ def test_hourly_snapshot_records_counts_counters_and_hourly_increase(r):
 
 def test_hourly_snapshot_defaults_to_the_current_utc_hour_and_rolls_up_the_metrics(r):
     previous_hour = int(time.time() // 3600) - 1
-    r.hset(keys.metrics_minute("email", previous_hour * 60 + 7), "email.send|ok", 5)
+    r.hset(keys.metrics_minute("email", previous_hour * 60 + 7), "email.send|ok|3|1", 5)
     result = run(r, "analytics.snapshot.hourly", {})
     label = analytics.hour_label(datetime.now(UTC))
     assert r.hget(keys.metrics_hourly(label), "email:state:waiting") == "0"
     assert result["metrics_hours_rolled_up"] == 48 * 6, "each queue's kept finished hours"
-    assert r.hget(keys.metrics_hour("email", previous_hour), "email.send|ok") == "5"
+    assert r.hget(keys.metrics_hour("email", previous_hour), "email.send|ok|3|1") == "5"
 
 
 def test_daily_aggregate_folds_the_days_snapshots(r):
