@@ -2,7 +2,7 @@
 
 Everything else is refused: no CONFIG, KEYS, FLUSHALL, DEBUG, MONITOR, ACL, MODULE, SCRIPT
 FLUSH, SHUTDOWN, no key outside Backstop's prefixes. COMMANDS is what Redis's commandstats
-showed after the whole test suite (``BACKSTOP_COMMANDSTATS_FILE=/tmp/stats ./test``), less
+showed after the whole test suite (``BACKSTOP_COMMANDSTATS_FILE=/tmp/stats ./test -n 0``), less
 what only the tests use (CONFIG, FLUSHALL, KEYS, DUMP, MSET, XDEL), plus the transaction
 and pub/sub commands that end what the observed ones begin; tests/test_redis_acl.py runs
 every role under this user and checks that Redis's ACL log stays empty.
