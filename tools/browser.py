@@ -67,25 +67,29 @@ def install_chromium() -> str | None:
     return error
 
 
-def ensure_chromium() -> str | None:
-    """The path of a usable chromium, installing Debian's package if needed and possible.
-
-    Prints one line when it installs, and one line saying why when it returns None.
-    """
-    path = find_chromium()
+def ensure_tool(name: str, package: str, find, install, skipped: str) -> str | None:
+    """The path of a usable tool (find()), installing its Debian package with install() if
+    needed and possible. Prints one line when it installs, and one saying why it returns
+    None (then the tests that need it are skipped: skipped says which)."""
+    path = find()
     if path:
         return path
     reason = why_not_installable()
     if reason:
-        print(f"no chromium found and {reason}; {SKIPPED}", flush=True)
+        print(f"no {name} found and {reason}; {skipped}", flush=True)
         return None
-    print("installing Debian's chromium for the browser tests ...", flush=True)
-    error = install_chromium()
-    path = find_chromium()
+    print(f"installing Debian's {package} for {name} ...", flush=True)
+    error = install()
+    path = find()
     if path is None:
-        error = error or "installed, but `chromium --version` does not run"
-        print(f"could not install chromium (apt-get {error}); {SKIPPED}", flush=True)
+        error = error or f"installed, but `{name} --version` does not run"
+        print(f"could not install {name} (apt-get {error}); {skipped}", flush=True)
     return path
+
+
+def ensure_chromium() -> str | None:
+    """The path of a usable chromium, installing Debian's package if needed and possible."""
+    return ensure_tool("chromium", "chromium", find_chromium, install_chromium, SKIPPED)
 
 
 if __name__ == "__main__":

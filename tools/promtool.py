@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 
 try:
-    from browser import apt_get, why_not_installable, works
+    from browser import apt_get, ensure_tool, works
 except ImportError:  # imported as tools.promtool (by the tests), not run from tools/
-    from tools.browser import apt_get, why_not_installable, works
+    from tools.browser import apt_get, ensure_tool, works
 
 SKIPPED = "the promtool checks of the rules, the dashboard's scrape and /metrics will be skipped"
 POLICY_RC = Path("/usr/sbin/policy-rc.d")
@@ -53,24 +53,9 @@ def install_prometheus() -> str | None:
 
 
 def ensure_promtool() -> str | None:
-    """The path of a usable promtool, installing Debian's package if needed and possible.
-
-    Prints one line when it installs, and one line saying why when it returns None.
-    """
-    path = find_promtool()
-    if path:
-        return path
-    reason = why_not_installable()
-    if reason:
-        print(f"no promtool found and {reason}; {SKIPPED}", flush=True)
-        return None
-    print("installing Debian's prometheus package for promtool ...", flush=True)
-    error = install_prometheus()
-    path = find_promtool()
-    if path is None:
-        error = error or "installed, but `promtool --version` does not run"
-        print(f"could not install promtool (apt-get {error}); {SKIPPED}", flush=True)
-    return path
+    """The path of a usable promtool, installing Debian's package if needed and possible."""
+    return ensure_tool("promtool", "prometheus package", find_promtool, install_prometheus,
+                       SKIPPED)
 
 
 if __name__ == "__main__":
