@@ -434,7 +434,7 @@ class WorkerProcess:
                   qk.schedule if outcome == "retry" else qk.queue, keys.timeline(run.job_id)],
             args=script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at,
                              keep, timeline, event_text, run.token, *self.metrics_args,
-                                  *(dlq_fields or [])))
+                             *(dlq_fields or [])))
 
     @staticmethod
     def _outcome_json(run: Running, outcome: str, now: float, run_at: float,
