@@ -4,15 +4,14 @@ Decisions:
 - Windows of 1, 6, 24 and 48 hours. 1 h: 60 one-minute steps and 6 h: 72 five-minute steps,
   both from the minute hashes; 24 h and 48 h: 24 and 48 hourly steps from the hourly roll-ups
   (``metrics.roll_up_hours``, written by the hourly analytics job for finished hours). Reading
-  48 h of minute hashes (2,880 HGETALLs of ~60 fields each) took ~1.2 s through
-  ``metrics.series`` and still ~0.35 s summed leanly (Redis alone ~0.2 s): too slow for a
+  48 h of minute hashes (2,880 HGETALLs of ~60 fields each) took ~1.2 s parsed job by job
+  and still ~0.35 s summed leanly (Redis alone ~0.2 s): too slow for a
   page that refreshes every few seconds; the hourly hashes take ~20 ms (bench/chart_reads.py).
   The current hour has no roll-up yet: it is read from its minutes (at most 60). A finished
   hour without one (the job has not run yet, or no worker runs the schedules) is read from
   its minutes too, in a second round trip: slower, never blank.
-- A step's figures are the whole queue's: the fields of its hashes are summed by metric
-  (every job name together) and one ``metrics.Figures`` is built from the sums, ~7x faster
-  than parsing job by job, which a chart does not need.
+- A step's figures are the whole queue's (``metrics.summed``: the fields summed by metric,
+  every job name together, then parsed once).
 - Counts are shown per minute (a step's count over its minutes): a step without jobs is 0.
   A percentile is None in a step without observations: its line breaks there instead of
   dropping to an invented 0.
@@ -39,7 +38,6 @@ from . import keys, metrics, stats
 from .config import settings
 from .connection import client
 from .dates import zone as zone_named
-from .metrics import Figures
 
 WIDTH, HEIGHT = 1000, 100
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
@@ -91,7 +89,7 @@ def _minute_steps(pipe, queue: str, win: Window, now: float):
         out = []
         for k in range(win.points):
             chunk = results[k * win.step:(k + 1) * win.step]
-            figures, backlog = summed(chunk)
+            figures, backlog = metrics.summed(chunk)
             start = (first + k * win.step) * 60
             out.append({"t": start, "end": start + win.step * 60, "figures": figures,
                         "backlog": backlog})
@@ -117,7 +115,7 @@ def _hour_steps(pipe, queue: str, win: Window, now: float):
                    last_hour: current}
         out = []
         for hour in hours:
-            figures, backlog = summed(by_hour[hour])
+            figures, backlog = metrics.summed(by_hour[hour])
             out.append({"t": hour * 3600, "end": (hour + 1) * 3600, "figures": figures,
                         "backlog": backlog})
         return out
@@ -135,22 +133,6 @@ def _minutes_of(queue: str, hours: list[int]) -> dict[int, list[dict]]:
             pipe.hgetall(keys.metrics_minute(queue, minute))
     results = pipe.execute()
     return {hour: results[k * 60:(k + 1) * 60] for k, hour in enumerate(hours)}
-
-
-def summed(hashes: Iterable[dict]) -> tuple[Figures, int | None]:
-    """Metric hashes added together over every job name: their Figures, and the last backlog
-    any of them recorded (None if none did)."""
-    sums: dict[str, int] = {}
-    backlog = None
-    for raw in hashes:
-        for name, value in raw.items():
-            if name == "backlog":
-                backlog = int(value)
-                continue
-            metric = name.partition("|")[2]  # job names hold no "|"
-            sums[metric] = sums.get(metric, 0) + int(value)
-    parsed = metrics.parse({f"all|{metric}": n for metric, n in sums.items()})
-    return parsed.get(("all",), Figures()), backlog
 
 
 # ---- the charts of a queue page ----

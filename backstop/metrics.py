@@ -253,8 +253,9 @@ def series(pipe, queue: str, window_minutes: int, points: int = 60,
     ``points`` equal steps (each merges its minutes); the returned function gives
     [{"t": step start (unix s), "figures": Figures, "backlog": waiting jobs or None}].
 
-    backlog: the queue's waiting count the minute health check recorded (field 'backlog'
-    of a minute hash), the last one recorded in the step.
+    A step's figures are the whole queue's (``summed``). backlog: the queue's waiting count
+    the minute health check recorded (field 'backlog' of a minute hash), the last one
+    recorded in the step.
     """
     now = time.time() if now is None else now
     step = max(1, math.ceil(window_minutes / points))
@@ -266,14 +267,29 @@ def series(pipe, queue: str, window_minutes: int, points: int = 60,
     def finish(results: list) -> list[dict]:
         out = []
         for k in range(points):
-            chunk = results[k * step:(k + 1) * step]
-            backlog = [int(raw["backlog"]) for raw in map(_texts, chunk) if "backlog" in raw]
-            out.append({"t": (first + k * step) * 60,
-                        "figures": total_of(merged(parse(raw) for raw in chunk)),
-                        "backlog": backlog[-1] if backlog else None})
+            figures, backlog = summed(results[k * step:(k + 1) * step])
+            out.append({"t": (first + k * step) * 60, "figures": figures, "backlog": backlog})
         return out
 
     return finish
+
+
+def summed(hashes: Iterable[dict]) -> tuple[Figures, int | None]:
+    """Metric hashes added together over every job name: their Figures, and the last backlog
+    any of them recorded (None if none did). The fields are summed by metric first and parsed
+    once, several times faster than parsing job by job, which a whole queue does not need."""
+    sums: dict[str, int] = {}
+    backlog = None
+    for raw in hashes:
+        for name, value in raw.items():
+            name = _text(name)
+            if name == "backlog":
+                backlog = int(value)
+                continue
+            metric = name.partition("|")[2]  # job names hold no "|"
+            sums[metric] = sums.get(metric, 0) + int(value)
+    parsed = parse({f"all|{metric}": n for metric, n in sums.items()})
+    return parsed.get(("all",), Figures()), backlog
 
 
 def _texts(raw: dict) -> dict:

@@ -7,8 +7,8 @@ histogram buckets, a few failures), written as the FINISH script writes them (mi
 and hourly roll-ups), with a backlog every minute. Then the median of --reps of:
 
 - charts.queue_charts(queue, hours) for 1, 6, 24 and 48 h (what the page reads and draws);
-- the 48 h chart read from the 2,880 minute hashes instead, through metrics.series (parses
-  job by job) and through charts' lean sum (every job name together);
+- the 48 h chart read from the 2,880 minute hashes instead (metrics.series, summed over
+  every job name together);
 - the raw pipeline of those 2,880 HGETALLs alone.
 
 Absolute times drift +-30% between runs on these machines; read the ratios.
@@ -93,8 +93,6 @@ def run(per_minute: int, reps: int) -> None:
     for hours in charts.WINDOWS:
         ms = median_ms(lambda h=hours: charts.queue_charts("email", h, now=now), reps)
         print(f"queue_charts {hours:>2} h ({charts.window(hours).source} hashes): {ms:8.1f} ms")
-    series = median_ms(lambda: metrics.read(r, lambda p: metrics.series(p, "email", 2880, 72,
-                                                                       now=now)), reps)
     lean = median_ms(lambda: metrics.read(r, lambda p: charts.steps(
         p, "email", charts.Window(48, 40, "minute", 480), now)), reps)
 
@@ -105,7 +103,6 @@ def run(per_minute: int, reps: int) -> None:
         pipe.execute()
 
     hourly = median_ms(lambda: charts.queue_charts("email", 48, now=now), reps)
-    print(f"48 h from minute hashes, metrics.series:  {series:8.1f} ms ({series / hourly:.0f}x)")
     print(f"48 h from minute hashes, lean sum:        {lean:8.1f} ms ({lean / hourly:.0f}x)")
     print(f"48 h raw HGETALL of 2,880 minute hashes:  {median_ms(raw, reps):8.1f} ms")
 
