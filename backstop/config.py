@@ -154,6 +154,23 @@ SETTINGS = [
     Setting("AUDIT_MAX_ENTRIES", "100000",
             "The audit log keeps about this many newest entries: the retention job trims "
             "older ones, and `flask audit verify` checks the chain from the oldest kept one."),
+    Setting("OUTBOX_PATH", "var/outbox.sqlite3",
+            "This host's local SQLite file: jobs accepted while Redis cannot take them (the "
+            "outbox, drained into Redis when it returns) and health-log entries written "
+            "meanwhile. Every web and worker process of a host shares it."),
+    Setting("OUTBOX_DRAIN_SECONDS", "1",
+            "How often every process looks for outbox jobs to drain into Redis."),
+    Setting("BREAKER_FAILURES", "3",
+            "Failed Redis calls in a row (unreachable, timed out, read-only, out of memory) "
+            "after which a process stops trying Redis at enqueue and falls back at once."),
+    Setting("BREAKER_RESET_SECONDS", "2",
+            "Seconds the breaker stays open before one call probes Redis again."),
+    Setting("SYSTEM_LOG_DAYS", "7",
+            "Days the health log (mode switches, fallbacks, breaker, outbox) is kept."),
+    Setting("AUTH_CACHE_SECONDS", "60",
+            "Seconds a process trusts an API token or panel session it verified, without "
+            "asking Redis again: callers stay signed in through a Redis outage, and a "
+            "revocation reaches every other process within this time. 0: no cache."),
     Setting("HOST", "127.0.0.1", "Address `./run` binds the web app to."),
     Setting("PORT", "8000", "Port `./run` binds the web app to."),
     Setting("REDIS_PORT", "6380", "Port of the embedded Redis that `./run` starts."),

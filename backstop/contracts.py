@@ -321,6 +321,9 @@ class QueueConfig(BaseModel):
     priority: int = Field(default=0, ge=-10, le=10)
     dlq: Literal["dlq", "drop"] = "dlq"
     dlq_drop_jobs: tuple[str, ...] = ()
+    outage: Literal["outbox", "direct", "refuse"] = Field(
+        default="outbox", description="when Redis cannot take an enqueue: keep the job in "
+        "the host's outbox, run it at once, or refuse it (503)")
 
     def retry_delay(self, attempt: int, rand: Callable[[], float]) -> float:
         """Seconds before attempt+1: base*2^(attempt-1), capped, with +/- jitter."""

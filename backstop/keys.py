@@ -308,3 +308,24 @@ def queue_consumers() -> str:
 def paused_since() -> str:
     """Queue -> when it was paused (unix s); removed when it is resumed."""
     return _p("paused", "since")
+
+
+def system_mode() -> str:
+    """The kill switch: "async_queue" or "sync_direct" (absent: async_queue)."""
+    return _p("system", "mode")
+
+
+def system_channel() -> str:
+    """Pub/sub channel on which a mode switch is announced to every process."""
+    return _p("system", "changes")
+
+
+def system_log() -> str:
+    """The health log: a sorted set of JSON entries scored by time (kept SYSTEM_LOG_DAYS)."""
+    return _p("system", "log")
+
+
+def outbox_hosts() -> str:
+    """Host -> JSON {depth, updated_at, oldest_at} of its local outbox, written by its
+    processes while Redis takes calls."""
+    return _p("outbox", "hosts")
