@@ -109,6 +109,11 @@ class Fallbacks:
         self.began = 0.0
         self.counts: dict[str, int] = {}
 
+    def reset(self) -> None:
+        """Forget a fallback in progress (tests point REDIS_URL elsewhere)."""
+        with self.lock:
+            self.began, self.counts = 0.0, {}
+
     def used(self, policy: str, exc: BaseException) -> None:
         with self.lock:
             first = not self.began

@@ -27,6 +27,7 @@ from backstop import (  # noqa: E402
     config,
     connection,
     contracts,
+    delivery,
     hueys,
     modes,
     redis_server,
@@ -57,6 +58,7 @@ def apply_env(**env: str) -> None:
     contracts._CONFIGS.clear()
     stats.forget()  # figures read from the Redis of the test before
     breaker.reset()
+    delivery.fallbacks.reset()
 
 
 @pytest.fixture(autouse=True)
