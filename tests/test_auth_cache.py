@@ -56,7 +56,11 @@ def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
 
 
-def hget_calls(r: redis.Redis) -> int:
+def hget_calls(r: redis.Redis, verifying, times: int = 100) -> int:
+    """HGETs Redis served while verifying() ran times over: the verifications' own, plus the
+    few a background thread (the mode watcher's re-read) may make meanwhile."""
+    r.config_resetstat()
+    assert all(verifying() for _ in range(times))
     return int(r.info("commandstats").get("cmdstat_hget", {}).get("calls", 0))
 
 
@@ -81,9 +85,7 @@ def test_a_token_never_seen_before_the_outage_never_passes_during_it(own):
 def test_within_the_ttl_a_verified_token_costs_no_redis_call(r):
     token = tokens.create("ci", "operator")
     assert tokens.verify(token)["role"] == "operator"
-    r.config_resetstat()
-    assert all(tokens.verify(token)["name"] == "ci" for _ in range(20))
-    assert hget_calls(r) == 0
+    assert hget_calls(r, lambda: tokens.verify(token)["name"] == "ci") < 10
 
 
 def test_an_unknown_token_is_asked_of_redis_every_time(r):
@@ -112,16 +114,13 @@ def test_a_revocation_in_this_process_is_obeyed_at_once(r):
     assert tokens.verify(kept)
     assert tokens.revoke("ci") == 1
     assert api.get("/api/v1/whoami", headers=bearer(token)).status_code == 401
-    r.config_resetstat()
-    assert tokens.verify(kept) and hget_calls(r) == 0, "other tokens stay trusted"
+    assert hget_calls(r, lambda: tokens.verify(kept)) < 10, "other tokens stay trusted"
 
 
 def test_auth_cache_seconds_0_asks_redis_every_time(r):
     apply_env(AUTH_CACHE_SECONDS="0")
     token = tokens.create("ci", "operator")
-    r.config_resetstat()
-    assert all(tokens.verify(token) for _ in range(5))
-    assert hget_calls(r) == 5
+    assert hget_calls(r, lambda: tokens.verify(token)) >= 100
 
 
 # ---- panel sessions and users ----
