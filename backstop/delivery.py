@@ -21,7 +21,7 @@ import time
 
 import redis
 
-from . import modes, outbox
+from . import drainer, modes, outbox
 from .breaker import BreakerOpen, redis_breaker
 from .connection import client, is_try_later
 from .contracts import queue_config
@@ -98,6 +98,7 @@ def keep(prepared: Prepared) -> Outcome:
     outbox.accept(prepared.job_id, prepared.queue, prepared.job_name, prepared.payload_json,
                   prepared.delay, prepared.priority, time.time())
     system_log.count_outbox_acceptance()
+    drainer.ensure_running()  # whoever keeps a job also drains it (a plain Python producer)
     return Outcome(prepared.job_id, "outbox", "outbox", extra={"outbox": True})
 
 

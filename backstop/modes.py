@@ -18,7 +18,7 @@ import time
 import redis
 
 from . import keys
-from .connection import client
+from .connection import client, redis_url, timeouts
 
 MODES = ("async_queue", "sync_direct")
 DEFAULT = "async_queue"
@@ -53,14 +53,19 @@ class Watcher:
         while not self.stopped.is_set():
             try:
                 self._listen()
-            except redis.RedisError:
+            except (redis.RedisError, OSError, TypeError, AttributeError):
+                # Redis went away, or the pool under the subscription was closed (a socket
+                # gone mid-read surfaces from redis-py as TypeError): subscribe again.
                 self.stopped.wait(REFRESH_SECONDS)
             except Exception:
                 log.exception("mode watcher failed; restarting it")
                 self.stopped.wait(1)
 
     def _listen(self) -> None:
-        pubsub = client().pubsub(ignore_subscribe_messages=True)
+        # A client of its own, named so that CLIENT LIST tells it from the live hub's.
+        subscriber = redis.Redis.from_url(redis_url(), decode_responses=True,
+                                          client_name=f"backstop-mode-{self.pid}", **timeouts())
+        pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(keys.system_channel())
             next_read = 0.0
@@ -73,6 +78,7 @@ class Watcher:
                     next_read = time.monotonic() + REFRESH_SECONDS
         finally:
             pubsub.close()
+            subscriber.close()
 
 
 def _valid(mode) -> str:

@@ -112,8 +112,8 @@ def report() -> None:
 
 def host_depths() -> dict[str, dict]:
     """Host -> {depth, oldest_at, updated_at} as each host last reported it."""
-    rows = client().hgetall(keys.outbox_hosts())
-    found = {}
+    rows: dict[str, str] = client().hgetall(keys.outbox_hosts())  # type: ignore[assignment]
+    found: dict[str, dict] = {}
     for host, raw in sorted(rows.items()):
         try:
             found[host] = json.loads(raw)

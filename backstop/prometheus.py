@@ -24,6 +24,7 @@ failed last attempt). Backstop's counters live in Redis and never reset with a p
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -37,7 +38,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from . import alerts, health, metrics
+from . import alerts, health, metrics, modes, outbox
 from .connection import client
 from .contracts import JOBS, QUEUES
 from .metrics import BOUNDS, OUTCOMES, Figures, Histogram
@@ -58,6 +59,8 @@ class Snapshot:
     totals: dict[tuple[str, str], Figures] = field(default_factory=dict)
     rules: list[alerts.AlertRule] = field(default_factory=list)
     firing: list[dict] = field(default_factory=list)
+    outboxes: dict[str, int] = field(default_factory=dict)  # host -> jobs in its outbox
+    mode: str = modes.DEFAULT
 
 
 def snapshot() -> Snapshot:
@@ -73,7 +76,14 @@ def snapshot() -> Snapshot:
     if not assessment["redis"].get("reachable", True):
         raise redis.ConnectionError(assessment["redis"].get("error", "Redis did not answer"))
     return Snapshot(assessment=assessment, totals=totals, rules=alerts.rules(),
-                    firing=alerts.firing())
+                    firing=alerts.firing(), outboxes=outbox_depths(), mode=modes.read()["mode"])
+
+
+def outbox_depths() -> dict[str, int]:
+    """Each host's outbox depth as it last reported it; this host's as it is now."""
+    depths = {host: int(info.get("depth", 0)) for host, info in outbox.host_depths().items()}
+    depths[socket.gethostname()] = outbox.depth()
+    return depths
 
 
 def families(snap: Snapshot) -> Iterator[Metric]:
@@ -82,6 +92,21 @@ def families(snap: Snapshot) -> Iterator[Metric]:
     yield from health_gauges(snap.assessment)
     yield alert_gauge(snap.rules, snap.firing)
     yield from finished(snap.totals)
+    yield from outage_gauges(snap)
+
+
+def outage_gauges(snap: Snapshot) -> Iterator[Metric]:
+    """The kill switch's mode and each host's outbox depth."""
+    mode = GaugeMetricFamily("backstop_mode", "1 for the mode every process obeys (async_queue "
+                             "or sync_direct), 0 for the other.", labels=["mode"])
+    for name in modes.MODES:
+        mode.add_metric([name], int(name == snap.mode))
+    yield mode
+    depth = GaugeMetricFamily("backstop_outbox_jobs", "Jobs kept in a host's outbox while "
+                              "Redis could not take them, not yet drained.", labels=["host"])
+    for host, jobs in sorted(snap.outboxes.items()):
+        depth.add_metric([host], jobs)
+    yield depth
 
 
 # ---- gauges: the panel's numbers for this moment ----

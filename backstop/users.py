@@ -168,16 +168,21 @@ def open_session(name: str) -> str:
     return session_id
 
 
-def session_valid(name: str, session_id: str, *, touch: bool = False) -> bool:
+def session_valid(name: str, session_id: str, *, touch: bool = False,
+                  remembered: bool = True) -> bool:
     """Whether the session is open: opened less than SESSION_LIFETIME_SECONDS ago and used
     less than SESSION_IDLE_SECONDS ago. An expired session is deleted. touch: count this
     check as a use of the session (a request its user made, not a background refresh).
 
     While Redis cannot take the call, a session this process found open less than
-    AUTH_CACHE_SECONDS ago is still open; raises redis.RedisError for any other."""
+    AUTH_CACHE_SECONDS ago is still open; raises redis.RedisError for any other, and for
+    every session when remembered is False (a live socket: it closes so the page shows the
+    outage)."""
     try:
         valid = _session_valid_in_redis(name, session_id, touch)
     except redis.RedisError as exc:
+        if not remembered:
+            raise
         return _remembered(_open_sessions, (name, session_id), exc)
     if valid:
         _open_sessions.put((name, session_id), True)

@@ -49,8 +49,10 @@ def stream_ids(r, after: str = "-") -> list[str]:
 
 
 def pubsub_clients(r) -> list[dict]:
+    """The live hubs' pub/sub connections (not the kill switch's, backstop.modes)."""
     return [c for c in r.client_list()
-            if int(c.get("sub", 0)) or int(c.get("psub", 0)) or "P" in c.get("flags", "")]
+            if (int(c.get("sub", 0)) or int(c.get("psub", 0)) or "P" in c.get("flags", ""))
+            and not c.get("name", "").startswith("backstop-mode-")]
 
 
 def test_subscriber_gets_events_published_after_it_subscribed_in_order(r, make_hub):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from test_metrics import NO_RETRY_WAIT, measured, run_all, within_one_bucket
 from test_redis_acl import restricted  # noqa: F401  (the fixture, used by name)
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import alerts, keys, producers, prometheus, redis_server, stats, tokens
+from backstop import alerts, keys, modes, outbox, producers, prometheus, redis_server, stats, tokens
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 from tools.browser import works
@@ -330,3 +331,16 @@ def test_every_dashboard_query_is_valid_promql(promtool, tmp_path):
     path.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}))
     result = run_promtool(promtool, "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_mode_and_each_hosts_outbox_depth_are_exported(r):
+    for n in range(3):
+        outbox.accept(f"kept-{n}", "system", "test.work", "{}", 0, 0, time.time())
+    r.hset(keys.outbox_hosts(), "web-2", json.dumps({"depth": 7, "updated_at": time.time()}))
+    modes.switch("sync_direct", "test")
+    samples = scraped(prometheus.exposition().decode())
+    modes.switch("async_queue", "test")
+    assert sample(samples, "backstop_outbox_jobs", host=socket.gethostname()) == 3
+    assert sample(samples, "backstop_outbox_jobs", host="web-2") == 7
+    assert sample(samples, "backstop_mode", mode="sync_direct") == 1
+    assert sample(samples, "backstop_mode", mode="async_queue") == 0

@@ -98,7 +98,9 @@ class SessionWatch:
         if not now and time.monotonic() - self.checked < self.CHECK_SECONDS:
             return True
         self.checked = time.monotonic()
-        return users.session_valid(self.name, self.session_id)
+        # Asked of Redis itself: during an outage the socket closes (1013) and the page
+        # shows it, rather than a socket kept open on the auth cache's word.
+        return users.session_valid(self.name, self.session_id, remembered=False)
 
 
 def socket_topic(page: Page, args: dict) -> Topic:
