@@ -329,3 +329,9 @@ def outbox_hosts() -> str:
     """Host -> JSON {depth, updated_at, oldest_at} of its local outbox, written by its
     processes while Redis takes calls."""
     return _p("outbox", "hosts")
+
+
+def system_log_level(level: str) -> str:
+    """The health log's entries of one level (INFO, WARNING, ERROR, SWITCH): an index of
+    system_log() with the same members and scores, so a level filter is one read."""
+    return _p("system", "log", level.lower())
