@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Flask, abort
 from flask.json.provider import DefaultJSONProvider
 
-from backstop import bounded_json
+from backstop import bounded_json, drainer
 from backstop.config import secret_key, settings
 from backstop.connection import NO_CLIENT_INFO, redis_url
 from backstop.jobs import load_handlers
@@ -33,7 +33,15 @@ def create_app(test_config: dict | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_cli(app)
+    app.before_request(start_background)
     return app
+
+
+def start_background() -> None:
+    """The threads every web process runs beside its requests: the outbox drainer (which
+    also flushes the health log kept locally during an outage). Started in the process that
+    serves, after any fork."""
+    drainer.ensure_running()
 
 
 def base_config() -> dict:

@@ -39,3 +39,15 @@ class JobTimeout(BackstopError):
 class WorkerLost(BackstopError):
     """Recorded for a job whose worker process died while running it."""
     code = "worker_lost"
+
+
+class JobFailed(BackstopError):
+    """A job run inline (sync_direct mode, or the `direct` outage policy) failed. outcome
+    (backstop.direct.Outcome) says what became of it: retrying, dead (with its DLQ record),
+    or kept in the outbox when Redis was unreachable."""
+
+    def __init__(self, outcome):
+        error = outcome.error or {}
+        super().__init__(f"job {outcome.job_id} failed: {error.get('type', 'Error')}: "
+                         f"{error.get('message', '')}")
+        self.outcome = outcome

@@ -16,7 +16,7 @@ from typing import Any
 from . import keys
 from .connection import client
 from .contracts import JOBS, job_spec, load_job_modules, queue_config, validated
-from .errors import PayloadError
+from .errors import JobFailed, PayloadError
 from .hueys import frame, huey_for, task_wrapper
 from .registry import entry, event, script_args
 from .scripts import scripts_for
@@ -41,13 +41,19 @@ def prepare(job_name: str, payload: Any, job_id: str | None = None,
             delay: float | None = None, priority: int | None = None) -> Prepared:
     """Validate everything and build the Huey message; touches no Redis. Raises PayloadError."""
     data, data_json = validated(job_name, payload)
-    queue = job_spec(job_name).queue
     job_id = job_id or uuid.uuid4().hex
     _check_options(job_name, job_id, delay, priority)
+    return build(job_name, data, data_json, job_id, float(delay or 0), int(priority or 0))
+
+
+def build(job_name: str, data: dict, data_json: str, job_id: str, delay: float,
+          priority: int) -> Prepared:
+    """The Huey message of an already validated payload (the outbox's jobs were validated
+    when they were accepted)."""
+    queue = job_spec(job_name).queue
     task = task_wrapper(queue)((job_name, data), {}, id=job_id)
     message = frame(job_id, job_name, huey_for(queue).serialize_task(task))
-    return Prepared(job_id, job_name, queue, data, data_json, message, float(delay or 0),
-                    int(priority or 0))
+    return Prepared(job_id, job_name, queue, data, data_json, message, delay, priority)
 
 
 def _check_options(job_name: str, job_id: str, delay, priority) -> None:
@@ -62,8 +68,12 @@ def _check_options(job_name: str, job_id: str, delay, priority) -> None:
         raise PayloadError(job_name, errors)
 
 
-def _push(target, prepared: Prepared, now: float):
-    """Run (or queue, on a pipeline) the enqueue script; it answers 1 if the job is new."""
+def push(target, prepared: Prepared, now: float, *, created_at: float | None = None,
+         into: str | None = None):
+    """Run (or queue, on a pipeline) the enqueue script; it answers 1 if the job is new.
+
+    created_at: when the job was accepted (the outbox's jobs), else now. into: the list the
+    message goes to instead of its queue (a direct run's processing list)."""
     queue = prepared.queue
     storage = huey_for(queue).storage
     delayed = prepared.delay > 0
@@ -71,7 +81,8 @@ def _push(target, prepared: Prepared, now: float):
     fields = {
         "id": prepared.job_id, "queue": queue, "job": prepared.job_name,
         "payload": prepared.payload_json, "state": "delayed" if delayed else "waiting",
-        "max_attempts": queue_config(queue).attempts, "created_at": now, "updated_at": now,
+        "max_attempts": queue_config(queue).attempts, "created_at": created_at or now,
+        "updated_at": now,
     }
     extra = {"run_at": now + prepared.delay} if delayed else {}
     fields.update(extra, **({"priority": prepared.priority} if prepared.priority else {}))
@@ -79,7 +90,8 @@ def _push(target, prepared: Prepared, now: float):
     queued = event("queued", prepared.job_id, queue, prepared.job_name, fields["state"], now)
     return scripts_for(client()).enqueue(
         keys=[keys.job(prepared.job_id),
-              storage.schedule_key if delayed else storage.queue_key, keys.queue_stats(queue),
+              into or (storage.schedule_key if delayed else storage.queue_key),
+              keys.queue_stats(queue),
               keys.timeline(prepared.job_id)],
         args=script_args(prepared.job_id, queue, fields["state"], prepared.message, now,
                          now + prepared.delay, "1" if prepared.priority > 0 else "0", queued,
@@ -94,15 +106,30 @@ def enqueue(job_name: str, payload: Any, *, job_id: str | None = None,
     job_id: a caller-chosen id; if a job with it exists, nothing is added and its id returns.
     delay: seconds before it may run. priority: > 0 jumps ahead of the queue's waiting jobs.
     Raises UnknownJob or PayloadError (naming each bad field) before anything touches Redis.
+    In sync_direct mode the job runs before this returns, and its failure raises JobFailed;
+    when Redis cannot take the job, the queue's outage policy decides (see dispatch).
     """
-    return submit(job_name, payload, job_id=job_id, delay=delay, priority=priority)[0]
+    outcome = dispatch(job_name, payload, job_id=job_id, delay=delay, priority=priority)
+    if outcome.failed:
+        raise JobFailed(outcome)
+    return outcome.job_id
+
+
+def dispatch(job_name: str, payload: Any, *, job_id: str | None = None,
+             delay: float | None = None, priority: int | None = None):
+    """Validate a job and hand it over; return its backstop.direct.Outcome: how (queued,
+    outbox, ran, existing), state, and for a job run inline (sync_direct mode, or the
+    `direct` outage policy) its result or error. Never raises for a handler's failure."""
+    from .delivery import deliver
+
+    return deliver(prepare(job_name, payload, job_id, delay, priority))
 
 
 def submit(job_name: str, payload: Any, *, job_id: str | None = None,
            delay: float | None = None, priority: int | None = None) -> tuple[str, bool]:
     """Like enqueue, but also say whether the job is new (False: the id existed already)."""
     prepared = prepare(job_name, payload, job_id, delay, priority)
-    created = _push(client(), prepared, time.time())
+    created = push(client(), prepared, time.time())
     return prepared.job_id, bool(created)
 
 
@@ -116,7 +143,7 @@ def enqueue_many(jobs: Iterable[dict]) -> list[str]:
     pipe = client().pipeline(transaction=False)
     now = time.time()
     for item in prepared:
-        _push(pipe, item, now)
+        push(pipe, item, now)
     pipe.execute()
     return [item.job_id for item in prepared]
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import alerts, dlq, keys, metrics, poison, redrive, schedules
+from . import alerts, dlq, drainer, keys, metrics, poison, redrive, schedules
 from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -109,8 +109,10 @@ def new_worker_id() -> str:
 class WorkerProcess:
     """Every consumer thread of one process, and the threads that keep them honest."""
 
-    def __init__(self, queues: tuple[str, ...] = QUEUES, concurrency: int | None = None):
-        self.id = new_worker_id()
+    def __init__(self, queues: tuple[str, ...] = QUEUES, concurrency: int | None = None, *,
+                 consuming: bool = True):
+        self.id = new_worker_id() + ("" if consuming else ":direct")
+        self.consuming = consuming  # False: it only runs what its own process hands it
         self.queues = queues
         self.concurrency = concurrency
         self.r = client()
@@ -163,6 +165,7 @@ class WorkerProcess:
                               (self.tick_schedules, 1),
                               (self.evaluate_alerts, settings().float("alert_evaluate_seconds"))):
             self._thread(self.every, loop.__name__, loop, seconds)
+        drainer.ensure_running()
         log.info("worker %s consuming %s", self.id, ", ".join(self.queues))
 
     def _thread(self, target, name, *args) -> threading.Thread:
@@ -353,7 +356,8 @@ class WorkerProcess:
         self.fail(run, config, payload if isinstance(payload, dict) else {},
                   HandlerFailed(error, permanent=True), final=True, park=True)
 
-    def execute(self, run: Running, config: QueueConfig, task, payload: dict) -> None:
+    def execute(self, run: Running, config: QueueConfig, task, payload: dict):
+        """Run the handler and record its outcome; return (result, error)."""
         ident = threading.get_ident()
         enter_job(run.job_id, run.job_name, run.queue, run.attempt, config.attempts,
                   run.deadline, self.r)
@@ -373,6 +377,7 @@ class WorkerProcess:
             self.complete(run, config, result)
         else:
             self.fail(run, config, payload, error)
+        return result, error
 
     @staticmethod
     def _isolated(run: Running, config: QueueConfig):
@@ -478,9 +483,11 @@ class WorkerProcess:
         with self.lock:
             current = [{"job_id": r.job_id, "queue": r.queue, "job": r.job_name,
                         "since": r.since, "thread": r.thread} for r in self.running.values()]
-        threads = {q: self.concurrency or queue_config(q).concurrency for q in self.queues}
+        queues = self.queues if self.consuming else ()
+        threads = {q: self.concurrency or queue_config(q).concurrency for q in queues}
         info = {"id": self.id, "host": socket.gethostname(), "pid": os.getpid(),
-                "queues": list(self.queues), "threads": threads, "current": current,
+                "queues": list(queues), "threads": threads, "current": current,
+                "direct": not self.consuming,
                 **self.counts,
                 "started_at": self.started_at, "last_beat": now}
         ttl = max(1, int(settings().float("worker_heartbeat_ttl")))
@@ -488,7 +495,8 @@ class WorkerProcess:
         pipe.expire(keys.worker(self.id), ttl)
         pipe.set(keys.worker(self.id), json.dumps(info), ex=ttl)
         pipe.zadd(keys.workers(), {self.id: now})
-        pipe.hset(keys.queue_consumers(), mapping=dict.fromkeys(self.queues, now))  # health
+        if queues:
+            pipe.hset(keys.queue_consumers(), mapping=dict.fromkeys(queues, now))  # health
         kept, written, *_ = pipe.execute(raise_on_error=False)
         if written is True or kept is True:
             self.last_beat_ok = time.monotonic()

@@ -2,6 +2,11 @@
 
 Only a digest is stored: an HMAC-SHA256 keyed by SECRET_KEY, so a digest written into Redis
 by hand (by anyone who can write to Redis but does not know the key) never verifies.
+
+A token verified in Redis is trusted by the process for AUTH_CACHE_SECONDS without asking
+again (backstop.auth_cache): an API call costs no round trip for it, and keeps working
+through a Redis outage. revoke() drops the token from this process's cache at once; every
+other process refuses it within AUTH_CACHE_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ import secrets
 import time
 
 from . import keys
+from .auth_cache import TrustCache
 from .config import derived_key
 from .connection import client
 
 ROLES = ("viewer", "operator", "owner")
 PREFIX = "bst_"
+_verified = TrustCache()  # digest -> {name, role, created_at}, verified in Redis lately
 
 
 def _digest(token: str) -> str:
@@ -40,11 +47,24 @@ def create(name: str, role: str) -> str:
 
 
 def verify(token: str) -> dict | None:
-    """The token's {name, role, created_at}, or None if it is unknown or revoked."""
+    """The token's {name, role, created_at}, or None if it is unknown or revoked.
+
+    A token found in Redis less than AUTH_CACHE_SECONDS ago is answered from this process's
+    memory, without a Redis call; an unknown one is asked of Redis every time. So a token
+    revoked by another process works here until AUTH_CACHE_SECONDS after it was last
+    verified. Raises redis.RedisError when Redis must be asked and cannot answer.
+    """
     if not token or not token.startswith(PREFIX):
         return None
-    raw = client().hget(keys.api_tokens(), _digest(token))
-    return json.loads(raw) if raw else None
+    digest = _digest(token)
+    info = _verified.get(digest)
+    if info is None:
+        raw = client().hget(keys.api_tokens(), digest)
+        if not raw:
+            return None
+        info = json.loads(raw)
+        _verified.put(digest, info)
+    return dict(info)
 
 
 def listing() -> list[dict]:
@@ -54,11 +74,14 @@ def listing() -> list[dict]:
 
 
 def revoke(name: str) -> int:
-    """Revoke every token with this name; return how many."""
+    """Revoke every token with this name; return how many. This process refuses them at
+    once; every other process within AUTH_CACHE_SECONDS (see verify)."""
     rows = client().hgetall(keys.api_tokens())
     doomed = [digest for digest, raw in rows.items() if json.loads(raw)["name"] == name]
     if doomed:
         client().hdel(keys.api_tokens(), *doomed)
+    # By name, not by the digests found: one another process revoked first is dropped too.
+    _verified.drop_where(lambda _key, info: info["name"] == name)
     return len(doomed)
 
 

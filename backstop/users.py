@@ -5,6 +5,13 @@ signing out deletes it, a password change deletes them all, so a copied cookie s
 at once. Each session also ends on its own: SESSION_LIFETIME_SECONDS after sign-in however
 active it is (absolute timeout), and SESSION_IDLE_SECONDS after its last use (idle timeout),
 both checked on the server at every request (OWASP session management cheat sheet).
+
+Through a Redis outage a process answers from what it verified lately (backstop.auth_cache):
+a session or user record read from Redis less than AUTH_CACHE_SECONDS ago still holds when
+Redis cannot take the call. Closing or revoking sessions, changing a role or deleting a user
+drops this process's entries at once; other processes stop trusting theirs within
+AUTH_CACHE_SECONDS (a session may so outlive its timeouts by at most that much, and only
+while Redis is down: otherwise every check reads Redis).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from . import keys
+from .auth_cache import TrustCache
 from .config import settings
-from .connection import client
+from .connection import client, is_try_later
 from .errors import BackstopError
 from .tokens import ROLES
 
@@ -30,6 +38,8 @@ MIN_PASSWORD = 10
 # Use is written at most this often per session (or a tenth of the idle timeout, if less):
 # idle timeouts are exact to within a minute.
 TOUCH_SECONDS = 60
+_open_sessions = TrustCache()  # (name, session id) -> True, found open in Redis lately
+_records = TrustCache()  # name -> {name, role, created_at}, read from Redis lately
 
 
 def _hasher() -> PasswordHasher:
@@ -74,12 +84,28 @@ def create(name: str, role: str, password: str) -> None:
 
 
 def get(name: str) -> dict | None:
-    """The user's name, role and creation time (never the hash), or None."""
-    raw = client().hget(keys.users(), name)
+    """The user's name, role and creation time (never the hash), or None. While Redis cannot
+    take the call, the record this process read less than AUTH_CACHE_SECONDS ago; raises
+    redis.RedisError when there is none."""
+    try:
+        raw = client().hget(keys.users(), name)
+    except redis.RedisError as exc:
+        return dict(_remembered(_records, name, exc))
     if raw is None:
+        _records.drop(name)
         return None
     record = json.loads(raw)
-    return {k: record[k] for k in ("name", "role", "created_at")}
+    info = {k: record[k] for k in ("name", "role", "created_at")}
+    _records.put(name, info)
+    return dict(info)
+
+
+def _remembered(cache: TrustCache, key, exc: redis.RedisError):
+    """What cache holds for key, if exc means Redis is unavailable for now; else raise exc."""
+    value = cache.get(key) if is_try_later(exc) else None
+    if value is None:
+        raise exc
+    return value
 
 
 def listing() -> list[dict]:
@@ -113,11 +139,15 @@ def set_role(name: str, role: str) -> None:
     raw = client().hget(keys.users(), name)
     if raw is None:
         raise UserError(f"no user {name!r}")
-    client().hset(keys.users(), name, json.dumps({**json.loads(raw), "role": role}))
+    try:
+        client().hset(keys.users(), name, json.dumps({**json.loads(raw), "role": role}))
+    finally:  # even a write whose reply was lost may have changed the role
+        _records.drop(name)
 
 
 def delete(name: str) -> bool:
     revoke_all(name)
+    _records.drop(name)
     return bool(client().hdel(keys.users(), name))
 
 
@@ -139,7 +169,22 @@ def open_session(name: str) -> str:
 def session_valid(name: str, session_id: str, *, touch: bool = False) -> bool:
     """Whether the session is open: opened less than SESSION_LIFETIME_SECONDS ago and used
     less than SESSION_IDLE_SECONDS ago. An expired session is deleted. touch: count this
-    check as a use of the session (a request its user made, not a background refresh)."""
+    check as a use of the session (a request its user made, not a background refresh).
+
+    While Redis cannot take the call, a session this process found open less than
+    AUTH_CACHE_SECONDS ago is still open; raises redis.RedisError for any other."""
+    try:
+        valid = _session_valid_in_redis(name, session_id, touch)
+    except redis.RedisError as exc:
+        return _remembered(_open_sessions, (name, session_id), exc)
+    if valid:
+        _open_sessions.put((name, session_id), True)
+    else:
+        _open_sessions.drop((name, session_id))
+    return valid
+
+
+def _session_valid_in_redis(name: str, session_id: str, touch: bool) -> bool:
     key = keys.user_sessions(name)
     raw = client().hget(key, session_id)
     if raw is None:
@@ -187,8 +232,10 @@ def _times(raw: str) -> tuple[float, float]:
 
 
 def close_session(name: str, session_id: str) -> None:
+    _open_sessions.drop((name, session_id))
     client().hdel(keys.user_sessions(name), session_id)
 
 
 def revoke_all(name: str) -> None:
+    _open_sessions.drop_where(lambda key, _open: key[0] == name)
     client().delete(keys.user_sessions(name))

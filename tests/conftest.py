@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,21 @@ sys.path.insert(0, str(ROOT))
 CHEAP_PASSWORD_HASHING = {"PASSWORD_HASH_TIME_COST": "1", "PASSWORD_HASH_MEMORY_KIB": "8",
                           "PASSWORD_HASH_PARALLELISM": "1"}
 os.environ.update(CHEAP_PASSWORD_HASHING)
+# Each test process has its own outbox file, never the project's var/ (r points each test at
+# a file of its own).
+os.environ["OUTBOX_PATH"] = str(Path(tempfile.mkdtemp(prefix="backstop-outbox-")) / "outbox.db")
 
-from backstop import config, connection, contracts, hueys, redis_server, stats  # noqa: E402
+from backstop import (  # noqa: E402
+    breaker,
+    config,
+    connection,
+    contracts,
+    delivery,
+    hueys,
+    modes,
+    redis_server,
+    stats,
+)
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +57,8 @@ def apply_env(**env: str) -> None:
     hueys.huey_for.cache_clear()  # each Huey holds a pool of the REDIS_URL it was made with
     contracts._CONFIGS.clear()
     stats.forget()  # figures read from the Redis of the test before
+    breaker.reset()
+    delivery.fallbacks.reset()
 
 
 @pytest.fixture(autouse=True)
@@ -58,12 +74,13 @@ def _environment_restored():
 
 
 @pytest.fixture
-def r(redis_url) -> redis.Redis:
-    """A clean Redis (flushed) and fresh settings for one test."""
+def r(redis_url, tmp_path) -> redis.Redis:
+    """A clean Redis (flushed), an empty outbox and fresh settings for one test."""
     os.environ.pop("BACKSTOP_QUEUES", None)
-    apply_env(REDIS_URL=redis_url)
+    apply_env(REDIS_URL=redis_url, OUTBOX_PATH=str(tmp_path / "outbox.db"))
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     client.flushall()
+    modes.forget()  # the flushed Redis holds no mode: the default, not the last test's
     return client
 
 

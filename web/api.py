@@ -50,17 +50,33 @@ OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a numbe
 @bp.post("/jobs")
 @require_token("operator")
 def create_job():
-    """Enqueue a job: {"job", "payload", "job_id"?, "delay"?, "priority"?} -> 202."""
+    """Enqueue a job: {"job", "payload", "job_id"?, "delay"?, "priority"?}.
+
+    202: queued in Redis, or kept in this host's outbox ("outbox": true) while Redis cannot
+    take it. 201: run inline (sync_direct mode or the queue's `direct` outage policy), with
+    its result. 502: run inline and its handler failed (the error, and what became of it).
+    """
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("job"), str):
         abort(400, 'send a JSON object with "job" (a job name) and "payload" (an object)')
     check_option_types(body)
     job_id = body.get("job_id") or request.headers.get("Idempotency-Key")
     # An unknown job or a bad payload raises: web/errors.py answers 422 naming the fields.
-    job_id, created = producers.submit(body["job"], body.get("payload", {}), job_id=job_id,
-                                       delay=body.get("delay"), priority=body.get("priority"))
-    location = url_for("api.show_job", job_id=job_id)
-    return jsonify(id=job_id, created=created, location=location), 202, {"Location": location}
+    outcome = producers.dispatch(body["job"], body.get("payload", {}), job_id=job_id,
+                                 delay=body.get("delay"), priority=body.get("priority"))
+    location = url_for("api.show_job", job_id=outcome.job_id)
+    answer = {"id": outcome.job_id, "created": outcome.how != "existing", "location": location}
+    if outcome.state:
+        answer["state"] = outcome.state
+    answer.update(outcome.extra)
+    if outcome.how != "ran":
+        return jsonify(answer), 202, {"Location": location}
+    if outcome.failed:
+        error = {k: outcome.error.get(k) for k in ("type", "message", "code")}
+        answer.update(error=error, recorded=outcome.recorded)
+        return jsonify(answer), 502, {"Location": location}
+    answer.update(result=outcome.result, recorded=outcome.recorded)
+    return jsonify(answer), 201, {"Location": location}
 
 
 def check_option_types(body: dict) -> None:

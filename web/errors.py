@@ -147,5 +147,5 @@ def redis_unavailable(exc):
         response = make_response(current_app.jinja_env.get_template("unavailable.html").render(
             unreachable=unreachable, reason=str(exc)[:200]))
     response.status_code = 503
-    response.headers["Retry-After"] = "5"
+    response.headers["Retry-After"] = str(getattr(exc, "retry_after", None) or 5)
     return response
