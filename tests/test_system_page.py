@@ -4,65 +4,20 @@ level filter, live."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import sys
 import time
-import types
 
 import pytest
 from conftest import apply_env
 from helpers import confirm_token_of, panel_app, signed_in
 
-import backstop
 from backstop import audit, keys, local_store, system_log, tokens
 from backstop.live import Topic
 
 
-def stand_in_modes() -> types.ModuleType:
-    """backstop.modes as its interface says, for as long as it is not on this branch."""
-    module = types.ModuleType("backstop.modes")
-    module.MODES = ("async_queue", "sync_direct")
-
-    def read() -> dict:
-        raw = backstop.connection.client().hgetall(keys.system_mode())
-        return {"mode": raw.get("mode") or "async_queue",
-                "changed_at": float(raw["changed_at"]) if raw.get("changed_at") else None,
-                "changed_by": raw.get("changed_by")}
-
-    def switch(mode: str, actor: str) -> dict:
-        if mode not in module.MODES:
-            raise ValueError(f"unknown mode {mode!r}")
-        before = read()["mode"]
-        backstop.connection.client().hset(keys.system_mode(), mapping={
-            "mode": mode, "changed_at": time.time(), "changed_by": actor})
-        system_log.write("SWITCH", f"mode switched from {before} to {mode} by {actor}")
-        return read()
-
-    module.read, module.switch, module.current = read, switch, lambda: read()["mode"]
-    return module
-
-
-def stand_in_outbox() -> types.ModuleType:
-    module = types.ModuleType("backstop.outbox")
-    module.host_depths = lambda: {host: json.loads(raw) for host, raw in sorted(
-        backstop.connection.client().hgetall(keys.outbox_hosts()).items())}
-    return module
-
-
 @pytest.fixture
-def core(monkeypatch):
-    """The lead's modules, or stand-ins of their interface until they are merged."""
-    for name, make in (("modes", stand_in_modes), ("outbox", stand_in_outbox)):
-        if importlib.util.find_spec(f"backstop.{name}") is None:
-            module = make()
-            monkeypatch.setitem(sys.modules, f"backstop.{name}", module)
-            monkeypatch.setattr(backstop, name, module, raising=False)
-
-
-@pytest.fixture
-def app(r, tmp_path, core):
+def app(r, tmp_path):
     apply_env(OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"))
     yield panel_app()
     local_store.forget()

@@ -332,4 +332,4 @@ def switch_mode():
         audit_note(reason=message)
         refuse_field("mode", message)
     audit_note(target=mode)
-    return jsonify(modes.switch(mode, actor=g.actor))
+    return jsonify(modes.switch(str(mode), actor=g.actor))
