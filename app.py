@@ -33,7 +33,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_cli(app)
-    app.before_request(start_background)
+    start_background()
+    app.before_request(start_background)  # a forked server process starts its own
     return app
 
 

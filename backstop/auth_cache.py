@@ -73,7 +73,7 @@ class TrustCache:
         with self._lock:
             self._entries.pop(key, None)
 
-    def drop_where(self, doomed: Callable[[Hashable, Any], bool]) -> None:
+    def drop_where(self, doomed: Callable[[Any, Any], bool]) -> None:
         """Drop every entry for which doomed(key, value) is true."""
         with self._lock:
             for key in [k for k, (_t, v) in self._entries.items() if doomed(k, v)]:

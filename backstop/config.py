@@ -154,6 +154,9 @@ SETTINGS = [
     Setting("AUDIT_MAX_ENTRIES", "100000",
             "The audit log keeps about this many newest entries: the retention job trims "
             "older ones, and `flask audit verify` checks the chain from the oldest kept one."),
+    Setting("RATE_LIMIT_DEFAULT", "600 per minute",
+            "Requests a client address may make to each route of the panel and the API "
+            "(flask-limiter notation); sign-in and actions have stricter limits of their own."),
     Setting("OUTBOX_PATH", "var/outbox.sqlite3",
             "This host's local SQLite file: jobs accepted while Redis cannot take them (the "
             "outbox, drained into Redis when it returns) and health-log entries written "

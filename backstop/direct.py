@@ -35,8 +35,6 @@ from .producers import Prepared, push
 from .runner import Running, WorkerProcess
 
 
-
-
 @dataclass
 class Outcome:
     """What became of a job a producer handed over.

@@ -20,7 +20,9 @@ import json
 import re
 import secrets
 import time
+from collections.abc import Hashable
 from functools import lru_cache
+from typing import Any
 
 import redis
 from argon2 import PasswordHasher
@@ -100,7 +102,7 @@ def get(name: str) -> dict | None:
     return dict(info)
 
 
-def _remembered(cache: TrustCache, key, exc: redis.RedisError):
+def _remembered(cache: TrustCache, key: Hashable, exc: redis.RedisError) -> Any:
     """What cache holds for key, if exc means Redis is unavailable for now; else raise exc."""
     value = cache.get(key) if is_try_later(exc) else None
     if value is None:

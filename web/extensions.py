@@ -10,9 +10,17 @@ from flask_login import LoginManager
 from flask_sock import Sock
 from flask_wtf import CSRFProtect
 
+from backstop.config import settings
+
 login_manager = LoginManager()
 csrf = CSRFProtect()
-limiter = Limiter(key_func=get_remote_address, default_limits=["600 per minute"])
+
+
+def default_limit() -> str:
+    return settings().rate_limit_default
+
+
+limiter = Limiter(key_func=get_remote_address, default_limits=[default_limit])
 sock = Sock()
 babel = Babel()
 
