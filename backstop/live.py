@@ -79,7 +79,8 @@ def stream_key(xid: str) -> StreamKey:
 
 @dataclass(frozen=True)
 class Topic:
-    """What a subscriber follows: everything (both None), one queue, or one job.
+    """What a subscriber follows: everything (all unset), one queue, one job, or the health
+    log (system: only events of type "system.*", published outside the stream).
 
     Events without a "queue" or "job_id" field (alerts, audit) match only everything.
     Raises ValueError for an unknown queue.
@@ -87,6 +88,7 @@ class Topic:
 
     queue: str | None = None
     job_id: str | None = None
+    system: bool = False
 
     def __post_init__(self) -> None:
         if self.queue is not None and self.queue not in QUEUES:
@@ -94,6 +96,8 @@ class Topic:
 
     def matches(self, event: dict) -> bool:
         """Whether an event belongs to this topic."""
+        if self.system:
+            return str(event.get("type", "")).startswith("system.")
         if self.queue is not None and event.get("queue") != self.queue:
             return False
         return self.job_id is None or event.get("job_id") == self.job_id
@@ -388,6 +392,8 @@ def backlog(topic: Topic, last_id: str | None, latest: int = LATEST,
     """What a new subscriber missed: (matching events oldest first, the stream key the read
     covered, resync). With a usable last_id: every later matching event, if at most cap;
     otherwise the latest matching events, and resync is True when a last_id was given."""
+    if topic.system:  # its events are published without the stream: nothing to replay
+        return [], stream_key(newest_id() or "0-0"), False
     if last_id:
         missed = _missed(topic, last_id, cap)
         if missed is not None:

@@ -6,7 +6,19 @@ from __future__ import annotations
 import json
 import time
 
-from . import audit, charts, dlq, health, redrive, registry, schedules, stats
+from . import (
+    audit,
+    charts,
+    dlq,
+    health,
+    modes,
+    outbox,
+    redrive,
+    registry,
+    schedules,
+    stats,
+    system_log,
+)
 from .config import SETTINGS, TRUE_WORDS, settings
 from .contracts import QUEUES, queue_config
 from .dlq import Filters
@@ -185,6 +197,7 @@ def N_(text: str) -> str:
 
 YES, NO, NONE = Word(N_("yes")), Word(N_("no")), Word(N_("none"))
 EMPTY, SET, NO_LIMIT = Word(N_("(empty)")), Word(N_("(set)")), Word(N_("no limit"))
+OUTBOX_STALE_SECONDS = 60
 FLAG_SETTINGS = ("COOKIE_SECURE", "WEBHOOK_ALLOW_PRIVATE", "METRICS_PUBLIC", "SCHEDULES_ENABLED")
 
 
@@ -217,13 +230,31 @@ def shown_redis(health: dict) -> dict:
             for name, value in health.items()}
 
 
-def system_page() -> dict:
+def system_page(level: str = "") -> dict:
+    """The System page: the mode, each host's outbox, the health log (level: one of
+    system_log.LEVELS or "" for all), workers, schedules, health checks, Redis, settings."""
     values = {s.name: shown_setting(s.name, getattr(settings(), s.name.lower()))
               for s in SETTINGS}
-    return {"workers": stats.workers(), "redis": shown_redis(_redis_or_error()),
+    return {"mode": modes.read(), "process_mode": modes.current(),
+            "outbox_hosts": outbox_rows(time.time()),
+            "system_log": system_log.entries(level or None, limit=50), "log_level": level,
+            "log_days": settings().int("system_log_days"),
+            "workers": stats.workers(), "redis": shown_redis(_redis_or_error()),
             "settings": values, "help": {s.name: s.help for s in SETTINGS},
             "configs": {q: shown_config(q) for q in QUEUES},
             "schedules": scheduled_jobs(), "health_log": stats.health_log(20)}
+
+
+def outbox_rows(now: float) -> list[dict]:
+    """Each host's outbox as last reported, deepest first: host, depth, oldest_age (seconds
+    the oldest job has waited, None when empty), updated_at, stale (not reported for
+    OUTBOX_STALE_SECONDS: the host's processes may be gone, or Redis unreachable there)."""
+    rows = [{"host": host, "depth": int(row.get("depth") or 0),
+             "oldest_age": now - row["oldest_at"] if row.get("oldest_at") else None,
+             "updated_at": row.get("updated_at"),
+             "stale": now - float(row.get("updated_at") or 0) > OUTBOX_STALE_SECONDS}
+            for host, row in outbox.host_depths().items()]
+    return sorted(rows, key=lambda row: (-row["depth"], row["host"]))
 
 
 def scheduled_jobs() -> dict:

@@ -11,6 +11,8 @@ trimmed here:
   and its capacity alerts are checked (dlq_maintenance.maintain, which every worker used to
   run every 30 s);
 - the DLQ's failures-per-hour counts, to DLQ_RETENTION_DAYS;
+- the health log (backstop.system_log), to SYSTEM_LOG_DAYS, in Redis and in this host's
+  local SQLite file;
 - finished job records (completed, dead), exactly to keep_completed / keep_failed (FINISH
   leaves up to 15 over; a lowered keep applies at the next pass);
 - cancelled job records, to keep_completed. A cancelled job's message may still sit in its
@@ -26,7 +28,7 @@ from functools import lru_cache
 
 import redis
 
-from . import audit, dlq_maintenance, keys
+from . import audit, dlq_maintenance, keys, system_log
 from .config import settings
 from .connection import client
 from .contracts import QUEUES, queue_config
@@ -67,6 +69,7 @@ def run(r: redis.Redis | None = None, now: float | None = None) -> dict:
             "dlq_archived": maintained.get("archived"),
             "dlq_alert_level": maintained.get("alert_level"),
             "dlq_hours_dropped": trim_dlq_hours(r, now),
+            "system_log_trimmed": system_log.trim(now, r),
             "jobs_trimmed": trim_jobs(r, now)}
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger("backstop.system_log")
 LEVELS = ("INFO", "WARNING", "ERROR", "SWITCH")
 FLUSH_BATCH = 1_000      # local rows moved into Redis per round trip
 MOST = 1_000             # entries one read returns at most
+TRIM_CHUNK = 1_000       # old entries removed per round trip
 
 
 def write(level: str, message: str, *, local: bool = False, **meta) -> None:
@@ -169,10 +170,15 @@ def trim(now: float | None = None, r: redis.Redis | None = None) -> int:
     a SQLite failure is logged, not raised (the Redis part is what the job is for)."""
     now = time.time() if now is None else now
     cutoff = now - settings().float("system_log_days") * 86400
-    pipe = (r or client()).pipeline(transaction=True)
-    for key in (keys.system_log(), *(keys.system_log_level(level) for level in LEVELS)):
-        pipe.zremrangebyscore(key, "-inf", f"({cutoff}")
-    removed = pipe.execute()[0]
+    r = r or client()
+    removed = 0
+    while old := r.zrangebyscore(keys.system_log(), "-inf", f"({cutoff}", start=0,
+                                 num=TRIM_CHUNK):
+        # Read, then removed from the log and every level's index (the same members).
+        pipe = r.pipeline(transaction=True)
+        for key in (keys.system_log(), *(keys.system_log_level(level) for level in LEVELS)):
+            pipe.zrem(key, *old)
+        removed += pipe.execute()[0]
     _trim_local(cutoff)
     return removed
 
@@ -209,7 +215,8 @@ def entries(level: str | None = None, since: float | None = None,
     low = "-inf" if since is None else since
     members = client().zrevrangebyscore(key, "+inf", low, start=0,
                                         num=max(1, min(limit, MOST)))
-    return [entry for entry in map(_parsed, members) if entry is not None]
+    rows = (_parsed(str(member)) for member in members)
+    return [entry for entry in rows if entry is not None]
 
 
 def _parsed(member: str) -> dict | None:

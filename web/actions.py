@@ -10,7 +10,17 @@ from flask import Blueprint, abort, flash, g, redirect, render_template, request
 from flask_babel import gettext as _
 from flask_babel import lazy_gettext, ngettext
 
-from backstop import alerts, bounded_json, confirm, dlq, queues, redrive, registry, replay
+from backstop import (
+    alerts,
+    bounded_json,
+    confirm,
+    dlq,
+    modes,
+    queues,
+    redrive,
+    registry,
+    replay,
+)
 from backstop.contracts import QUEUES
 from backstop.dlq import FilterError, Filters
 from backstop.errors import BackstopError
@@ -28,9 +38,10 @@ def back(default: str):
     return redirect(safe_next(request.form.get("next")) if request.form.get("next") else default)
 
 
-def confirm_step(confirm_action: str, scope: dict, count: int, text: str, *,
+def confirm_step(confirm_action: str, scope: dict, count: int | None, text: str, *,
                  danger: bool = False, **hidden):
-    """The first of two steps: say what this touches and carry a single-use token."""
+    """The first of two steps: say what this touches (count jobs; None: not jobs) and carry
+    a single-use token."""
     token = confirm.issue(g.actor, confirm_action, scope)
     audit_note(action=f"{g.audit_action}.preview", count=count)
     return render_template("confirm.html", text=text, count=count, token=token,
@@ -428,3 +439,35 @@ def delete_alert_rule(rule_id: str):
         abort(404, _("There is no alert rule %(id)s.", id=rule_id))
     flash(_("Alert rule %(id)s deleted.", id=rule_id), "ok")
     return redirect(url_for("pages.alerts_page") + "#rules")
+
+
+# ---- the kill switch (owner) ----
+MODE_TEXT = {
+    "sync_direct": lazy_gettext(
+        "Switch every process to direct execution (sync_direct): jobs are no longer queued; "
+        "each enqueue runs its handler at once, in the process that enqueued it, and answers "
+        "with its result. Jobs already queued stay in their queues."),
+    "async_queue": lazy_gettext(
+        "Switch every process back to queueing (async_queue): jobs go into their queues "
+        "again and workers run them."),
+}
+MODE_SWITCHED = {"sync_direct": lazy_gettext("Switched to direct execution (sync_direct)."),
+                 "async_queue": lazy_gettext("Switched to queueing (async_queue).")}
+
+
+@bp.post("/system/mode")
+@require_role("owner")
+@DESTROY
+@audited("system.mode")
+def switch_mode():
+    """Switch the mode of every process (within a second), after a confirmation."""
+    mode = request.form.get("mode", "")
+    if mode not in modes.MODES:
+        abort(400, _("Choose a mode: %(modes)s.", modes=", ".join(modes.MODES)))
+    audit_note(target=mode)
+    if not confirmed("system.mode", {"mode": mode}):
+        return confirm_step("system.mode", {"mode": mode}, None, str(MODE_TEXT[mode]),
+                            danger=mode == "sync_direct", mode=mode)
+    modes.switch(mode, actor=g.actor)
+    flash(str(MODE_SWITCHED[mode]), "ok")
+    return redirect(url_for("pages.system_page"))

@@ -14,12 +14,32 @@ from flask import (
     url_for,
 )
 
-from backstop import dlq, export, producers, redrive, registry, replay, schedules, stats, tokens
+from backstop import (
+    dlq,
+    export,
+    modes,
+    producers,
+    redrive,
+    registry,
+    replay,
+    schedules,
+    stats,
+    system_log,
+    tokens,
+)
 from backstop.dlq import Filters
 from web.auth import audit_note, audited, require_token, scope_target
 from web.extensions import csrf
 from web.health import health_response
-from web.params import body_filter, checked_cursor, checked_limit, filters_from, json_body
+from web.params import (
+    body_filter,
+    checked_cursor,
+    checked_limit,
+    checked_since,
+    filters_from,
+    json_body,
+    refuse_field,
+)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
@@ -279,3 +299,37 @@ def list_schedules():
 def health_log():
     """The health check's log, newest first (?limit=, at most 1000)."""
     return jsonify(items=stats.health_log(checked_limit(50, 1000)))
+
+
+@bp.get("/system/logs")
+@require_token("viewer")
+def system_logs():
+    """The health log, newest first: ?level= (INFO, WARNING, ERROR, SWITCH), ?since= (unix
+    seconds), ?limit= (at most 1000)."""
+    since, limit = checked_since(), checked_limit(50, 1000)
+    try:
+        items = system_log.entries(request.args.get("level"), since, limit)
+    except ValueError as exc:
+        refuse_field("level", str(exc))
+    return jsonify(items=items)
+
+
+@bp.get("/system/mode")
+@require_token("viewer")
+def show_mode():
+    """The mode every process follows: {"mode", "changed_at", "changed_by"}."""
+    return jsonify(modes.read())
+
+
+@bp.post("/system/mode")
+@require_token("owner")
+@audited("system.mode")
+def switch_mode():
+    """Switch every process to {"mode": "async_queue" | "sync_direct"} (within 1 s)."""
+    mode = json_body().get("mode")
+    if mode not in modes.MODES:
+        message = f"mode must be one of {', '.join(modes.MODES)}, not {mode!r:.40}"
+        audit_note(reason=message)
+        refuse_field("mode", message)
+    audit_note(target=mode)
+    return jsonify(modes.switch(str(mode), actor=g.actor))

@@ -110,4 +110,6 @@ def socket_topic(page: Page, args: dict) -> Topic:
         return Topic(queue=value)
     if kind == "job" and value:
         return Topic(job_id=value)
+    if kind == "system":
+        return Topic(system=True)
     return Topic()

@@ -15,7 +15,7 @@ from flask import Blueprint, abort, flash, render_template, request
 from flask_babel import get_timezone
 from flask_babel import gettext as _
 
-from backstop import alerts, audit, panel
+from backstop import alerts, audit, panel, system_log
 from backstop.contracts import QUEUES
 from backstop.dlq import FilterError, Filters
 from web.api import streamed_export
@@ -115,7 +115,9 @@ def dlq_analytics_context(args: Args) -> dict:
 
 
 def system_context(args: Args) -> dict:
-    return {**panel.system_page(), "page_args": {}}
+    level = args.get("level", "").upper()
+    level = level if level in system_log.LEVELS else ""
+    return {**panel.system_page(level=level), "page_args": kept(level=level)}
 
 
 def audit_context(args: Args) -> dict:
@@ -153,7 +155,8 @@ PAGES = {page.name: page for page in [
          ("dlq_record",), topic=lambda a: "dlq", audit_action="dlq.view"),
     Page("dlq_analytics", "/dlq/analytics", "dlq_analytics.html", dlq_analytics_context),
     Page("system", "/system", "system.html", system_context,
-         ("workers", "schedules", "health_log")),
+         ("mode", "outbox", "system_log", "workers", "schedules", "health_log"),
+         topic=lambda a: "system"),
     Page("audit", "/audit", "audit.html", audit_context),
     Page("alerts", "/alerts", "alerts.html", alerts_context, ("alerts",),
          topic=lambda a: "all"),

@@ -1,10 +1,12 @@
-"""Request arguments checked once: a 400 that names the argument when one is bad."""
+"""Request arguments checked once: a 400 that names the argument when one is bad (a 422
+with "fields" when the value is well formed but not one the API takes)."""
 
 from __future__ import annotations
 
+import math
 import re
 
-from flask import abort, request
+from flask import abort, jsonify, make_response, request
 
 from backstop.dlq import Filters
 
@@ -56,3 +58,24 @@ def checked_cursor(message: str) -> str | None:
     if not valid_cursor(cursor):
         abort(400, message)
     return cursor
+
+
+def refuse_field(field: str, message: str, status: int = 422):
+    """Answer {"error", "fields": [{"field", "message"}]} with status (raises)."""
+    response = jsonify(error=message, fields=[{"field": field, "message": message}])
+    abort(make_response(response, status))
+
+
+def checked_since() -> float | None:
+    """?since=, unix seconds (a number); None when absent; a 422 naming "since" otherwise."""
+    raw = request.args.get("since")
+    if raw is None or raw == "":
+        return None
+    try:
+        since = float(raw)
+    except ValueError:
+        since = math.nan
+    if not math.isfinite(since) or since < 0:
+        refuse_field("since", f"since must be a time in unix seconds (e.g. 1700000000.5), "
+                              f"not {raw[:40]!r}")
+    return since

@@ -12,7 +12,7 @@ import time
 
 import redis
 
-from .. import dlq_maintenance, health, keys, metrics, retention
+from .. import dlq_maintenance, health, keys, metrics, retention, system_log
 from ..contracts import QUEUES, SystemCacheInvalidate, SystemHealthCheck, SystemIndexRebuild
 from ..errors import PermanentFailure
 from ..jobs import JobContext, handler
@@ -107,17 +107,46 @@ def index_rebuild(payload: SystemIndexRebuild, ctx: JobContext) -> dict:
 def health_check(payload: SystemHealthCheck, ctx: JobContext) -> dict:
     """Assess health (backstop.health), note each queue's waiting count in this minute's
     metrics (the charts' backlog line, the backlog-growth check), note since when a queue
-    paused before pauses were timed is paused, and append the assessment to the health log
-    (last 1000 kept). Returns the log entry."""
+    paused before pauses were timed is paused, and append the assessment to the health
+    checks' log (last 1000 kept); when the overall status changed, say so in the health log
+    (backstop.system_log). Returns the check's entry."""
     now = time.time()
     assessment = health.assess(now)
     entry = health.log_entry(assessment)
     pipe = ctx.redis.pipeline()
+    pipe.lindex(keys.health_log(), 0)  # the previous check, read in the same step
     for queue, row in assessment["queues"].items():
         metrics.record_backlog(pipe, queue, row["counts"]["waiting"], now)
         if row["paused"] and row["paused_since"] is None:
             pipe.hsetnx(keys.paused_since(), queue, now)
     pipe.lpush(keys.health_log(), json.dumps(entry))
     pipe.ltrim(keys.health_log(), 0, HEALTH_LOG_LIMIT - 1)
-    pipe.execute()
+    previous = pipe.execute()[0]
+    log_status_change(previous_status(previous), entry)
     return entry
+
+
+STATUS_LEVELS = {"healthy": "INFO", "degraded": "WARNING", "unhealthy": "ERROR"}
+
+
+def previous_status(raw: str | None) -> str:
+    """The status of the check before (healthy when there was none, or it is unreadable)."""
+    try:
+        status = json.loads(raw).get("status") if raw else None
+    except (ValueError, AttributeError):
+        status = None
+    return status if status in STATUS_LEVELS else "healthy"
+
+
+def log_status_change(previous: str, entry: dict) -> None:
+    """A health-log entry when the overall status changed: WARNING for degraded, ERROR for
+    unhealthy, INFO back to healthy, naming the issues."""
+    status = entry["status"]
+    if status == previous or status not in STATUS_LEVELS:
+        return
+    issues = [issue.get("message") or issue.get("code") for issue in entry["issues"]]
+    reasons = f": {'; '.join(map(str, issues[:3]))}" if issues else ""
+    system_log.write(STATUS_LEVELS[status],
+                     f"Health changed from {previous} to {status} (score {entry['score']})"
+                     f"{reasons}", previous=previous, status=status, score=entry["score"],
+                     issues=[issue.get("code") for issue in entry["issues"]])
