@@ -385,7 +385,8 @@ def test_an_unknown_job_still_says_unknown(r):
 
 
 
-def test_the_api_keeps_a_job_in_the_outbox_while_redis_is_busy_running_a_script(r, tmp_path, redis_url):
+def test_the_api_keeps_a_job_in_the_outbox_while_redis_is_busy_running_a_script(
+        r, tmp_path, redis_url):
     own = OwnRedis(tmp_path / "redis")
     try:
         apply_env(REDIS_URL=own.url)
