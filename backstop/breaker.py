@@ -2,9 +2,10 @@
 
 Closed: calls go to Redis. After BREAKER_FAILURES failed calls in a row that mean "Redis
 cannot take this now" (connection refused, timeout, read-only replica, OOM refusal ...), it
-opens: for BREAKER_RESET_SECONDS every call is refused at once and the caller falls back (the
-outbox, a direct run or a 503). Then it half-opens: exactly one call goes through as a
-probe; its success closes the breaker, its failure opens it again.
+opens: every call is refused at once and the caller falls back (the outbox, a direct run or a
+503). After BREAKER_RESET_SECONDS it half-opens: the process's drainer thread (which also
+drains the outbox) makes one probe call; its success closes the breaker, its failure opens it
+again for another BREAKER_RESET_SECONDS. So no request ever waits for a probe's timeout.
 
 Why not pybreaker: its CircuitBreaker.call holds one lock across the wrapped call, which
 would serialize every enqueue of a process's threads. Here the closed path takes no lock:
@@ -44,24 +45,30 @@ class Breaker:
         self.state = CLOSED
         self.failures = 0
         self.opened_at = 0.0
-        self.probe_started = 0.0
         self.last_error = ""
         self.lock = threading.Lock()
 
     def allow(self) -> bool:
-        """Whether this call may try Redis (closed, or the one probe of a half-open breaker)."""
-        if self.state == CLOSED:
-            return True
-        now = time.monotonic()
+        """Whether a call may try Redis: only while closed. No caller ever waits for a
+        probe: the process's drainer thread makes it (probe())."""
+        return self.state == CLOSED
+
+    def probe(self, call: Callable[[], object]) -> bool:
+        """Half-open: when the breaker has been open BREAKER_RESET_SECONDS, try call() once;
+        success closes it, a failure opens it again (and raises). True when it is closed."""
         with self.lock:
-            if self.state == OPEN and now - self.opened_at >= self.reset_seconds:
-                self.probe_started = now
-                return self._move(HALF_OPEN, "probing Redis with one call")
-            # A probe that never reported (its thread died) must not keep the breaker shut.
-            if self.state == HALF_OPEN and now - self.probe_started >= 2 * self.reset_seconds:
-                self.probe_started = now
+            if self.state == CLOSED:
                 return True
-        return False
+            if time.monotonic() - self.opened_at < self.reset_seconds:
+                return False
+            self._move(HALF_OPEN, "probing Redis with one call")
+        try:
+            call()
+        except redis.RedisError as exc:
+            self.failed(exc)
+            raise
+        self.succeeded()
+        return True
 
     def check(self) -> None:
         """Raise BreakerOpen unless this call may try Redis."""

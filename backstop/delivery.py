@@ -76,6 +76,7 @@ def run_inline(prepared: Prepared) -> Outcome:
 def fall_back(prepared: Prepared, exc: redis.RedisError) -> Outcome:
     policy = queue_config(prepared.queue).outage
     fallbacks.used(policy, exc)
+    drainer.ensure_running()  # it probes Redis for the breaker, and drains what is kept
     if policy == "refuse":
         raise exc
     if policy == "direct":
@@ -98,7 +99,6 @@ def keep(prepared: Prepared) -> Outcome:
     outbox.accept(prepared.job_id, prepared.queue, prepared.job_name, prepared.payload_json,
                   prepared.delay, prepared.priority, time.time())
     system_log.count_outbox_acceptance()
-    drainer.ensure_running()  # whoever keeps a job also drains it (a plain Python producer)
     return Outcome(prepared.job_id, "outbox", "outbox", extra={"outbox": True})
 
 

@@ -20,7 +20,7 @@ import redis
 from . import outbox, system_log
 from .breaker import redis_breaker
 from .config import settings
-from .connection import is_try_later
+from .connection import client, is_try_later
 from .outages import OutageLog
 
 log = logging.getLogger("backstop.drainer")
@@ -57,8 +57,11 @@ class Drainer:
                                  local=True, error=str(exc)[:300])
 
     def tick(self) -> None:
-        """One round: tally, drain, flush, report. Redis errors propagate."""
+        """One round: tally, probe (while the breaker is open), drain, flush, report. Redis
+        errors propagate."""
         system_log.flush_tally()
+        if not redis_breaker().probe(client().ping):
+            return  # open, and not yet due for a probe: leave Redis alone
         waiting = outbox.depth()
         if waiting:
             self.drain(waiting)

@@ -192,15 +192,16 @@ def test_the_breaker_opens_so_an_outage_costs_no_timeout_per_enqueue(own, tmp_pa
     assert breaker.redis_breaker().state == breaker.OPEN
 
 
-def test_the_breaker_half_opens_and_one_probe_closes_it(own):
+def test_the_drainer_probes_the_open_breaker_and_closes_it_when_redis_is_back(own):
     own.stop()
     for _ in range(3):
         producers.dispatch("test.work", {})
     assert breaker.redis_breaker().state == breaker.OPEN
+    assert producers.dispatch("test.work", {}).how == "outbox", "no request probes"
     own.restart()
-    time.sleep(0.6)  # BREAKER_RESET_SECONDS
+    wait_for(lambda: breaker.redis_breaker().state == breaker.CLOSED, timeout=6,
+             what="the drainer's probe to close the breaker")
     assert producers.dispatch("test.work", {}).how == "queued"
-    assert breaker.redis_breaker().state == breaker.CLOSED
 
 
 def test_the_direct_policy_runs_the_job_at_once_and_answers_201(own, own_api):
@@ -334,3 +335,28 @@ def test_host_depths_are_reported_for_the_system_page(r, no_drainer):
     outbox.report()
     (host, info), = outbox.host_depths().items()
     assert info["depth"] == 1 and info["oldest_at"] == 1000.0
+
+
+def test_the_breaker_opens_after_its_threshold_and_a_failed_probe_opens_it_again():
+    import redis as redis_py
+
+    changes = []
+    guard = breaker.Breaker(3, 0.2, lambda old, new, why: changes.append(new))
+    refused = redis_py.ConnectionError("refused")
+    for _ in range(2):
+        guard.failed(refused)
+    assert guard.allow(), "two failures in a row stay under the threshold"
+    guard.succeeded()
+    for _ in range(3):
+        guard.failed(refused)
+    assert not guard.allow() and guard.state == breaker.OPEN
+    assert guard.probe(lambda: None) is False, "not before BREAKER_RESET_SECONDS"
+    time.sleep(0.25)
+    with pytest.raises(redis_py.ConnectionError):
+        guard.probe(lambda: (_ for _ in ()).throw(refused))
+    assert guard.state == breaker.OPEN and not guard.allow()
+    time.sleep(0.25)
+    assert guard.probe(lambda: None) is True and guard.allow()
+    # Each change is told from a thread of its own: compare them as a multiset.
+    wait_for(lambda: sorted(changes) == ["closed", "half_open", "half_open", "open", "open"],
+             timeout=2, what="every transition told")

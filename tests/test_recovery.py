@@ -395,6 +395,7 @@ def test_the_api_keeps_a_job_in_the_outbox_while_redis_is_busy_running_a_script(
 
         api = create_app().test_client()
         headers = {"Authorization": f"Bearer {tokens.create('ops', 'operator')}"}
+        assert api.get("/api/v1/jobs/none", headers=headers).status_code == 404  # verified
         own.client.config_set("lua-time-limit", 50)
         spinner = redis_py.Redis.from_url(own.url)
         spin = threading.Thread(target=_spin, args=(spinner,), daemon=True)
