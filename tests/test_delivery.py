@@ -15,6 +15,7 @@ from conftest import apply_env, wait_for
 import tests.jobs_for_tests  # noqa: F401  (the jobs the tests run)
 from backstop import (
     breaker,
+    direct,
     dlq,
     drainer,
     keys,
@@ -360,3 +361,15 @@ def test_the_breaker_opens_after_its_threshold_and_a_failed_probe_opens_it_again
     # Each change is told from a thread of its own: compare them as a multiset.
     wait_for(lambda: sorted(changes) == ["closed", "half_open", "half_open", "open", "open"],
              timeout=2, what="every transition told")
+
+
+def test_a_process_running_jobs_inline_beats_as_a_worker_of_no_queue(api, sync_mode, r):
+    from helpers import panel_app, signed_in
+
+    assert api.post("/api/v1/jobs", json={"job": "test.nap"}).status_code == 201
+    runner = r.get(keys.worker(direct.direct_runner().id))
+    assert json.loads(runner)["direct"] is True and json.loads(runner)["queues"] == []
+    assert not r.hget(keys.queue_consumers(), "system"), "it consumes no queue"
+    viewer = signed_in(panel_app(), "vera")
+    card = viewer.get("/system?partial=workers").get_data(as_text=True)
+    assert "runs jobs inline" in card
