@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import redis
 from flask import (
     Blueprint,
     Response,
@@ -18,6 +19,7 @@ from backstop import (
     dlq,
     export,
     modes,
+    outbox,
     producers,
     redrive,
     registry,
@@ -27,6 +29,7 @@ from backstop import (
     system_log,
     tokens,
 )
+from backstop.connection import is_try_later
 from backstop.dlq import Filters
 from web.auth import audit_note, audited, require_token, scope_target
 from web.extensions import csrf
@@ -92,9 +95,17 @@ def check_option_types(body: dict) -> None:
 @bp.get("/jobs/<job_id>")
 @require_token("viewer")
 def show_job(job_id: str):
-    """The JSON record of one job."""
-    job = registry.get_job(job_id)
+    """The JSON record of one job; a job still in this host's outbox (Redis could not take
+    it yet) is {"id", "state": "outbox"}, whether or not Redis answers now."""
+    try:
+        job = registry.get_job(job_id)
+    except redis.RedisError as exc:
+        if is_try_later(exc) and outbox.holds(job_id):
+            return jsonify(id=job_id, state="outbox")
+        raise
     if job is None:
+        if outbox.holds(job_id):
+            return jsonify(id=job_id, state="outbox")
         abort(404, f"no job {job_id!r} (never enqueued, or removed by retention)")
     return jsonify(registry.redacted(job))
 
