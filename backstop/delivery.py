@@ -96,8 +96,10 @@ def keep(prepared: Prepared) -> Outcome:
     """Commit the job to the outbox (durable when this returns)."""
     from . import system_log
 
-    outbox.accept(prepared.job_id, prepared.queue, prepared.job_name, prepared.payload_json,
-                  prepared.delay, prepared.priority, time.time())
+    new = outbox.accept(prepared.job_id, prepared.queue, prepared.job_name,
+                        prepared.payload_json, prepared.delay, prepared.priority, time.time())
+    if not new:  # the outbox holds this id already: nothing is added
+        return Outcome(prepared.job_id, "existing", "outbox", extra={"outbox": True})
     system_log.count_outbox_acceptance()
     return Outcome(prepared.job_id, "outbox", "outbox", extra={"outbox": True})
 

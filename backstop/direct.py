@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis
+
 from . import dlq, registry
 from .config import settings
 from .connection import client
@@ -98,7 +100,14 @@ class DirectRunner(WorkerProcess):
             run = Running(prepared.job_id, queue, prepared.job_name, message, started.value,
                           time.monotonic() + config.timeout, started.token)
             task = _task(prepared)
-            result, error = self.execute(run, config, task, prepared.payload)
+            try:
+                result, error = self.execute(run, config, task, prepared.payload)
+            except redis.RedisError:
+                # The handler ran, but Redis took no outcome for two minutes: the message
+                # stays in this runner's processing list and reconciliation returns it to
+                # its queue, where a worker runs it again (at least once, never lost).
+                return Outcome(prepared.job_id, "queued", "waiting",
+                               extra={"why": "outcome not recorded"})
         return self._outcome(prepared.job_id, result, error)
 
     def _outcome(self, job_id: str, result, error) -> Outcome:

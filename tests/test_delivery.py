@@ -172,6 +172,8 @@ def test_an_enqueue_during_an_outage_is_kept_in_the_outbox_and_drained_after(own
     answer = own_api.post("/api/v1/jobs", json={"job": "test.work", "job_id": "kept-1"})
     assert answer.status_code == 202 and answer.json["outbox"] is True
     assert outbox.holds("kept-1")
+    again = own_api.post("/api/v1/jobs", json={"job": "test.work", "job_id": "kept-1"})
+    assert again.status_code == 202 and again.json["created"] is False
     polled = own_api.get("/api/v1/jobs/kept-1")
     assert polled.status_code == 200 and polled.json == {"id": "kept-1", "state": "outbox"}
     own.restart()
