@@ -110,11 +110,12 @@ class DirectRunner(WorkerProcess):
                                extra={"why": "outcome not recorded"})
         return self._outcome(prepared.job_id, result, error)
 
-    def _outcome(self, job_id: str, result, error) -> Outcome:
-        job = registry.get_job(job_id) or {}
-        state = job.get("state", "completed" if error is None else "dead")
+    @staticmethod
+    def _outcome(job_id: str, result, error) -> Outcome:
         if error is None:
-            return Outcome(job_id, "ran", state, result=_jsonable(result))
+            return Outcome(job_id, "ran", "completed", result=_jsonable(result))
+        job = registry.get_job(job_id) or {}
+        state = job.get("state", "dead")
         # "failed" with attempts left: the workers retry it at retry_at.
         extra = {"retry_at": job["run_at"]} if state == "failed" and job.get("run_at") else {}
         if state == "dead":
