@@ -26,7 +26,7 @@ import redis
 
 from . import dlq, registry
 from .config import settings
-from .connection import client
+from .connection import client, redis_url
 from .contracts import queue_config
 from .errors import JobTimeout
 from .execution import run_current_job, set_context
@@ -63,7 +63,7 @@ class DirectRunner(WorkerProcess):
 
     def __init__(self):
         super().__init__(consuming=False)
-        self.pid = os.getpid()
+        self.pid, self.url = os.getpid(), redis_url()
         self.started = False
         self.starting = threading.Lock()
 
@@ -206,10 +206,13 @@ _lock = threading.Lock()
 
 
 def direct_runner() -> DirectRunner:
-    """This process's DirectRunner (made on first use, and again after a fork)."""
+    """This process's DirectRunner (made on first use, and again after a fork or when the
+    process was pointed at another Redis)."""
     global _runner
     with _lock:
-        if _runner is None or _runner.pid != os.getpid():
+        if _runner is None or _runner.pid != os.getpid() or _runner.url != redis_url():
+            if _runner is not None and _runner.pid == os.getpid():
+                _runner.done.set()  # its threads stop
             _runner = DirectRunner()
         return _runner
 
