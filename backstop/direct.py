@@ -217,6 +217,16 @@ def direct_runner() -> DirectRunner:
         return _runner
 
 
+def forget() -> None:
+    """Stop this process's direct runner (its beat, reconciliation and timeouts); the next
+    direct run makes a new one (tests switch Redis servers)."""
+    global _runner
+    with _lock:
+        if _runner is not None and _runner.pid == os.getpid():
+            _runner.done.set()
+        _runner = None
+
+
 def deadlines() -> Deadlines:
     """This process's watchdog of unrecorded direct runs."""
     global _deadlines

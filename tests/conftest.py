@@ -28,6 +28,7 @@ from backstop import (  # noqa: E402
     connection,
     contracts,
     delivery,
+    direct,
     hueys,
     modes,
     redis_server,
@@ -59,6 +60,7 @@ def apply_env(**env: str) -> None:
     stats.forget()  # figures read from the Redis of the test before
     breaker.reset()
     delivery.fallbacks.reset()
+    direct.forget()  # its heartbeat would go on into the next test's Redis
 
 
 @pytest.fixture(autouse=True)

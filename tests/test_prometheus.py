@@ -21,7 +21,18 @@ from test_metrics import NO_RETRY_WAIT, measured, run_all, within_one_bucket
 from test_redis_acl import restricted  # noqa: F401  (the fixture, used by name)
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
-from backstop import alerts, keys, modes, outbox, producers, prometheus, redis_server, stats, tokens
+from backstop import (
+    alerts,
+    drainer,
+    keys,
+    modes,
+    outbox,
+    producers,
+    prometheus,
+    redis_server,
+    stats,
+    tokens,
+)
 from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 from tools.browser import works
@@ -334,6 +345,7 @@ def test_every_dashboard_query_is_valid_promql(promtool, tmp_path):
 
 
 def test_the_mode_and_each_hosts_outbox_depth_are_exported(r):
+    drainer.stop()  # this process's drainer would drain the outbox before the scrape
     for n in range(3):
         outbox.accept(f"kept-{n}", "system", "test.work", "{}", 0, 0, time.time())
     r.hset(keys.outbox_hosts(), "web-2", json.dumps({"depth": 7, "updated_at": time.time()}))
@@ -344,3 +356,4 @@ def test_the_mode_and_each_hosts_outbox_depth_are_exported(r):
     assert sample(samples, "backstop_outbox_jobs", host="web-2") == 7
     assert sample(samples, "backstop_mode", mode="sync_direct") == 1
     assert sample(samples, "backstop_mode", mode="async_queue") == 0
+    drainer.ensure_running()
