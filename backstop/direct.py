@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from .execution import run_current_job, set_context
 from .hueys import huey_for, open_message
 from .isolation import HandlerFailed
 from .jobs import JobContext, load_handlers
+from .per_process import PerProcess
 from .producers import Prepared, push
 from .runner import Running, WorkerProcess
 
@@ -63,7 +63,7 @@ class DirectRunner(WorkerProcess):
 
     def __init__(self):
         super().__init__(consuming=False)
-        self.pid, self.url = os.getpid(), redis_url()
+        self.url = redis_url()
         self.started = False
         self.starting = threading.Lock()
 
@@ -173,7 +173,6 @@ class Deadlines:
     """Raises JobTimeout in a thread that ran past its deadline (one watchdog thread)."""
 
     def __init__(self):
-        self.pid = os.getpid()
         self.lock = threading.Lock()
         self.deadlines: dict[int, float] = {}
         threading.Thread(target=self._watch, name="direct-deadlines", daemon=True).start()
@@ -200,37 +199,24 @@ class Deadlines:
                                                                ctypes.py_object(JobTimeout))
 
 
-_runner: DirectRunner | None = None
-_deadlines: Deadlines | None = None
-_lock = threading.Lock()
+_runners: PerProcess[DirectRunner] = PerProcess(
+    DirectRunner, stop=lambda runner: runner.done.set(),
+    stale=lambda runner: runner.url != redis_url())
+_deadlines: PerProcess[Deadlines] = PerProcess(Deadlines)
 
 
 def direct_runner() -> DirectRunner:
     """This process's DirectRunner (made on first use, and again after a fork or when the
     process was pointed at another Redis)."""
-    global _runner
-    with _lock:
-        if _runner is None or _runner.pid != os.getpid() or _runner.url != redis_url():
-            if _runner is not None and _runner.pid == os.getpid():
-                _runner.done.set()  # its threads stop
-            _runner = DirectRunner()
-        return _runner
+    return _runners.get()
 
 
 def forget() -> None:
     """Stop this process's direct runner (its beat, reconciliation and timeouts); the next
     direct run makes a new one (tests switch Redis servers)."""
-    global _runner
-    with _lock:
-        if _runner is not None and _runner.pid == os.getpid():
-            _runner.done.set()
-        _runner = None
+    _runners.forget()
 
 
 def deadlines() -> Deadlines:
     """This process's watchdog of unrecorded direct runs."""
-    global _deadlines
-    with _lock:
-        if _deadlines is None or _deadlines.pid != os.getpid():
-            _deadlines = Deadlines()
-        return _deadlines
+    return _deadlines.get()

@@ -11,7 +11,6 @@ quiet (one log line per outage, backstop.outages).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
@@ -22,6 +21,7 @@ from .breaker import redis_breaker
 from .config import settings
 from .connection import client, is_try_later
 from .outages import OutageLog
+from .per_process import PerProcess
 
 log = logging.getLogger("backstop.drainer")
 REPORT_SECONDS = 5.0
@@ -29,7 +29,6 @@ REPORT_SECONDS = 5.0
 
 class Drainer:
     def __init__(self):
-        self.pid = os.getpid()
         self.outage = OutageLog(log)
         self.reported_at = 0.0
         self.stopped = threading.Event()
@@ -81,25 +80,14 @@ class Drainer:
                              left=outbox.depth(), seen=waiting)
 
 
-_drainer: Drainer | None = None
-_lock = threading.Lock()
+_drainers: PerProcess[Drainer] = PerProcess(lambda: Drainer().start(),
+                                            stop=lambda d: d.stopped.set())
 
 
 def ensure_running() -> Drainer:
     """Start this process's drainer (once, and again in a forked child)."""
-    global _drainer
-    current = _drainer
-    if current is not None and current.pid == os.getpid():
-        return current
-    with _lock:
-        if _drainer is None or _drainer.pid != os.getpid():
-            _drainer = Drainer().start()
-        return _drainer
+    return _drainers.get()
 
 
 def stop() -> None:
-    global _drainer
-    with _lock:
-        if _drainer is not None:
-            _drainer.stopped.set()
-            _drainer = None
+    _drainers.forget()

@@ -19,6 +19,7 @@ import redis
 
 from . import keys
 from .connection import client, redis_url, timeouts
+from .per_process import PerProcess
 
 MODES = ("async_queue", "sync_direct")
 DEFAULT = "async_queue"
@@ -85,20 +86,13 @@ def _valid(mode) -> str:
     return mode if mode in MODES else DEFAULT
 
 
-_watcher: Watcher | None = None
-_lock = threading.Lock()
+_watchers: PerProcess[Watcher] = PerProcess(lambda: Watcher().start(),
+                                            stop=lambda w: w.stopped.set())
 
 
 def watcher() -> Watcher:
     """The process's watcher (started on first use, again in a forked child)."""
-    global _watcher
-    current = _watcher
-    if current is not None and current.pid == os.getpid():
-        return current
-    with _lock:
-        if _watcher is None or _watcher.pid != os.getpid():
-            _watcher = Watcher().start()
-        return _watcher
+    return _watchers.get()
 
 
 def current() -> str:
@@ -134,14 +128,11 @@ def switch(mode: str, actor: str) -> dict:
 
 def forget() -> None:
     """Back to the default until the watcher next reads Redis (tests switch Redis)."""
-    if _watcher is not None:
-        _watcher.mode = DEFAULT
+    running = _watchers.peek()
+    if running is not None:
+        running.mode = DEFAULT
 
 
 def stop() -> None:
     """Stop the watcher (tests)."""
-    global _watcher
-    with _lock:
-        if _watcher is not None:
-            _watcher.stopped.set()
-            _watcher = None
+    _watchers.forget()
