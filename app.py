@@ -55,6 +55,9 @@ def base_config() -> dict:
         SESSION_COOKIE_NAME="__Host-session" if secure else "session",
         WTF_CSRF_HEADERS=["X-CSRFToken"], WTF_CSRF_TIME_LIMIT=None,
         RATELIMIT_STORAGE_URI=redis_url(), RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        # A request whose limit check failed while another thread was switching the limiter
+        # to its in-memory fallback (Redis just went away) passes instead of answering 503.
+        RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_HEADERS_ENABLED=True,
         RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1,
