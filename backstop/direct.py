@@ -14,7 +14,6 @@ puts the job into the host's outbox, so the workers retry it once Redis is back.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import threading
 import time
@@ -27,7 +26,6 @@ from . import dlq, registry
 from .config import settings
 from .connection import client, redis_url
 from .contracts import queue_config
-from .errors import JobTimeout
 from .execution import run_current_job, set_context
 from .hueys import huey_for, open_message
 from .isolation import HandlerFailed
@@ -64,7 +62,7 @@ class DirectRunner(WorkerProcess):
     def __init__(self):
         super().__init__(consuming=False)
         self.url = redis_url()
-        self.started = False
+        self.started = self.watching = False
         self.starting = threading.Lock()
 
     def ensure_started(self) -> None:
@@ -80,8 +78,17 @@ class DirectRunner(WorkerProcess):
                          settings().float("worker_heartbeat_seconds"), False)
             self._thread(self.every, "direct-reconcile", self.reconcile,
                          settings().float("worker_reconcile_seconds"))
-            self._thread(self.every, "direct-timeouts", self.enforce_timeouts, 0.1)
+            self.watch_timeouts()
             self.started = True
+
+    def watch_timeouts(self) -> None:
+        """Start the thread that enforces timeouts (it needs no Redis: unrecorded runs use it
+        during an outage)."""
+        with self.lock:
+            if self.watching:
+                return
+            self.watching = True
+        self._thread(self.every, "direct-timeouts", self.enforce_timeouts, 0.1)
 
     def run_recorded(self, prepared: Prepared) -> Outcome:
         """Record the job, run it here and record its outcome. Redis errors propagate
@@ -147,15 +154,21 @@ def existing(job_id: str) -> Outcome:
 
 def run_unrecorded(prepared: Prepared) -> Outcome:
     """Run the handler with no Redis at all (its progress reports go nowhere), within the
-    queue's timeout. Raises nothing: a failure is in the outcome (the caller keeps the job)."""
+    queue's timeout, enforced as a worker's. Raises nothing: a failure is in the outcome (the
+    caller keeps the job)."""
     config = queue_config(prepared.queue)
+    runner = direct_runner()
+    runner.watch_timeouts()
+    deadline = time.monotonic() + config.timeout
     set_context(JobContext(
         job_id=prepared.job_id, job_name=prepared.job_name, queue=prepared.queue, attempt=1,
-        max_attempts=config.attempts, deadline=time.monotonic() + config.timeout,
-        redis=client(), report=lambda *args: None))
+        max_attempts=config.attempts, deadline=deadline, redis=client(),
+        report=lambda *args: None))
+    run = Running(prepared.job_id, prepared.queue, prepared.job_name, prepared.message, 1,
+                  deadline, token="")
     try:
-        result = _within(config.timeout, run_current_job, prepared.job_name,
-                         dict(prepared.payload))
+        with runner.tracked(run):
+            result = run_current_job(prepared.job_name, dict(prepared.payload))
     except Exception as exc:  # noqa: BLE001  (the handler's failure is the outcome)
         return Outcome(prepared.job_id, "ran", "failed", error=describe(exc), recorded=False)
     finally:
@@ -164,45 +177,9 @@ def run_unrecorded(prepared: Prepared) -> Outcome:
                    recorded=False)
 
 
-def _within(seconds: float, call, *args):
-    """call(*args) in this thread, interrupted by JobTimeout after seconds (as workers do)."""
-    return deadlines().call_with_deadline(seconds, call, *args)
-
-
-class Deadlines:
-    """Raises JobTimeout in a thread that ran past its deadline (one watchdog thread)."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.deadlines: dict[int, float] = {}
-        threading.Thread(target=self._watch, name="direct-deadlines", daemon=True).start()
-
-    def call_with_deadline(self, seconds: float, call, *args):
-        ident = threading.get_ident()
-        with self.lock:
-            self.deadlines[ident] = time.monotonic() + seconds
-        try:
-            return call(*args)
-        finally:
-            with self.lock:
-                self.deadlines.pop(ident, None)
-
-    def _watch(self) -> None:
-        while True:
-            time.sleep(0.1)
-            now = time.monotonic()
-            with self.lock:
-                late = [ident for ident, deadline in self.deadlines.items() if now > deadline]
-                for ident in late:
-                    del self.deadlines[ident]
-                    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident),
-                                                               ctypes.py_object(JobTimeout))
-
-
 _runners: PerProcess[DirectRunner] = PerProcess(
     DirectRunner, stop=lambda runner: runner.done.set(),
     stale=lambda runner: runner.url != redis_url())
-_deadlines: PerProcess[Deadlines] = PerProcess(Deadlines)
 
 
 def direct_runner() -> DirectRunner:
@@ -215,8 +192,3 @@ def forget() -> None:
     """Stop this process's direct runner (its beat, reconciliation and timeouts); the next
     direct run makes a new one (tests switch Redis servers)."""
     _runners.forget()
-
-
-def deadlines() -> Deadlines:
-    """This process's watchdog of unrecorded direct runs."""
-    return _deadlines.get()

@@ -358,20 +358,17 @@ class WorkerProcess:
 
     def execute(self, run: Running, config: QueueConfig, task, payload: dict):
         """Run the handler and record its outcome; return (result, error)."""
-        ident = threading.get_ident()
         enter_job(run.job_id, run.job_name, run.queue, run.attempt, config.attempts,
                   run.deadline, self.r)
-        with self.lock:
-            self.running[ident] = run
         result, error = None, None
         try:
-            result = self._isolated(run, config) if run.isolated else task.execute()
+            with self.tracked(run):
+                result = self._isolated(run, config) if run.isolated else task.execute()
         except JobTimeout:
             error = JobTimeout(f"ran past the {run.queue} queue's timeout of {config.timeout:g} s")
         except Exception as exc:
             error = exc
         finally:
-            self._stop_tracking(ident)
             set_context(None)
         if error is None:
             self.complete(run, config, result)
@@ -383,6 +380,18 @@ class WorkerProcess:
     def _isolated(run: Running, config: QueueConfig):
         return run_isolated(Isolated(run.job_id, run.job_name, run.queue, run.attempt,
                                      config.attempts, config.timeout), run.message)
+
+    @contextmanager
+    def tracked(self, run: Running):
+        """Run the block as this thread's job: shown in beats, and interrupted by JobTimeout
+        past run.deadline (enforce_timeouts)."""
+        ident = threading.get_ident()
+        with self.lock:
+            self.running[ident] = run
+        try:
+            yield
+        finally:
+            self._stop_tracking(ident)
 
     def _stop_tracking(self, ident: int) -> None:
         with self.lock:

@@ -222,6 +222,16 @@ def test_the_direct_policy_runs_the_job_at_once_and_answers_201(own, own_api):
     own.restart()
 
 
+def test_a_direct_run_during_an_outage_keeps_its_queues_timeout(own, own_api):
+    apply_env(BACKSTOP_QUEUES=json.dumps({"system": {"outage": "direct", "timeout": 0.3}}))
+    own.stop()
+    answer = own_api.post("/api/v1/jobs", json={"job": "test.nap", "job_id": "slow",
+                                                "payload": {"seconds": 1}})
+    assert answer.status_code == 502 and answer.json["error"]["type"] == "JobTimeout"
+    assert answer.json["recorded"] is False and outbox.holds("slow")
+    own.restart()
+
+
 def test_the_refuse_policy_answers_503_with_retry_after(own, own_api):
     apply_env(BACKSTOP_QUEUES=json.dumps({"system": {"outage": "refuse"}}))
     own.stop()
