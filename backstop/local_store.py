@@ -56,9 +56,11 @@ def connection() -> sqlite3.Connection:
     where.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(where, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=True)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # Switching the journal mode needs the file to itself: only the first opener does it (a
+    # second process asking while another writes would be told "database is locked").
+    if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # per connection: a commit is fsynced
     conn.executescript(SCHEMA)
     _local.held = (key, conn)
     return conn
