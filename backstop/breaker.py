@@ -127,7 +127,7 @@ def _log_change(old: str, new: str, why: str) -> None:
 
     if new == OPEN:
         system_log.write("ERROR", f"breaker opened: enqueues fall back without trying Redis "
-                         f"({why})", local=True, breaker=new, previous=old)
+                         f"({why})", breaker=new, previous=old)
     elif new == CLOSED:
         system_log.write("INFO", "breaker closed: enqueues go to Redis again", breaker=new,
                          previous=old)

@@ -35,6 +35,7 @@ from collections.abc import Callable
 import redis
 
 from . import keys, local_store
+from .breaker import redis_breaker
 from .config import settings
 from .connection import client, is_try_later
 
@@ -55,7 +56,8 @@ def write(level: str, message: str, *, local: bool = False, **meta) -> None:
     entry costs no connect timeout); it reaches Redis at the next flush_local().
     """
     entry = make_entry(level, message, meta)
-    if not local and _to_redis(entry):
+    # While this process's breaker is open Redis is known to be down: no connect timeout.
+    if not local and redis_breaker().allow() and _to_redis(entry):
         return
     _to_sqlite(entry)
 
@@ -254,6 +256,11 @@ class Tally:
             done = self.minute is not None and (force or self.minute != _minute(now))
             ended = self._take() if done else None
         self._write(ended)
+
+    def forget(self) -> None:
+        """Drop what was counted, unwritten (tests start each with none)."""
+        with self.lock:
+            self._take()
 
     def _take(self) -> tuple[int, int] | None:
         taken = (self.minute, self.count) if self.minute is not None and self.count else None

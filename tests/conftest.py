@@ -33,6 +33,7 @@ from backstop import (  # noqa: E402
     modes,
     redis_server,
     stats,
+    system_log,
 )
 
 
@@ -61,6 +62,7 @@ def apply_env(**env: str) -> None:
     breaker.reset()
     delivery.fallbacks.reset()
     direct.forget()  # its heartbeat would go on into the next test's Redis
+    system_log.outbox_tally.forget()  # a test's outbox acceptances are not the next one's
 
 
 @pytest.fixture(autouse=True)
