@@ -1,6 +1,6 @@
-"""Helpers shared by the panel's test modules: the three users, an app to sign in to, a
-signed-in test client, the tokens a page carries, and a sign-in in a real browser.
-(Dead-letter records are made by dlq_helpers.make_dead.)"""
+"""Helpers shared by test modules: the three users, an app to sign in to, a signed-in
+test client, the tokens a page carries, a sign-in in a real browser, and a worker run in the
+test's process. (Dead-letter records are made by dlq_helpers.make_dead.)"""
 
 from __future__ import annotations
 
@@ -82,3 +82,18 @@ def browser_sign_in_as(page, base: str, name: str) -> None:
     page.fill("input[name=password]", PASSWORD)
     page.click("button.primary")
     page.wait_for_url("**/overview")
+
+
+def system_worker(queue_config: dict):
+    """A worker process of the system queue run in this test's process (run_next, beat),
+    with these queue settings (BACKSTOP_QUEUES)."""
+    import json
+
+    from backstop import keys
+    from backstop.hueys import huey_for
+    from backstop.runner import WorkerProcess
+
+    apply_env(BACKSTOP_QUEUES=json.dumps(queue_config))
+    process = WorkerProcess(("system",))
+    huey_for("system").storage.processing_key = keys.processing(process.id, "system")
+    return process

@@ -21,12 +21,11 @@ import pytest
 import test_redis_acl
 from aiosmtpd.controller import Controller
 from conftest import apply_env, wait_for
-from helpers import flashes, panel_app, signed_in
+from helpers import flashes, panel_app, signed_in, system_worker
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
 from backstop import alerts, audit, keys, notify, producers
 from backstop.config import derived_key
-from backstop.hueys import huey_for
 from backstop.redis_server import free_port
 from backstop.runner import WorkerProcess
 from backstop.tasks.plugins import verify_signature
@@ -143,10 +142,7 @@ def targets(r, sink, mailbox):
 @pytest.fixture
 def worker(r):
     """An in-process worker for the system queue: one attempt per job, no rate limit."""
-    apply_env(BACKSTOP_QUEUES=json.dumps(ONE_ATTEMPT))
-    process = WorkerProcess(("system",))
-    huey_for("system").storage.processing_key = keys.processing(process.id, "system")
-    return process
+    return system_worker(ONE_ATTEMPT)
 
 
 def fail_jobs(worker: WorkerProcess, n: int) -> list[str]:

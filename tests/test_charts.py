@@ -5,7 +5,6 @@ durations of jobs, the timeline's gaps, the overview's sparklines and the runnin
 from __future__ import annotations
 
 import html
-import json
 import os
 import re
 import threading
@@ -14,8 +13,8 @@ from itertools import pairwise
 
 import pytest
 from chart_data import minute_fields, write
-from conftest import apply_env, wait_for
-from helpers import panel_app, signed_in
+from conftest import wait_for
+from helpers import panel_app, signed_in, system_worker
 from markupsafe import escape
 from test_live_socket import first_frame_but_pings, handshake, plain_http
 from test_metrics import run_all
@@ -23,8 +22,6 @@ from test_pages import poll_url, signed_in_session, ws_query
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
 from backstop import charts, health, keys, metrics, panel, producers, registry, stats
-from backstop.hueys import huey_for
-from backstop.runner import WorkerProcess
 
 __all__ = ["plain_http"]
 NOW = 1_800_000_030.0  # 30 s into a minute
@@ -41,10 +38,7 @@ def app(r):
 @pytest.fixture
 def worker(r):
     """A worker process of the system queue, run in this process (run_next, beat)."""
-    apply_env(BACKSTOP_QUEUES=json.dumps(QUICK))
-    process = WorkerProcess(("system",))
-    huey_for("system").storage.processing_key = keys.processing(process.id, "system")
-    return process
+    return system_worker(QUICK)
 
 
 def slot_of(chart: dict, minute: int) -> int:

@@ -8,11 +8,11 @@ import time
 
 import pytest
 from conftest import apply_env
+from helpers import system_worker
 
 import tests.jobs_for_tests  # noqa: F401  (the jobs the in-process worker runs)
 from backstop import keys, metrics, producers, stats
 from backstop.contracts import QUEUES
-from backstop.hueys import huey_for
 from backstop.metrics import BOUNDS, Histogram
 from backstop.registry import get_jobs
 from backstop.runner import WorkerProcess
@@ -31,10 +31,7 @@ def within_one_bucket(estimate_ms: float, truth_s: float) -> bool:
 
 @pytest.fixture
 def worker(r):
-    apply_env(BACKSTOP_QUEUES=json.dumps(NO_RETRY_WAIT))
-    process = WorkerProcess(("system",))
-    huey_for("system").storage.processing_key = keys.processing(process.id, "system")
-    return process
+    return system_worker(NO_RETRY_WAIT)
 
 
 def run_all(worker: WorkerProcess) -> None:

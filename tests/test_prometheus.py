@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import apply_env
-from helpers import panel_app
+from helpers import panel_app, system_worker
 from prometheus_client.parser import text_string_to_metric_families
 from test_metrics import NO_RETRY_WAIT, measured, run_all, within_one_bucket
 from test_redis_acl import restricted  # noqa: F401  (the fixture, used by name)
@@ -33,7 +33,6 @@ from backstop import (
     stats,
     tokens,
 )
-from backstop.hueys import huey_for
 from backstop.runner import WorkerProcess
 from tools.browser import works
 from tools.promtool import find_promtool
@@ -66,10 +65,7 @@ def run_promtool(promtool: str, *args: str, stdin: str | None = None):
 
 @pytest.fixture
 def worker(r):
-    apply_env(BACKSTOP_QUEUES=json.dumps(NO_RETRY_WAIT))
-    process = WorkerProcess(("system",))
-    huey_for("system").storage.processing_key = keys.processing(process.id, "system")
-    return process
+    return system_worker(NO_RETRY_WAIT)
 
 
 def viewer() -> dict:
