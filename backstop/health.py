@@ -292,12 +292,18 @@ def span(seconds: float) -> str:
     return f"{hours // 24} d {hours % 24} h"
 
 
+def past(value: float, degraded: str, unhealthy: str) -> str | None:
+    """"critical" at or past the unhealthy setting, "warning" past the degraded one."""
+    if value >= _setting(unhealthy):
+        return "critical"
+    return "warning" if value >= _setting(degraded) else None
+
+
 def error_rate_issue(q: dict, now: float) -> dict | None:
     rate, processed = q["error_rate"], q["processed"]
     if rate is None or processed < _setting("health_error_rate_min_attempts"):
         return None
-    severity = ("critical" if rate >= _setting("health_error_rate_unhealthy") else
-                "warning" if rate >= _setting("health_error_rate_degraded") else None)
+    severity = past(rate, "health_error_rate_degraded", "health_error_rate_unhealthy")
     if severity is None:
         return None
     name = q["queue"]
@@ -313,8 +319,8 @@ def oldest_waiting_issue(q: dict, now: float) -> dict | None:
     age = q["oldest_waiting_age"]
     if q["paused"] or age is None:
         return None
-    severity = ("critical" if age >= _setting("health_oldest_waiting_unhealthy_seconds") else
-                "warning" if age >= _setting("health_oldest_waiting_degraded_seconds") else None)
+    severity = past(age, "health_oldest_waiting_degraded_seconds",
+                    "health_oldest_waiting_unhealthy_seconds")
     if severity is None:
         return None
     name = q["queue"]
