@@ -10,14 +10,14 @@ from backstop import bounded_json, drainer
 from backstop.config import secret_key, settings
 from backstop.connection import NO_CLIENT_INFO, redis_url
 from backstop.jobs import load_handlers
-from web import actions, api, auth, health, live, metrics, pages
+from web import actions, api, auth, events, health, live, metrics, pages
 from web.cli import register_cli
 from web.errors import register_errors
 from web.extensions import bind_extensions
 from web.security import register_security
 from web.templating import register_templating
 
-BLUEPRINTS = (auth.bp, api.bp, health.bp, pages.bp, actions.bp, live.bp, metrics.bp)
+BLUEPRINTS = (auth.bp, api.bp, events.bp, health.bp, pages.bp, actions.bp, live.bp, metrics.bp)
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -59,6 +59,10 @@ def base_config() -> dict:
         # to its in-memory fallback (Redis just went away) passes instead of answering 503.
         RATELIMIT_SWALLOW_ERRORS=True,
         RATELIMIT_HEADERS_ENABLED=True,
+        # flask-limiter would set Retry-After on every answer (to the window's reset, raising
+        # any the view set): a 200 would say "come back in 60 s" and a 503's 5 s would become
+        # 60. Its figure goes in its own header; Retry-After is the view's (and a 429's).
+        RATELIMIT_HEADER_RETRY_AFTER="X-RateLimit-Retry-After",
         RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1,
                                    **NO_CLIENT_INFO},

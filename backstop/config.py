@@ -170,6 +170,12 @@ SETTINGS = [
             "Seconds the breaker stays open before one call probes Redis again."),
     Setting("SYSTEM_LOG_DAYS", "7",
             "Days the health log (mode switches, fallbacks, breaker, outbox) is kept."),
+    Setting("EVENT_STREAMS_PER_TOKEN", "50",
+            "Event streams (SSE or WebSocket, /api/v1/events) one API token, or one scoped "
+            "stream token, may hold open at once across every web process; one more gets 429."),
+    Setting("EVENTS_PING_SECONDS", "15",
+            "An idle event stream sends a comment (SSE) or ping (WebSocket) this often, and "
+            "checks then that its token is still valid."),
     Setting("AUTH_CACHE_SECONDS", "60",
             "Seconds a process trusts an API token or panel session it verified, without "
             "asking Redis again: callers stay signed in through a Redis outage, and a "

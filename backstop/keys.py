@@ -230,6 +230,12 @@ def confirmation(token: str) -> str:
     return _p("confirm", token)
 
 
+def event_streams(holder: str) -> str:
+    """The open event streams of one API token (or one scoped stream token): a sorted set of
+    stream ids scored by when their lease runs out."""
+    return _p("streams", holder)
+
+
 def metrics_prefix() -> str:
     """Prefix of the metrics the FINISH script writes: m:<queue>:<minute> and h:<queue>:<hour>
     hashes, and total (scripts.METRICS builds the same shapes in Lua)."""

@@ -79,16 +79,19 @@ def stream_key(xid: str) -> StreamKey:
 
 @dataclass(frozen=True)
 class Topic:
-    """What a subscriber follows: everything (all unset), one queue, one job, or the health
-    log (system: only events of type "system.*", published outside the stream).
+    """What a subscriber follows: everything (all unset), one queue, one job, a set of jobs,
+    or the health log (system: only events of type "system.*", published outside the stream).
 
-    Events without a "queue" or "job_id" field (alerts, audit) match only everything.
+    Events without a "queue" or "job_id" field (alerts, audit) match only everything, and
+    never a topic with jobs_only (an application's job-progress stream).
     Raises ValueError for an unknown queue.
     """
 
     queue: str | None = None
     job_id: str | None = None
     system: bool = False
+    job_ids: frozenset[str] | None = None
+    jobs_only: bool = False
 
     def __post_init__(self) -> None:
         if self.queue is not None and self.queue not in QUEUES:
@@ -99,6 +102,10 @@ class Topic:
         if self.system:
             return str(event.get("type", "")).startswith("system.")
         if self.queue is not None and event.get("queue") != self.queue:
+            return False
+        if self.jobs_only and not event.get("job_id"):
+            return False
+        if self.job_ids is not None and event.get("job_id") not in self.job_ids:
             return False
         return self.job_id is None or event.get("job_id") == self.job_id
 

@@ -119,3 +119,17 @@ def leak(payload: Leak, ctx):
     then raises a WebhookError with it (redaction tests)."""
     ctx.progress(50, payload.error)
     raise WebhookError(payload.error)
+
+
+class Steps(Payload):
+    steps: int = Field(default=4, ge=1, le=100)
+    pause: float = Field(default=0.05, ge=0, le=5)
+
+
+@define_job("test.steps", queue="system", model=Steps)
+def steps(payload: Steps, ctx):
+    """Reports progress 0, then each step's share up to 100, pausing between reports."""
+    for step in range(payload.steps + 1):
+        ctx.progress(100 * step // payload.steps, f"step {step} of {payload.steps}")
+        time.sleep(payload.pause)
+    return {"steps": payload.steps}

@@ -16,6 +16,7 @@ from flask import (
 )
 
 from backstop import (
+    app_events,
     dlq,
     export,
     modes,
@@ -48,6 +49,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
 OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a number of seconds"),
                 "priority": ((int,), "an integer")}
+OUTBOX_POLL = 5  # seconds a poller waits while a job waits in this host's outbox
 
 
 @bp.post("/jobs")
@@ -93,21 +95,24 @@ def check_option_types(body: dict) -> None:
 
 
 @bp.get("/jobs/<job_id>")
-@require_token("viewer")
+@require_token("viewer", scoped="job_id")
 def show_job(job_id: str):
     """The JSON record of one job; a job still in this host's outbox (Redis could not take
-    it yet) is {"id", "state": "outbox"}, whether or not Redis answers now."""
+    it yet) is {"id", "state": "outbox"}, whether or not Redis answers now. Until the job
+    has finished, Retry-After says how long a poller should wait before asking again. A
+    scoped stream token may read the jobs it names."""
     try:
         job = registry.get_job(job_id)
     except redis.RedisError as exc:
         if is_try_later(exc) and outbox.holds(job_id):
-            return jsonify(id=job_id, state="outbox")
+            return jsonify(id=job_id, state="outbox"), {"Retry-After": str(OUTBOX_POLL)}
         raise
     if job is None:
         if outbox.holds(job_id):
-            return jsonify(id=job_id, state="outbox")
+            return jsonify(id=job_id, state="outbox"), {"Retry-After": str(OUTBOX_POLL)}
         abort(404, f"no job {job_id!r} (never enqueued, or removed by retention)")
-    return jsonify(registry.redacted(job))
+    wait = app_events.poll_after(job)
+    return jsonify(registry.redacted(job)), {"Retry-After": str(wait)} if wait else {}
 
 
 @bp.get("/health/queues")

@@ -31,7 +31,7 @@ from werkzeug.exceptions import HTTPException
 from wtforms import PasswordField, StringField
 from wtforms.validators import DataRequired
 
-from backstop import audit, tokens, users
+from backstop import app_events, audit, tokens, users
 from backstop.config import settings
 from backstop.dlq import Filters
 from backstop.errors import BackstopError
@@ -93,14 +93,23 @@ def require_role(role: str):
     return decorate
 
 
-def require_token(role: str):
-    """Decorator for API views: a bearer token whose role is at least role."""
+def require_token(role: str, scoped: str | None = None):
+    """Decorator for API views: a bearer token whose role is at least role.
+
+    scoped: the view argument naming a job that a scoped stream token (backstop.app_events)
+    may also read, when the job is one of its own (a browser polling instead of streaming).
+    """
 
     def decorate(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
             header = request.headers.get("Authorization", "")
-            info = tokens.verify(header.removeprefix("Bearer ").strip())
+            bearer = header.removeprefix("Bearer ").strip()
+            if scoped and bearer.startswith(app_events.SCOPED_PREFIX):
+                g.token = scoped_token_info(bearer, kwargs.get(scoped))
+                g.actor = f"token:{g.token['name']}"
+                return view(*args, **kwargs)
+            info = tokens.verify(bearer)
             if info is None:
                 if header:
                     audit_refusal(401, "unknown or revoked bearer token")
@@ -116,6 +125,18 @@ def require_token(role: str):
         return wrapped
 
     return decorate
+
+
+def scoped_token_info(token: str, job_id: str | None) -> dict:
+    """A scoped stream token reading one of its jobs, as a viewer; a 401 or 403 otherwise."""
+    reader = app_events.scoped_reader(token)
+    if reader is None:
+        abort(401, "the scoped stream token is not valid (expired, or its API token was "
+                   "revoked)")
+    if job_id not in (reader.job_ids or ()):
+        audit_refusal(403, f"a scoped stream token may not read job {job_id!r}")
+        abort(403, "this scoped token may not read that job")
+    return {"name": reader.issuer, "role": "viewer", "scoped": True}
 
 
 def user_key() -> str:
