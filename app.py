@@ -3,6 +3,8 @@ and commands. The routes live in web/, one blueprint module per concern."""
 
 from __future__ import annotations
 
+import threading
+
 from flask import Flask, abort
 from flask.json.provider import DefaultJSONProvider
 
@@ -33,6 +35,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     register_cli(app)
+    events.end_streams_on_shutdown()
     start_background()
     app.before_request(start_background)  # a forked server process starts its own
     return app
@@ -43,6 +46,14 @@ def start_background() -> None:
     also flushes the health log kept locally during an outage). Started in the process that
     serves, after any fork."""
     drainer.ensure_running()
+
+
+class SocketReaderThread(threading.Thread):
+    """simple_websocket's reader thread of one socket, as a daemon: after its socket closes
+    it may sit in select() for up to ping_interval, and must not hold a stopping worker."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, daemon=True, **kwargs)
 
 
 def base_config() -> dict:
@@ -66,7 +77,7 @@ def base_config() -> dict:
         RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
         RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1,
                                    **NO_CLIENT_INFO},
-        SOCK_SERVER_OPTIONS={"ping_interval": 20},
+        SOCK_SERVER_OPTIONS={"ping_interval": 20, "thread_class": SocketReaderThread},
         MAX_CONTENT_LENGTH=settings().int("max_content_length"),
     )
 

@@ -5,6 +5,7 @@ per token, and end when their token does."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -243,3 +244,38 @@ def test_a_stream_asked_for_while_redis_is_down_is_a_503_to_retry(api, r):
     answer = api.get("/api/v1/events", headers=token)
     assert answer.status_code == 503 and answer.headers["Retry-After"]
 
+
+
+def test_a_stopping_web_process_ends_its_streams_at_once(stream_env):
+    """SIGTERM closes the process's streams, so gunicorn's graceful stop (30 s here) does
+    not wait for clients that would never leave."""
+    import subprocess
+    import sys
+
+    from browser_support import ROOT, wait_for_port
+
+    from backstop import redis_server
+
+    port = redis_server.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--threads", "8", "--graceful-timeout", "30", "--log-level", "warning",
+         "app:create_app()"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        wait_for_port(port, proc)
+        base = f"http://127.0.0.1:{port}"
+        token = tokens.create("shop", "viewer")
+        sse = SseClient(base, "/api/v1/events", bearer(token), timeout=40)
+        status, sock = ws_handshake(base, "/api/v1/events/ws", bearer(token))
+        assert (sse.status, status) == (200, 101)
+        asked = time.monotonic()
+        proc.terminate()
+        with pytest.raises(EOFError):
+            while True:
+                sse.next()
+        assert proc.wait(20) == 0
+        assert time.monotonic() - asked < 10, "the streams held the graceful stop"
+        sock.close()
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +43,7 @@ RECONNECT_MS = 2000      # what an EventSource waits before it reconnects
 MOST_JOB_IDS = app_events.MOST_SCOPED_JOBS
 DRAIN = 200              # events written in one chunk when they arrive together
 SOCKET_ENDPOINT = "events.event_socket"
+PING = json.dumps({"type": "ping"})
 
 
 @dataclass
@@ -192,7 +196,32 @@ def sse_chunks(stream: EventStream) -> Iterator[str]:
     come together), a comment every EVENTS_PING_SECONDS while idle."""
     yield f"retry: {RECONNECT_MS}\n\n" + "".join(sse_event(e) for e in stream.snapshot)
     for batch in batches(stream):
-        yield "".join(sse_event(app_events.shaped(e)) for e in batch) if batch else ": ping\n\n"
+        yield "".join(shared_text(e, sse_event) for e in batch) if batch else ": ping\n\n"
+
+
+_texts: dict[tuple[str, object], str] = {}  # (event id, formatter) -> text, newest last
+_texts_lock = threading.Lock()
+SHARED_TEXTS = 1024
+
+
+def shared_text(event: dict, formatter) -> str:
+    """formatter(shaped event), made once per process for every stream that sends it (200
+    streams following one job would otherwise shape and encode each event 200 times)."""
+    if not event.get("id"):
+        return formatter(app_events.shaped(event))
+    key = (event["id"], formatter)
+    text = _texts.get(key)
+    if text is None:
+        text = formatter(app_events.shaped(event))
+        with _texts_lock:
+            _texts[key] = text
+            while len(_texts) > SHARED_TEXTS:
+                del _texts[next(iter(_texts))]
+    return text
+
+
+def ws_text(event: dict) -> str:
+    return json.dumps(event)
 
 
 def sse_event(event: dict) -> str:
@@ -259,8 +288,10 @@ def event_socket(ws):
     for event in stream.snapshot:
         ws.send(json.dumps(event))
     for batch in batches(stream):
-        for event in batch or [{"type": "ping"}]:
-            ws.send(json.dumps(app_events.shaped(event) if batch else event))
+        for event in batch:
+            ws.send(shared_text(event, ws_text))
+        if not batch:
+            ws.send(PING)
         if not ws.connected:
             return
     if ws.connected:
@@ -289,3 +320,22 @@ def issue_scoped_token():
         refuse_field("ttl_seconds" if "ttl" in str(exc) else "job_ids", str(exc))
     audit_note(target=",".join(issued["job_ids"])[:200], expires_at=issued["expires_at"])
     return jsonify(issued), 201
+
+
+def end_streams_on_shutdown() -> None:
+    """Under gunicorn, a worker told to stop (SIGTERM) closes the live hub first, so its open
+    streams and sockets end at once (clients reconnect elsewhere, resuming from their last
+    event) instead of holding the graceful stop for its whole timeout. Called where the app
+    is made: gunicorn installs its signal handlers before it loads the app."""
+    if "gunicorn" not in sys.modules or threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or getattr(previous, "ends_streams", False):
+        return
+
+    def close_hub_then(signum, frame):
+        live.hub().close()
+        previous(signum, frame)
+
+    close_hub_then.ends_streams = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, close_hub_then)
