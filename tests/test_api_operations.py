@@ -4,6 +4,8 @@ reads Redis before and after, and checks roles, refusals and the audit log."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from dlq_helpers import make_dead
 from helpers import system_worker
@@ -66,6 +68,7 @@ def test_queue_list_and_one_queue_carry_counts_figures_and_config(api):
 
 def test_pause_and_resume_need_an_operator_and_are_audited(api, r):
     viewer, operator = auth("viewer"), auth("operator")
+    assert api.get("/api/v1/queues", headers=viewer).status_code == 200  # figures cached
     refused = api.post("/api/v1/queues/email/pause", headers=viewer)
     assert refused.status_code == 403 and "email" not in queues.paused_queues()
     paused = api.post("/api/v1/queues/email/pause", headers=operator)
@@ -161,6 +164,19 @@ def test_paging_skips_a_job_that_left_the_state_without_repeats(api):
                      headers=viewer).json
     assert [j["id"] for j in first["items"] + second["items"]] == ids[::-1]
     assert second["next_cursor"] is None
+
+
+def test_jobs_of_one_score_page_by_id_without_repeats(api, r):
+    ids = waiting_mail(5)
+    r.zadd(keys.state_index("email", "waiting"), dict.fromkeys(ids, 1700000000.5))
+    viewer = auth("viewer")
+    seen, cursor = [], ""
+    for _ in range(3):
+        page = api.get(f"/api/v1/queues/email/jobs?limit=2&cursor={cursor}",
+                       headers=viewer).json
+        seen += [job["id"] for job in page["items"]]
+        cursor = page["next_cursor"]
+    assert seen == sorted(ids, reverse=True) and cursor is None
 
 
 # ---- one job ----
@@ -282,11 +298,12 @@ def test_bulk_with_an_unknown_verb_is_not_found(api):
 
 
 # ---- workers ----
-def test_workers_lists_live_workers_with_their_jobs_and_counts(api):
+def test_workers_lists_live_workers_with_their_jobs_and_counts(api, r):
     worker = system_worker({"system": {"attempts": 1, "rate_limit": 0}})
     viewer = auth("viewer")
     assert api.get("/api/v1/workers", headers=viewer).json == {"items": []}
     worker.beat()
+    r.zadd(keys.workers(), {"gone-worker": time.time() - 60})  # listed, its heartbeat expired
     [shown] = api.get("/api/v1/workers", headers=viewer).json["items"]
     assert shown["id"] == worker.id and shown["queues"] == ["system"] and shown["alive"]
     assert shown["pid"] and shown["host"] and shown["threads"]["system"] >= 1
