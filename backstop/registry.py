@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from functools import lru_cache
+from typing import cast
 
 import redis
 
@@ -119,17 +120,17 @@ def page_jobs(queue: str, state: str, cursor: str | None = None,
     Raises ValueError when the cursor is not one a page gave.
     """
     key, r = keys.state_index(queue, state), client()
-    top, skip = "+inf", 0
-    if cursor:
-        top, skip = _after(r, key, cursor)
-    rows = r.zrevrangebyscore(key, top, "-inf", start=skip, num=limit + 1, withscores=True)
+    top, skip = _after(r, key, cursor) if cursor else ("+inf", 0)
+    rows = cast(list[tuple[str, float]], r.zrevrangebyscore(
+        key, top, "-inf", start=skip, num=limit + 1, withscores=True))
     jobs = [job for job in get_jobs([job_id for job_id, _ in rows[:limit]], r) if job]
-    more = len(rows) > limit
-    last_id, last_score = rows[limit - 1] if more else (None, None)
-    return jobs, f"{last_score!r}:{last_id}" if more else None
+    if len(rows) <= limit:
+        return jobs, None
+    last_id, last_score = rows[limit - 1]
+    return jobs, f"{last_score!r}:{last_id}"
 
 
-def _after(r: redis.Redis, key: str, cursor: str) -> tuple[float, int]:
+def _after(r: redis.Redis, key: str, cursor: str) -> tuple[float | str, int]:
     """Where the page after a cursor starts: its score, and how many jobs of that very score
     come before it (reverse order of ids, as ZREVRANGEBYSCORE gives them) or are it."""
     score_text, _sep, last_id = cursor.partition(":")
@@ -139,7 +140,7 @@ def _after(r: redis.Redis, key: str, cursor: str) -> tuple[float, int]:
         raise ValueError(f"not a cursor a page gave: {cursor[:60]!r}") from None
     if not last_id or score != score:  # NaN
         raise ValueError(f"not a cursor a page gave: {cursor[:60]!r}")
-    ties = r.zrangebyscore(key, score, score)
+    ties = cast(list[str], r.zrangebyscore(key, score, score))
     return score, sum(1 for job_id in ties if job_id >= last_id)
 
 

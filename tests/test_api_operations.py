@@ -281,7 +281,8 @@ def test_bulk_answers_per_id_and_deleting_needs_an_owner(api):
 
 @pytest.mark.parametrize("body, status, field", [
     ({"ids": "a"}, 422, "ids"), ({"ids": [1, 2]}, 422, "ids.0"), ({"ids": []}, 422, "ids"),
-    ({"ids": ["x"] * 1001}, 422, "ids"), ({"ids": ["a"], "also": 1}, 422, "also"),
+    ({"ids": ["x"] * 1001}, 422, "ids"), ({"ids": ["x" * 201]}, 422, "ids.0"),
+    ({"ids": ["a"], "also": 1}, 422, "also"),
     ({}, 422, "ids"), ("[1]", 400, None)])
 def test_bulk_refuses_a_malformed_body(api, body, status, field):
     options = {"data": body, "content_type": "application/json"} if isinstance(body, str) \

@@ -4,7 +4,7 @@ bodies are validated with them (a 422 names each bad field), answers are documen
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -152,8 +152,11 @@ class JobOutcome(BaseModel):
     detail: str | None = Field(None, description="a refusal's message")
 
 
+JobId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
 class BulkBody(Body):
-    ids: list[str] = Field(min_length=1, max_length=MAX_BULK)
+    ids: list[JobId] = Field(min_length=1, max_length=MAX_BULK)
 
 
 class BulkAnswer(BaseModel):

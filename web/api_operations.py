@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import NoReturn, TypeVar
 
 from flask import Blueprint, abort, g, jsonify, request
 from flask_limiter.util import get_remote_address
@@ -24,7 +25,8 @@ from web.params import checked_limit, json_body, refuse_field, valid_cursor
 bp = Blueprint("api_operations", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
 LISTED_ERROR = ("type", "message", "code")  # a listing's error: no stack
-ELIDED = "/…"  # how shown_url ends a URL whose path it hides
+ELIDED = "/…"
+Model = TypeVar("Model", bound=BaseModel)  # how shown_url ends a URL whose path it hides
 
 
 def token_key() -> str:
@@ -53,7 +55,7 @@ def known_queue(queue: str) -> str:
     return queue
 
 
-def parsed(model: type[BaseModel], body: dict) -> BaseModel:
+def parsed(model: type[Model], body: dict) -> Model:
     """body as model; a 422 naming each bad field otherwise."""
     try:
         return model.model_validate(body)
@@ -65,7 +67,7 @@ def parsed(model: type[BaseModel], body: dict) -> BaseModel:
         refuse(422, message, fields=errors)
 
 
-def refuse(status: int, message: str, **extra):
+def refuse(status: int, message: str, **extra) -> NoReturn:
     """Answer {"error", ...extra} with status (raises)."""
     response = jsonify(error=message, **extra)
     response.status_code = status
@@ -126,7 +128,7 @@ def purge_queue(queue: str):
     """Cancel a queue's waiting jobs in two calls (PurgeBody): without a token, the count
     and a single-use token for 60 s (PurgePreview); with it, the purge (PurgeDone). A wrong,
     spent or other queue's token is a 409 with code "token", and nothing is cancelled."""
-    token = parsed(PurgeBody, json_body()).token  # type: ignore[attr-defined]
+    token = parsed(PurgeBody, json_body()).token
     known_queue(queue)
     if not token:
         preview = queues.purge_preview(queue, g.actor)
@@ -211,7 +213,7 @@ def bulk_jobs(verb: str):
     audit_note(bulk_action=verb)
     if verb == "delete" and not tokens.allows(g.token["role"], "owner"):
         abort(403, f"deleting jobs needs the owner role; the token has {g.token['role']}")
-    ids = parsed(BulkBody, json_body()).ids  # type: ignore[attr-defined]
+    ids = parsed(BulkBody, json_body()).ids
     results = job_actions.bulk(verb, ids, g.actor)
     done = sum(1 for r in results if r["outcome"] in ("retried", "cancelled", "deleted"))
     audit_note(target=",".join(dict.fromkeys(ids)), done=done, count=len(results))
