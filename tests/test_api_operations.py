@@ -364,3 +364,28 @@ def test_alerts_show_firing_incidents_and_history(api):
     assert answer.status_code == 200
     assert answer.json["firing"] == [] and answer.json["history"] == []
     assert answer.json["evaluated"] is None and answer.json["evaluation_stale"] is True
+
+
+def test_answers_match_their_documented_models(api):
+    """The models in web/api_models.py describe what the endpoints answer (an OpenAPI
+    document is generated from them)."""
+    from web import api_models as m
+
+    make_dead([{"cause": 1, "n": 1}, {"cause": 0, "n": 2}])
+    waiting = waiting_mail(2)
+    system_worker({"system": {"attempts": 1, "rate_limit": 0}}).beat()
+    viewer, owner = auth("viewer"), auth("owner")
+    reads = {"/api/v1/queues": m.QueueList, "/api/v1/queues/system": m.QueueDetail,
+             "/api/v1/queues/system/jobs?state=dead": m.JobPage,
+             "/api/v1/queues/email/jobs?limit=1": m.JobPage,
+             "/api/v1/workers": m.WorkerList, "/api/v1/alerts/rules": m.AlertRuleList,
+             "/api/v1/alerts/rules/failures": m.AlertRuleShown, "/api/v1/alerts": m.Alerts}
+    for path, model in reads.items():
+        model.model_validate(api.get(path, headers=viewer).json)
+    writes = [("/api/v1/queues/email/pause", {}, m.QueueState),
+              ("/api/v1/queues/email/purge", {}, m.PurgePreview),
+              ("/api/v1/jobs/bulk/cancel", {"ids": [waiting[0], "ghost"]}, m.BulkAnswer),
+              (f"/api/v1/jobs/{waiting[1]}/cancel", {}, m.JobOutcome),
+              ("/api/v1/queues/email/purge", {"token": "x"}, m.ErrorAnswer)]
+    for path, body, model in writes:
+        model.model_validate(api.post(path, json=body, headers=owner).json)
