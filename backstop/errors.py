@@ -51,3 +51,14 @@ class JobFailed(BackstopError):
         super().__init__(f"job {outcome.job_id} failed: {error.get('type', 'Error')}: "
                          f"{error.get('message', '')}")
         self.outcome = outcome
+
+
+class Refused(BackstopError):
+    """An action the current state does not allow. ``code`` says why in a word a program
+    can test ("missing", "state", "not_dead", "token" ...); ``status`` is the HTTP status
+    that fits (404 for something not there, 409 for a conflict with the current state)."""
+
+    def __init__(self, message: str, code: str, status: int = 409):
+        super().__init__(message)
+        self.code = code
+        self.status = status

@@ -1,14 +1,17 @@
-"""Queue-level controls shared by every process: pause and resume."""
+"""Queue-level controls shared by every process: pause, resume and purge."""
 
 from __future__ import annotations
 
 import json
 import time
 
-from . import keys
+from . import confirm, keys, registry
 from .config import settings
 from .connection import client
 from .contracts import QUEUES
+from .errors import Refused
+
+PURGE = "queue.purge"  # the confirmation's action, as the panel's purge issues it
 
 
 def _check(queue: str) -> None:
@@ -45,3 +48,35 @@ def resume(queue: str, actor: str = "system") -> None:
 
 def paused_queues() -> set[str]:
     return set(client().smembers(keys.paused()))
+
+
+def state(queue: str) -> dict:
+    """{"queue", "paused", "paused_since" (unix seconds, None when running)}."""
+    _check(queue)
+    pipe = client().pipeline(transaction=False)
+    pipe.sismember(keys.paused(), queue)
+    pipe.hget(keys.paused_since(), queue)
+    paused, since = pipe.execute()
+    return {"queue": queue, "paused": bool(paused),
+            "paused_since": float(since) if paused and since else None}
+
+
+def purge_preview(queue: str, actor: str) -> dict:
+    """How many waiting jobs a purge would cancel, and a single-use token (60 s) bound to
+    the actor and the queue: {"queue", "count", "token", "expires_in"}."""
+    _check(queue)
+    token = confirm.issue(actor, PURGE, {"queue": queue})
+    count = registry.counts((queue,))[queue]["waiting"]
+    return {"queue": queue, "count": count, "token": token, "expires_in": confirm.SECONDS}
+
+
+def purge(queue: str, actor: str, token: str) -> dict:
+    """Cancel every waiting job of a queue, if token came from purge_preview for this actor
+    and queue within 60 s (it works once): {"queue", "cancelled"}. Raises Refused (code
+    "token") otherwise, and cancels nothing."""
+    _check(queue)
+    if not confirm.consume(token, actor, PURGE, {"queue": queue}):
+        raise Refused("the confirmation token is missing, used, expired, or was issued for "
+                      "another user or queue; ask for a new one (call without a token)",
+                      code="token")
+    return {"queue": queue, "cancelled": registry.purge_waiting(queue, actor)}

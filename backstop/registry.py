@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from functools import lru_cache
+from typing import cast
 
 import redis
 
@@ -22,6 +23,7 @@ from .redaction import redact, redact_text
 from .scripts import scripts_for
 
 STATES = ("waiting", "delayed", "active", "completed", "failed", "dead", "cancelled")
+DELETABLE = ("completed", "dead", "cancelled")
 JSON_FIELDS = ("payload", "result", "error")
 NUMBER_FIELDS = ("attempts", "max_attempts", "priority", "progress", "lost")
 TIME_FIELDS = ("created_at", "updated_at", "started_at", "finished_at", "first_failed_at",
@@ -105,6 +107,60 @@ def list_jobs(queue: str, state: str, offset: int = 0, limit: int = 50) -> list[
     """A page of a queue's jobs in one state, newest first."""
     ids = client().zrevrange(keys.state_index(queue, state), offset, offset + limit - 1)
     return [job for job in get_jobs(ids) if job]
+
+
+def page_jobs(queue: str, state: str, cursor: str | None = None,
+              limit: int = 50) -> tuple[list[dict], str | None]:
+    """A page of a queue's jobs in one state, newest first (the panel's order), and the cursor
+    of the next page (None at the end).
+
+    A cursor is "<score>:<id>" of the page's last job: the next page starts after it, so jobs
+    that arrive meanwhile do not shift the pages (they come before the first one), and a job
+    that left the state in between does not make its neighbours skip or repeat.
+    Raises ValueError when the cursor is not one a page gave.
+    """
+    key, r = keys.state_index(queue, state), client()
+    top, skip = _after(r, key, cursor) if cursor else ("+inf", 0)
+    rows = cast(list[tuple[str, float]], r.zrevrangebyscore(
+        key, top, "-inf", start=skip, num=limit + 1, withscores=True))
+    jobs = [job for job in get_jobs([job_id for job_id, _ in rows[:limit]], r) if job]
+    if len(rows) <= limit:
+        return jobs, None
+    last_id, last_score = rows[limit - 1]
+    return jobs, f"{last_score!r}:{last_id}"
+
+
+def _after(r: redis.Redis, key: str, cursor: str) -> tuple[float | str, int]:
+    """Where the page after a cursor starts: its score, and how many jobs of that very score
+    come before it (reverse order of ids, as ZREVRANGEBYSCORE gives them) or are it."""
+    score_text, _sep, last_id = cursor.partition(":")
+    try:
+        score = float(score_text)
+    except ValueError:
+        raise ValueError(f"not a cursor a page gave: {cursor[:60]!r}") from None
+    if not last_id or score != score:  # NaN
+        raise ValueError(f"not a cursor a page gave: {cursor[:60]!r}")
+    ties = cast(list[str], r.zrangebyscore(key, score, score))
+    return score, sum(1 for job_id in ties if job_id >= last_id)
+
+
+def delete_job(job_id: str) -> str:
+    """Delete a finished job's record, timeline and index entry (one script): completed,
+    dead (its DLQ record stays: the failure is still there to replay) or cancelled (only
+    while its queue and schedule hold no message: one whose record is gone would run).
+
+    Returns "deleted", "missing", "queued" (cancelled, messages still in its queue) or the
+    state that forbids it (waiting, delayed, active, failed).
+    """
+    job = get_job(job_id)
+    if job is None:
+        return "missing"
+    from .hueys import huey_for  # hueys -> execution -> registry: imported when used
+
+    storage = huey_for(job["queue"]).storage
+    return scripts_for(client()).delete_job(
+        keys=[keys.job(job_id), keys.timeline(job_id), storage.queue_key, storage.schedule_key],
+        args=script_args(job_id, job["queue"]))
 
 
 def counts(queues: tuple[str, ...] = QUEUES) -> dict[str, dict[str, int]]:

@@ -448,11 +448,30 @@ emit(ARGV[13])
 return 'ok'
 """
 
+# KEYS: record, timeline, queue list, queue schedule. ARGV[8..]: id, queue
+# Deletes a finished job's record, timeline and index entry: completed or dead, or cancelled
+# while its queue and schedule hold no message (a cancelled job's message may still wait
+# there, and one whose record is gone would run as a new job). Returns 'deleted', 'missing',
+# 'queued' (cancelled, messages still queued) or the state that forbids it.
+DELETE_JOB = PRELUDE + r"""
+local id, queue = ARGV[8], ARGV[9]
+local state = redis.call('hget', KEYS[1], 'state')
+if not state then return 'missing' end
+if state ~= 'completed' and state ~= 'dead' and state ~= 'cancelled' then return state end
+if state == 'cancelled' and (redis.call('llen', KEYS[3]) > 0
+    or redis.call('zcard', KEYS[4]) > 0) then
+  return 'queued'
+end
+redis.call('zrem', idx(queue, state), id)
+redis.call('del', KEYS[1], KEYS[2])
+return 'deleted'
+"""
+
 SOURCES = {
     "enqueue": ENQUEUE, "start": START, "finish": FINISH, "stray": STRAY,
     "progress": PROGRESS, "promote": PROMOTE, "set_state": SET_STATE,
     "dlq_replay": DLQ_REPLAY, "dlq_delete": DLQ_DELETE, "dlq_reindex": DLQ_REINDEX,
-    "dlq_write": DLQ_WRITE,
+    "dlq_write": DLQ_WRITE, "delete_job": DELETE_JOB,
 }
 
 

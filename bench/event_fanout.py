@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import multiprocessing
 import time
 from pathlib import Path
 

@@ -15,7 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from backstop.connection import is_try_later
 from backstop.dlq import DlqError, FilterError
-from backstop.errors import BackstopError, PayloadError, UnknownJob
+from backstop.errors import BackstopError, PayloadError, Refused, UnknownJob
 from web.auth import audit_refusal, is_audited_endpoint
 
 log = logging.getLogger("backstop.web")
@@ -90,7 +90,7 @@ def backstop_error(exc: BackstopError):
         body["fields"] = [{"field": "job", "message": str(exc)}]
     elif isinstance(exc, (PayloadError, FilterError)):
         body["fields"] = exc.errors
-    elif isinstance(exc, DlqError):
+    elif isinstance(exc, (DlqError, Refused)):
         body["code"] = exc.code
     if wants_json():
         return jsonify(body), status
@@ -100,7 +100,7 @@ def backstop_error(exc: BackstopError):
 def backstop_status(exc: BackstopError) -> int:
     if isinstance(exc, (UnknownJob, PayloadError, FilterError)):
         return 422
-    return exc.status if isinstance(exc, DlqError) else 400
+    return exc.status if isinstance(exc, (DlqError, Refused)) else 400
 
 
 def csrf_refused(exc: CSRFError):
