@@ -39,7 +39,12 @@ FIELDS = ("job_id", "queue", "job", "state", "progress", "message", "attempt", "
 
 
 class ScopeError(ValueError):
-    """A scoped token cannot be issued as asked (too many ids, bad lifetime)."""
+    """A scoped token cannot be issued as asked (too many ids, bad lifetime); field names
+    the request field at fault."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -90,9 +95,9 @@ def issue_scoped(issuer: str, job_ids: list[str], seconds: int) -> dict:
     "expires_at"}. Raises ScopeError when asked for no ids, too many, or a bad lifetime."""
     ids = sorted(set(job_ids))
     if not ids or len(ids) > MOST_SCOPED_JOBS:
-        raise ScopeError(f"name between 1 and {MOST_SCOPED_JOBS} job ids")
+        raise ScopeError("job_ids", f"name between 1 and {MOST_SCOPED_JOBS} job ids")
     if not 1 <= seconds <= MOST_SCOPED_SECONDS:
-        raise ScopeError(f"ttl_seconds must be between 1 and {MOST_SCOPED_SECONDS}")
+        raise ScopeError("ttl_seconds", f"ttl_seconds must be between 1 and {MOST_SCOPED_SECONDS}")
     expires_at = int(time.time()) + seconds
     body = {"i": issuer, "j": ids, "e": expires_at, "n": secrets.token_urlsafe(8)}
     return {"token": SCOPED_PREFIX + _serializer().dumps(body), "job_ids": ids,

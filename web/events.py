@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from flask import Blueprint, Response, abort, g, jsonify, request, stream_with_context
@@ -164,7 +165,7 @@ def job_snapshot(job_ids: frozenset[str] | None, head: str | None) -> list[dict]
 
 
 def snapshot_event(job_id: str, record: dict | None, head: str | None) -> dict:
-    event = {"id": head, "type": "snapshot", "job_id": job_id}
+    event: dict[str, Any] = {"id": head, "type": "snapshot", "job_id": job_id}
     if record is None:
         return {**event, "state": "unknown"}
     shown = registry.redacted(record)
@@ -317,7 +318,7 @@ def issue_scoped_token():
     try:
         issued = app_events.issue_scoped(g.token["name"], job_ids, seconds)
     except ScopeError as exc:
-        refuse_field("ttl_seconds" if "ttl" in str(exc) else "job_ids", str(exc))
+        refuse_field(exc.field, str(exc))
     audit_note(target=",".join(issued["job_ids"])[:200], expires_at=issued["expires_at"])
     return jsonify(issued), 201
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from typing import NoReturn
 
 from flask import abort, jsonify, make_response, request
 
@@ -60,7 +61,7 @@ def checked_cursor(message: str) -> str | None:
     return cursor
 
 
-def refuse_field(field: str, message: str, status: int = 422):
+def refuse_field(field: str, message: str, status: int = 422) -> NoReturn:
     """Answer {"error", "fields": [{"field", "message"}]} with status (raises)."""
     response = jsonify(error=message, fields=[{"field": field, "message": message}])
     abort(make_response(response, status))
