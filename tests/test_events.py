@@ -131,12 +131,15 @@ def test_a_scoped_token_sees_its_job_and_no_other(stream_env, live_server):
     for percent in (10, 20):
         registry.report_progress(other, "system", "test.work", percent, "not yours")
         registry.report_progress(mine, "system", "test.work", percent, "yours")
-    assert [(m.data["job_id"], m.data["progress"]) for m in sse.until_ping()] == [
-        (mine, 10), (mine, 20)]
+    # Written in the order other 10, mine 10, other 20, mine 20: up to mine 20, nothing else.
+    assert [(m.data["job_id"], m.data["progress"]) for m in sse.events(
+        lambda m: m.data["progress"] == 20)] == [(mine, 10), (mine, 20)]
     assert [(e["job_id"], e["progress"]) for e in ws_events(
         sock, lambda e: e["progress"] == 20)] == [(mine, 10), (mine, 20)]
     sse.close()
     sock.close()
+    holder = app_events.scoped_reader(scoped).holder  # both counted against the scoped token
+    wait_for(lambda: app_events.open_streams(holder) == 0, 5, what="both streams released")
     # What the scoped token may not do.
     asked = {f"job_id={other}": 403, "queue=system": 403, "": 200}
     for query, expected in asked.items():
