@@ -89,6 +89,16 @@ def r(redis_url, tmp_path) -> redis.Redis:
 
 
 @pytest.fixture
+def api(r):
+    """A test client of a freshly made web app (send a token: helpers.auth)."""
+    from app import create_app
+
+    app = create_app()
+    app.testing = True
+    return app.test_client()
+
+
+@pytest.fixture
 def cli(r):
     """Runs the web role's flask commands in this process: cli("tokens", "create", "bot")."""
     from app import create_app

@@ -97,3 +97,10 @@ def system_worker(queue_config: dict):
     process = WorkerProcess(("system",))
     huey_for("system").storage.processing_key = keys.processing(process.id, "system")
     return process
+
+
+def auth(role: str) -> dict:
+    """An Authorization header with a new token of this role (named "<role>-bot")."""
+    from backstop import tokens
+
+    return {"Authorization": f"Bearer {tokens.create(role + '-bot', role)}"}

@@ -6,26 +6,13 @@ import csv
 import io
 import json
 
-import pytest
 from dlq_helpers import make_dead
+from helpers import auth
 
-from backstop import audit, dlq, keys, tokens
+from backstop import audit, dlq, keys
 
 HOSTILE = ['=HYPERLINK("http://evil.example","x")', "+1+1", "-2", "@SUM(A1)", "\tcmd",
            "\rcmd", 'quote " and, comma', "line\nbreak", "error:=cmd|' /C calc'!A0"]
-
-
-@pytest.fixture
-def api(r):
-    from app import create_app
-
-    app = create_app()
-    app.testing = True
-    return app.test_client()
-
-
-def auth(role: str) -> dict:
-    return {"Authorization": f"Bearer {tokens.create(role + '-bot', role)}"}
 
 
 def test_list_filter_and_detail_are_read_by_viewers_and_detail_is_audited(api):

@@ -8,24 +8,11 @@ import time
 
 import pytest
 from dlq_helpers import make_dead
-from helpers import system_worker
+from helpers import auth, system_worker
 
-from backstop import alerts, audit, dlq, keys, producers, queues, registry, tokens
+from backstop import alerts, audit, dlq, keys, producers, queues, registry
 
 MAIL = {"to": ["a@example.com"], "subject": "s", "text": "t"}
-
-
-@pytest.fixture
-def api(r):
-    from app import create_app
-
-    app = create_app()
-    app.testing = True
-    return app.test_client()
-
-
-def auth(role: str) -> dict:
-    return {"Authorization": f"Bearer {tokens.create(role + '-bot', role)}"}
 
 
 def waiting_mail(n: int = 3) -> list[str]:

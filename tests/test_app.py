@@ -11,15 +11,6 @@ from backstop import tokens
 MAIL = {"to": ["ops@example.com"], "subject": "Hello", "text": "Body"}
 
 
-@pytest.fixture
-def api(r):
-    from app import create_app
-
-    app = create_app()
-    app.testing = True
-    return app.test_client()
-
-
 def backstop_keys(r) -> set[str]:
     """Backstop's keys, leaving out the rate limiter's counters."""
     return {k for k in r.keys("*") if "backstop-limits" not in k}

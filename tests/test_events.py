@@ -12,7 +12,7 @@ import pytest
 import requests
 from conftest import apply_env, wait_for
 from sse_client import SseClient
-from test_live_socket import read_text_frame
+from test_live_socket import read_text_frame, upgrade
 
 import tests.jobs_for_tests  # noqa: F401  (registers the test jobs)
 from backstop import app_events, audit, keys, producers, registry, tokens
@@ -29,26 +29,6 @@ def stream_env(r):
 
 def bearer(token: str) -> dict:
     return {"Authorization": f"Bearer {token}"}
-
-
-def ws_handshake(base: str, path: str, headers: dict | None = None):
-    """A WebSocket upgrade sent by hand; (status, socket)."""
-    import base64
-    import os
-    import socket
-
-    host = base.removeprefix("http://")
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
-             "Connection: Upgrade", "Sec-WebSocket-Version: 13",
-             f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"]
-    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-    hostname, port = host.split(":")
-    sock = socket.create_connection((hostname, int(port)), timeout=10)
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    return int(head.split()[1]), sock
 
 
 def ws_events(sock, until, seconds: float = 20.0) -> list[dict]:
@@ -73,7 +53,7 @@ def test_sse_and_websocket_clients_follow_a_job_from_0_to_100(stream_env, live_s
     token = tokens.create("shop", "viewer")
     job_id = producers.enqueue("test.steps", {"steps": 4, "pause": 0.05})
     sse = SseClient(live_server, f"/api/v1/events?job_id={job_id}", bearer(token))
-    status, sock = ws_handshake(live_server, f"/api/v1/events/ws?job_id={job_id}",
+    status, sock = upgrade(live_server, f"/api/v1/events/ws?job_id={job_id}",
                                 bearer(token))
     assert (sse.status, status) == (200, 101)
     assert sse.headers["Content-Type"].startswith("text/event-stream")
@@ -124,7 +104,7 @@ def test_a_scoped_token_sees_its_job_and_no_other(stream_env, live_server):
     assert issued.status_code == 201 and issued.json()["job_ids"] == [mine]
     scoped = issued.json()["token"]
     sse = SseClient(live_server, f"/api/v1/events?token={scoped}")
-    status, sock = ws_handshake(live_server, f"/api/v1/events/ws?token={scoped}")
+    status, sock = upgrade(live_server, f"/api/v1/events/ws?token={scoped}")
     assert (sse.status, status) == (200, 101)
     assert sse.next().data["job_id"] == mine  # the snapshot of its one job
     assert json.loads(read_text_frame(sock))["job_id"] == mine
@@ -165,7 +145,7 @@ def test_streams_are_counted_per_token_and_a_closed_one_frees_its_place(stream_e
     assert [c.status for c in held] == [200, 200]
     refused = SseClient(live_server, "/api/v1/events", bearer(token))
     assert refused.status == 429 and refused.headers["Retry-After"] == "5"
-    status, _sock = ws_handshake(live_server, "/api/v1/events/ws", bearer(token))
+    status, _sock = upgrade(live_server, "/api/v1/events/ws", bearer(token))
     assert status == 429  # one count for both kinds of stream
     assert SseClient(live_server, "/api/v1/events", bearer(other)).status == 200
     held.pop().close()
@@ -201,15 +181,6 @@ def test_an_expired_scoped_token_is_refused(r):
         app_events.issue_scoped("shop", [], 60)
     with pytest.raises(app_events.ScopeError):
         app_events.issue_scoped("shop", ["a"], 0)
-
-
-@pytest.fixture
-def api(r):
-    from app import create_app
-
-    app = create_app()
-    app.testing = True
-    return app.test_client()
 
 
 def test_polling_says_how_long_to_wait_until_the_job_ends(api, r):
@@ -269,7 +240,7 @@ def test_a_stopping_web_process_ends_its_streams_at_once(stream_env):
         base = f"http://127.0.0.1:{port}"
         token = tokens.create("shop", "viewer")
         sse = SseClient(base, "/api/v1/events", bearer(token), timeout=40)
-        status, sock = ws_handshake(base, "/api/v1/events/ws", bearer(token))
+        status, sock = upgrade(base, "/api/v1/events/ws", bearer(token))
         assert (sse.status, status) == (200, 101)
         asked = time.monotonic()
         proc.terminate()

@@ -49,13 +49,18 @@ def session_cookie(base: str, name: str = "vic", role: str = "viewer") -> str:
 
 
 def handshake(base: str, query: str, origin: str | None, cookie: str | None):
-    """Send a WebSocket upgrade by hand; return (status, socket)."""
+    """Upgrade the panel's live socket by hand; return (status, socket)."""
+    headers = {"Origin": origin, "Cookie": cookie}
+    return upgrade(base, f"/ws?{query}", {k: v for k, v in headers.items() if v})
+
+
+def upgrade(base: str, path: str, headers: dict | None = None):
+    """Send a WebSocket upgrade for path by hand; return (status, socket)."""
     host = base.removeprefix("http://")
-    lines = [f"GET /ws?{query} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
              "Connection: Upgrade", "Sec-WebSocket-Version: 13",
              f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"]
-    lines += [f"Origin: {origin}"] if origin else []
-    lines += [f"Cookie: {cookie}"] if cookie else []
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     hostname, port = host.split(":")
     sock = socket.create_connection((hostname, int(port)), timeout=10)
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())

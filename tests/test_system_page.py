@@ -10,9 +10,9 @@ import time
 
 import pytest
 from conftest import apply_env
-from helpers import confirm_token_of, panel_app, signed_in
+from helpers import auth, confirm_token_of, panel_app, signed_in
 
-from backstop import audit, keys, local_store, system_log, tokens
+from backstop import audit, keys, local_store, system_log
 from backstop.live import Topic
 
 
@@ -26,10 +26,6 @@ def app(r, tmp_path):
 @pytest.fixture
 def api(app):
     return app.test_client()
-
-
-def auth(role: str) -> dict:
-    return {"Authorization": f"Bearer {tokens.create(role + '-bot', role)}"}
 
 
 def logged(r, level: str, message: str, t: float) -> None:
