@@ -31,9 +31,11 @@ from backstop import (
 )
 from backstop.connection import is_try_later
 from backstop.dlq import Filters
+from web import api_models as m
 from web.auth import audit_note, audited, require_token, scope_target
 from web.extensions import csrf
 from web.health import health_response
+from web.openapi import documented
 from web.params import (
     body_filter,
     checked_cursor,
@@ -48,9 +50,13 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
 OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a number of seconds"),
                 "priority": ((int,), "an integer")}
+JOB_REQUEST = m.job_request_model()
+DLQ = ("dlq",)
 
 
 @bp.post("/jobs")
+@documented({201: m.JobRan, 202: m.JobAnswer, 502: m.JobRanAndFailed}, body=JOB_REQUEST,
+            headers=m.JobHeaders, refusals=(422,), tags=("jobs",))
 @require_token("operator")
 def create_job():
     """Enqueue a job: {"job", "payload", "job_id"?, "delay"?, "priority"?}.
@@ -93,6 +99,7 @@ def check_option_types(body: dict) -> None:
 
 
 @bp.get("/jobs/<job_id>")
+@documented(200, m.JobRecord, refusals=(404,), tags=("jobs",))
 @require_token("viewer")
 def show_job(job_id: str):
     """The JSON record of one job; a job still in this host's outbox (Redis could not take
@@ -111,6 +118,7 @@ def show_job(job_id: str):
 
 
 @bp.get("/health/queues")
+@documented({200: m.Health, 503: m.Unhealthy}, tags=("system",))
 @require_token("viewer")
 def queue_health():
     """Queue and Redis health, whole (web.health): 200 healthy or degraded, 503 unhealthy."""
@@ -119,6 +127,7 @@ def queue_health():
 
 # ---- the dead-letter queue (read: viewer, manage: operator, delete: owner) ----
 @bp.get("/dlq")
+@documented(200, m.DlqPage, query=m.DlqPageQuery, refusals=(400, 422), tags=DLQ)
 @require_token("viewer")
 def list_dead_letters():
     """A page of DLQ records: filters and search in the query string, ?cursor= continues."""
@@ -133,6 +142,7 @@ def record_summary(record: dict) -> dict:
 
 
 @bp.get("/dlq/<record_id>")
+@documented(200, m.DlqRecord, refusals=(404,), tags=DLQ)
 @require_token("viewer")
 @audited("dlq.view")
 def show_dead_letter(record_id: str):
@@ -144,6 +154,7 @@ def show_dead_letter(record_id: str):
 
 
 @bp.post("/dlq/<record_id>/replay")
+@documented(202, m.Replayed, body=m.ReplayBody, refusals=(404, 409, 422), tags=DLQ)
 @require_token("operator")
 @audited("dlq.replay")
 def replay_dead_letter(record_id: str):
@@ -155,6 +166,8 @@ def replay_dead_letter(record_id: str):
 
 
 @bp.post("/dlq/<record_id>/preview")
+@documented(200, m.EditPreview, body=m.PreviewBody, refusals=(404, 409, 422),
+            tags=DLQ)
 @require_token("operator")
 def preview_dead_letter_edit(record_id: str):
     """Validate an edited payload and show its diff against the original; commits nothing."""
@@ -166,6 +179,7 @@ def preview_dead_letter_edit(record_id: str):
 
 
 @bp.delete("/dlq/<record_id>")
+@documented(200, m.Deleted, refusals=(404,), tags=DLQ)
 @require_token("owner")
 @audited("dlq.delete")
 def delete_dead_letter(record_id: str):
@@ -189,6 +203,7 @@ def bulk_records(action: str):
 
 
 @bp.post("/dlq/bulk/replay")
+@documented(200, m.BulkResults, body=m.BulkBody, refusals=(422,), tags=DLQ)
 @require_token("operator")
 @audited("dlq.bulk_replay")
 def bulk_replay():
@@ -197,6 +212,7 @@ def bulk_replay():
 
 
 @bp.post("/dlq/bulk/delete")
+@documented(200, m.BulkResults, body=m.BulkBody, refusals=(422,), tags=DLQ)
 @require_token("owner")
 @audited("dlq.bulk_delete")
 def bulk_delete():
@@ -205,6 +221,7 @@ def bulk_delete():
 
 
 @bp.post("/dlq/clear")
+@documented(200, m.ClearAnswer, body=m.ClearBody, refusals=(422,), tags=DLQ)
 @require_token("owner")
 @audited("dlq.clear")
 def clear_dead_letters():
@@ -220,6 +237,7 @@ def clear_dead_letters():
 
 
 @bp.get("/dlq/redrives")
+@documented(200, m.Redrives, tags=DLQ)
 @require_token("viewer")
 def list_redrives():
     """Recent redrives, newest first, with their progress."""
@@ -227,6 +245,7 @@ def list_redrives():
 
 
 @bp.post("/dlq/redrives")
+@documented(202, m.Redrive, body=m.RedriveBody, refusals=(409, 422), tags=DLQ)
 @require_token("operator")
 @audited("dlq.redrive.start")
 def start_redrive():
@@ -240,24 +259,25 @@ def start_redrive():
 
 
 @bp.get("/dlq/redrives/<redrive_id>")
+@documented(200, m.Redrive, refusals=(404,), tags=DLQ)
 @require_token("viewer")
 def show_redrive(redrive_id: str):
     """A redrive's progress: replayed, refused, remaining, percent, ETA."""
     return jsonify(redrive.progress(redrive_id))
 
 
-@bp.post("/dlq/redrives/<redrive_id>/<verb>")
+@bp.post("/dlq/redrives/<redrive_id>/<any(pause, resume, cancel):verb>")
+@documented(200, m.Redrive, refusals=(404, 409), tags=DLQ)
 @require_token("operator")
 @audited("dlq.redrive.change")
 def change_redrive(redrive_id: str, verb: str):
     """Pause, resume or cancel a redrive."""
     actions = {"pause": redrive.pause, "resume": redrive.resume, "cancel": redrive.cancel}
-    if verb not in actions:
-        abort(404, "pause, resume or cancel")
     return jsonify(actions[verb](redrive_id, g.actor))
 
 
 @bp.get("/dlq/analytics")
+@documented(200, m.Open, tags=DLQ)
 @require_token("viewer")
 def dlq_analytics():
     """Totals by queue, job, error type, reason, code, status and replay status."""
@@ -265,6 +285,7 @@ def dlq_analytics():
 
 
 @bp.get("/dlq/trends")
+@documented(200, m.Open, query=m.TrendsQuery, refusals=(400, 422), tags=DLQ)
 @require_token("viewer")
 def dlq_trends():
     """Failures per hour over ?hours= 1, 6, 12, 24 or 48."""
@@ -272,13 +293,16 @@ def dlq_trends():
 
 
 @bp.get("/dlq/fingerprints")
+@documented(200, m.Items, query=m.Limit, refusals=(400,), tags=DLQ)
 @require_token("viewer")
 def dlq_fingerprints():
     """Failure groups, largest first (replay, clear or export one with filter fingerprint=)."""
     return jsonify(items=dlq.fingerprints(checked_limit()))
 
 
-@bp.get("/dlq/export.<fmt>")
+@bp.get("/dlq/export.<any(csv, jsonl):fmt>")
+@documented(200, non_json="text/csv,application/x-ndjson", query=m.DlqFilters,
+            refusals=(422,), tags=DLQ)
 @require_token("viewer")
 @audited("dlq.export")
 def export_dead_letters(fmt: str):
@@ -290,8 +314,6 @@ def streamed_export(fmt: str) -> Response:
     """The records a query's filters select, streamed as CSV or JSONL."""
     writers = {"csv": (export.csv_chunks, "text/csv; charset=utf-8"),
                "jsonl": (export.jsonl_chunks, "application/x-ndjson; charset=utf-8")}
-    if fmt not in writers:
-        abort(404, "export.csv or export.jsonl")
     writer, mimetype = writers[fmt]
     records = dlq.iter_records(filters_from(request.args.to_dict()))
     return Response(stream_with_context(writer(records)), mimetype=mimetype, headers={
@@ -299,6 +321,7 @@ def streamed_export(fmt: str) -> Response:
 
 
 @bp.get("/system/schedules")
+@documented(200, m.Open, tags=("system",))
 @require_token("viewer")
 def list_schedules():
     """The scheduled system jobs: period, next run, last run and its outcome."""
@@ -306,6 +329,7 @@ def list_schedules():
 
 
 @bp.get("/system/health-log")
+@documented(200, m.Items, query=m.Limit, refusals=(400,), tags=("system",))
 @require_token("viewer")
 def health_log():
     """The health check's log, newest first (?limit=, at most 1000)."""
@@ -313,6 +337,7 @@ def health_log():
 
 
 @bp.get("/system/logs")
+@documented(200, m.Items, query=m.LogsQuery, refusals=(400, 422), tags=("system",))
 @require_token("viewer")
 def system_logs():
     """The health log, newest first: ?level= (INFO, WARNING, ERROR, SWITCH), ?since= (unix
@@ -326,6 +351,7 @@ def system_logs():
 
 
 @bp.get("/system/mode")
+@documented(200, m.Mode, tags=("system",))
 @require_token("viewer")
 def show_mode():
     """The mode every process follows: {"mode", "changed_at", "changed_by"}."""
@@ -333,6 +359,7 @@ def show_mode():
 
 
 @bp.post("/system/mode")
+@documented(200, m.Mode, body=m.ModeBody, refusals=(422,), tags=("system",))
 @require_token("owner")
 @audited("system.mode")
 def switch_mode():

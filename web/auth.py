@@ -113,6 +113,7 @@ def require_token(role: str):
                 abort(403, message)
             return view(*args, **kwargs)
 
+        wrapped.required_role = role  # type: ignore[attr-defined]  # read by web.openapi
         return wrapped
 
     return decorate
