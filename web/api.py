@@ -191,12 +191,12 @@ def delete_dead_letter(record_id: str):
 
 def bulk_records(action: str):
     body = json_body()
-    ids = body.get("ids")
+    ids, selector = body.get("ids"), body.get("filter")
     if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
         abort(400, '"ids" must be a list of record ids')
-    if ids is None and not isinstance(body.get("filter"), dict):
-        abort(400, 'send "ids": [...] or "filter": {...} ({} selects every record)')
-    flt = None if ids is not None else Filters.parse(body["filter"])
+    if (ids is None) == (selector is None) or not isinstance(selector or {}, dict):
+        abort(400, 'send either "ids": [...] or "filter": {...} ({} selects every record)')
+    flt = None if ids is not None else Filters.parse(selector)
     audit_note(target=scope_target(ids, flt))
     results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
     return jsonify(results=results, count=len(results))
@@ -302,7 +302,7 @@ def dlq_fingerprints():
 
 @bp.get("/dlq/export.<any(csv, jsonl):fmt>")
 @documented(200, non_json="text/csv,application/x-ndjson", query=m.DlqFilters,
-            refusals=(422,), tags=DLQ)
+            refusals=(404, 422), tags=DLQ)
 @require_token("viewer")
 @audited("dlq.export")
 def export_dead_letters(fmt: str):

@@ -6,6 +6,7 @@ record carries more than is listed here."""
 from __future__ import annotations
 
 import operator
+from datetime import datetime
 from functools import reduce
 from typing import Annotated, Any, Literal
 
@@ -21,6 +22,10 @@ Queue = Literal[QUEUES]  # type: ignore[valid-type]
 JobId = Field(default=None, pattern=r"^[A-Za-z0-9_.:\-]{1,200}$",
               description="your id for the job (or the Idempotency-Key header): enqueuing it "
                           "again adds nothing")
+
+
+# A query string's value is text; a JSON body may send the number itself.
+ReplayCount = Annotated[int, Field(ge=0, le=5)] | Annotated[str, Field(pattern=r"^[0-5]$")]
 
 
 class Open(BaseModel):
@@ -96,10 +101,10 @@ class DlqFilters(BaseModel):
     job: str | None = Field(default=None, max_length=500)
     error_type: str | None = Field(default=None, max_length=500)
     fingerprint: str | None = Field(default=None, max_length=500)
-    min_replays: int | None = Field(default=None, ge=0, le=5)
-    max_replays: int | None = Field(default=None, ge=0, le=5)
-    since: float | None = Field(default=None, description="unix seconds")
-    until: float | None = Field(default=None, description="unix seconds")
+    min_replays: ReplayCount | None = None
+    max_replays: ReplayCount | None = None
+    since: float | datetime | None = Field(default=None, description="unix seconds or ISO 8601")
+    until: float | datetime | None = Field(default=None, description="unix seconds or ISO 8601")
     status: Literal["open", "replaying", "resolved"] | None = None
     q: str | None = Field(default=None, max_length=500, description="search text")
 
@@ -121,7 +126,7 @@ class DlqRecordSummary(Open):
 class DlqPage(Open):
     items: list[DlqRecordSummary]
     next_cursor: str | None
-    total: int
+    total: int | None = Field(description="null when a search has not counted them all")
     complete: bool
     scanned: int
 

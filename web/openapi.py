@@ -123,6 +123,8 @@ def documented(ok: int | dict[int, type[BaseModel]], model: type[BaseModel] | No
     def decorate(view: Callable) -> Callable:
         statuses = statuses_of(view, refusals, body is not None)
         plain = [f"HTTP_{s}" for s in successes] if non_json else []
+        if query:
+            plain.append("HTTP_414")  # gunicorn's own answer (text/html) to a URL too long
         responses: dict = {f"HTTP_{s}": ERROR_MODELS[s] for s in statuses}
         responses.update({} if non_json else {f"HTTP_{s}": m for s, m in successes.items()})
         wrapped = spec.validate(

@@ -1,0 +1,133 @@
+"""Property-based tests of the API from its own OpenAPI document (schemathesis): calls made
+from the document, over real HTTP to the web role served as ./run serves it, on the test
+Redis, with an owner token. No answer may be a 5xx or differ from the document (status,
+content type, body schema, headers).
+
+Some dead-letter records are seeded first (and again whenever the calls have deleted them),
+and some calls name one of them instead of a made-up id, so replay, preview, delete and
+detail are tried on records that exist, not only answered 404.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import hypothesis
+import pytest
+import requests
+import schemathesis
+from dlq_helpers import make_dead
+from hypothesis import strategies as st
+from schemathesis.config import SchemathesisConfig
+
+from backstop import dlq, modes, producers, tokens
+
+MAX_EXAMPLES = 12  # per operation and phase: the whole run stays near a minute on 2 cores
+# Operations left out of the generated calls, each with the reason.
+EXCLUDED = [
+    # sync_direct makes every later POST /jobs run its handler inline in the server, and the
+    # handlers call outside services (an AI endpoint, SMTP, webhooks). Tried below instead,
+    # with explicit calls that leave the mode async.
+    {"method": "POST", "path": "/api/v1/system/mode"},
+]
+SEEDED_RECORDS = 4
+
+
+@dataclass
+class Run:
+    """What the generated calls met: seeded ids to use, and figures for the summary."""
+
+    record_ids: list[str] = field(default_factory=list)
+    job_ids: list[str] = field(default_factory=list)
+    operations: set[str] = field(default_factory=set)
+    calls: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+
+    def reseed(self) -> None:
+        """Dead-letter records to act on, when the calls have deleted the last ones."""
+        if dlq.count() < 2:
+            self.record_ids = make_dead([{"cause": 1 + n % 3, "n": n}
+                                         for n in range(SEEDED_RECORDS)])
+
+    def summary(self, seconds: float) -> str:
+        statuses = ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses.items()))
+        return (f"schemathesis: {len(self.operations)} operations, {self.calls} calls in "
+                f"{seconds:.1f} s ({statuses})")
+
+
+@pytest.fixture
+def run(r) -> Run:
+    seeded = Run()
+    seeded.reseed()
+    seeded.job_ids = [producers.enqueue("test.work", {}, delay=3600)]
+    return seeded
+
+
+def loaded_document(base_url: str, **settings) -> schemathesis.schemas.BaseSchema:
+    """The live server's document as schemathesis reads it, calling as an owner."""
+    token = tokens.create("schemathesis", "owner")
+    document = requests.get(f"{base_url}/api/v1/openapi.json", timeout=10,
+                            headers={"Authorization": f"Bearer {token}"}).json()
+    config = SchemathesisConfig.from_dict({
+        "base-url": base_url, "auth": {"openapi": {"bearer": {"bearer": token}}}, **settings})
+    return schemathesis.openapi.from_dict(document, config=config)
+
+
+@pytest.fixture
+def api_schema(run, live_server, capsys, request):
+    # schemathesis 4.32 names each operation's subtest through Node._nodeid, which pytest
+    # 9.2 keeps elsewhere (Node._id): give the running test one to read and rename.
+    request.node._nodeid = request.node.nodeid
+    schema = loaded_document(live_server, **{
+        "generation": {"max-examples": MAX_EXAMPLES},
+        "checks": {
+            # The contracts check more than a JSON Schema says (one-line subjects, an end
+            # after a start, bounded JSON): a body the document allows may still get a 422.
+            "positive_data_acceptance": {"enabled": False},
+            # 414: gunicorn refuses a request line over 4094 bytes before the app reads it.
+            "negative_data_rejection": {"expected-statuses": [
+                400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 429, "5xx"]},
+        },
+    })
+    started = time.monotonic()
+    yield schema
+    with capsys.disabled():
+        print("\n" + run.summary(time.monotonic() - started))
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+for excluded in EXCLUDED:
+    schema = schema.exclude(**excluded)
+
+
+@schema.parametrize()
+@schema.given(pick=st.integers(min_value=0, max_value=2 * SEEDED_RECORDS))
+@hypothesis.settings(deadline=None, max_examples=MAX_EXAMPLES,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+def test_every_answer_is_as_documented(case, pick, run):
+    assert modes.read()["mode"] == "async_queue"
+    run.reseed()
+    name_a_seeded_one(case, pick, run)
+    run.operations.add(case.operation.label)
+    run.calls += 1
+    response = case.call_and_validate()
+    run.statuses[response.status_code] = run.statuses.get(response.status_code, 0) + 1
+
+
+def name_a_seeded_one(case, pick: int, run: Run) -> None:
+    """Half the time, a path's record or job id is one that exists."""
+    for name, ids in (("record_id", run.record_ids), ("job_id", run.job_ids)):
+        if name in (case.path_parameters or {}) and pick < len(ids):
+            case.path_parameters[name] = ids[pick]
+
+
+def test_switching_the_mode_is_as_documented(r, live_server):
+    """The excluded POST /system/mode, with calls that leave the mode async."""
+    owner = {"Authorization": f"Bearer {tokens.create('mode-switcher', 'owner')}"}
+    operation = loaded_document(live_server)["/api/v1/system/mode"]["POST"]
+    for body, status in (({"mode": "async_queue"}, 200), ({"mode": "nope"}, 422),
+                         ({}, 422)):
+        response = operation.Case(body=body).call_and_validate(headers=owner)
+        assert response.status_code == status
+    assert modes.read()["mode"] == "async_queue"
