@@ -10,7 +10,9 @@ detail are tried on records that exist, not only answered 404.
 
 from __future__ import annotations
 
+import os
 import time
+import zlib
 from dataclasses import dataclass, field
 
 import hypothesis
@@ -18,12 +20,12 @@ import pytest
 import requests
 import schemathesis
 from dlq_helpers import make_dead
-from hypothesis import strategies as st
+from schemathesis.checks import negative_data_rejection, not_a_server_error
 from schemathesis.config import SchemathesisConfig
 
 from backstop import dlq, modes, producers, tokens
 
-MAX_EXAMPLES = 12  # per operation and phase: the whole run stays near a minute on 2 cores
+MAX_EXAMPLES = 25  # fuzzed calls per operation (the coverage phase adds its own)
 # Operations left out of the generated calls, each with the reason.
 EXCLUDED = [
     # sync_direct makes every later POST /jobs run its handler inline in the server, and the
@@ -32,6 +34,15 @@ EXCLUDED = [
     {"method": "POST", "path": "/api/v1/system/mode"},
 ]
 SEEDED_RECORDS = 4
+# Checks left out for one operation, each with the reason.
+EXCLUDED_CHECKS = {
+    # 503 is its answer while the queues are unhealthy (for load balancers), and the seeded
+    # dead jobs, failed with no worker running, make them so.
+    "GET /api/v1/health/queues": [not_a_server_error],
+    # The payload contracts are pydantic models in lax mode: false for an integer, "5" for a
+    # number, are taken as 0 and 5, which a JSON Schema cannot say.
+    "POST /api/v1/jobs": [negative_data_rejection],
+}
 
 
 @dataclass
@@ -42,6 +53,7 @@ class Run:
     job_ids: list[str] = field(default_factory=list)
     operations: set[str] = field(default_factory=set)
     calls: int = 0
+    phases: dict[str, int] = field(default_factory=dict)
     statuses: dict[int, int] = field(default_factory=dict)
 
     def reseed(self) -> None:
@@ -52,12 +64,16 @@ class Run:
 
     def summary(self, seconds: float) -> str:
         statuses = ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses.items()))
-        return (f"schemathesis: {len(self.operations)} operations, {self.calls} calls in "
-                f"{seconds:.1f} s ({statuses})")
+        phases = ", ".join(f"{p} {n}" for p, n in sorted(self.phases.items()))
+        return (f"schemathesis: {len(self.operations)} operations, {self.calls} calls "
+                f"({phases}) in {seconds:.1f} s; answers {statuses}")
 
 
 @pytest.fixture
 def run(r) -> Run:
+    # The coverage phase sends thousands of calls from one address: a 429 is documented, but
+    # would hide what the routes answer. (Set before live_server starts the server.)
+    os.environ["RATE_LIMIT_DEFAULT"] = "100000 per minute"
     seeded = Run()
     seeded.reseed()
     seeded.job_ids = [producers.enqueue("test.work", {}, delay=3600)]
@@ -81,10 +97,14 @@ def api_schema(run, live_server, capsys, request):
     request.node._nodeid = request.node.nodeid
     schema = loaded_document(live_server, **{
         "generation": {"max-examples": MAX_EXAMPLES},
+        "phases": {"coverage": {"enabled": True}},
         "checks": {
             # The contracts check more than a JSON Schema says (one-line subjects, an end
             # after a start, bounded JSON): a body the document allows may still get a 422.
             "positive_data_acceptance": {"enabled": False},
+            # OPTIONS /dlq/analytics (trends, clear ...) lists DELETE too: werkzeug answers
+            # with every rule the URL matches, and /dlq/<record_id> matches it.
+            "allow_header_conformance": {"enabled": False},
             # 414: gunicorn refuses a request line over 4094 bytes before the app reads it.
             "negative_data_rejection": {"expected-statuses": [
                 400, 401, 403, 404, 405, 409, 413, 414, 415, 422, 429, "5xx"]},
@@ -102,23 +122,31 @@ for excluded in EXCLUDED:
 
 
 @schema.parametrize()
-@schema.given(pick=st.integers(min_value=0, max_value=2 * SEEDED_RECORDS))
 @hypothesis.settings(deadline=None, max_examples=MAX_EXAMPLES,
                      suppress_health_check=list(hypothesis.HealthCheck))
-def test_every_answer_is_as_documented(case, pick, run):
+def test_every_answer_is_as_documented(case, run):
     assert modes.read()["mode"] == "async_queue"
     run.reseed()
-    name_a_seeded_one(case, pick, run)
+    name_a_seeded_one(case, run)
     run.operations.add(case.operation.label)
     run.calls += 1
-    response = case.call_and_validate()
+    phase = case.meta.phase.name.value if case.meta else "explicit"
+    run.phases[phase] = run.phases.get(phase, 0) + 1
+    excluded = EXCLUDED_CHECKS.get(case.operation.label, [])
+    response = case.call_and_validate(excluded_checks=excluded)
     run.statuses[response.status_code] = run.statuses.get(response.status_code, 0) + 1
 
 
-def name_a_seeded_one(case, pick: int, run: Run) -> None:
-    """Half the time, a path's record or job id is one that exists."""
+def name_a_seeded_one(case, run: Run) -> None:
+    """For about half the generated ids (chosen by the id, so a failure replays the same),
+    a path's record or job id is replaced by one that exists. (Not a @schema.given draw:
+    schemathesis leaves its coverage phase out of a test that has one.)"""
     for name, ids in (("record_id", run.record_ids), ("job_id", run.job_ids)):
-        if name in (case.path_parameters or {}) and pick < len(ids):
+        made_up = (case.path_parameters or {}).get(name)
+        if made_up is None:
+            continue
+        pick = zlib.crc32(str(made_up).encode("utf-8", "surrogatepass")) % (2 * len(ids))
+        if pick < len(ids):
             case.path_parameters[name] = ids[pick]
 
 

@@ -41,6 +41,7 @@ from web.params import (
     checked_cursor,
     checked_limit,
     checked_since,
+    checked_whole,
     filters_from,
     json_body,
     refuse_field,
@@ -50,6 +51,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
 OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a number of seconds"),
                 "priority": ((int,), "an integer")}
+REPLAY_TYPES = {"queue": ((str,), "a queue name"), "payload": ((dict,), "an object"),
+                "resend_token": ((str,), "a string")}
 JOB_REQUEST = m.job_request_model()
 DLQ = ("dlq",)
 
@@ -68,7 +71,7 @@ def create_job():
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("job"), str):
         abort(400, 'send a JSON object with "job" (a job name) and "payload" (an object)')
-    check_option_types(body)
+    check_types(body, OPTION_TYPES)
     job_id = body.get("job_id") or request.headers.get("Idempotency-Key")
     # An unknown job or a bad payload raises: web/errors.py answers 422 naming the fields.
     outcome = producers.dispatch(body["job"], body.get("payload", {}), job_id=job_id,
@@ -88,9 +91,9 @@ def create_job():
     return jsonify(answer), 201, {"Location": location}
 
 
-def check_option_types(body: dict) -> None:
-    """A 400 naming the field when job_id, delay or priority has the wrong JSON type."""
-    for name, (types, wanted) in OPTION_TYPES.items():
+def check_types(body: dict, wanted_types: dict) -> None:
+    """A 400 naming the field when one of the body's fields has the wrong JSON type."""
+    for name, (types, wanted) in wanted_types.items():
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
             message = f"{name} must be {wanted}, not {type(value).__name__} {value!r:.40}"
@@ -154,12 +157,14 @@ def show_dead_letter(record_id: str):
 
 
 @bp.post("/dlq/<record_id>/replay")
-@documented(202, m.Replayed, body=m.ReplayBody, refusals=(404, 409, 422), tags=DLQ)
+@documented(202, m.Replayed, body=m.ReplayBody, body_optional=True, refusals=(404, 409, 422),
+            tags=DLQ)
 @require_token("operator")
 @audited("dlq.replay")
 def replay_dead_letter(record_id: str):
     """Replay one record: {"queue"?, "payload"?} (an edited payload is validated)."""
     body = json_body()
+    check_types(body, REPLAY_TYPES)
     done = replay.replay(record_id, actor=g.actor, queue=body.get("queue"),
                          payload=body.get("payload"), resend_token=body.get("resend_token"))
     return jsonify(done), 202
@@ -194,7 +199,8 @@ def bulk_records(action: str):
     ids, selector = body.get("ids"), body.get("filter")
     if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
         abort(400, '"ids" must be a list of record ids')
-    if (ids is None) == (selector is None) or not isinstance(selector or {}, dict):
+    if ids is not None and selector is not None or ids is None and not isinstance(selector,
+                                                                                 dict):
         abort(400, 'send either "ids": [...] or "filter": {...} ({} selects every record)')
     flt = None if ids is not None else Filters.parse(selector)
     audit_note(target=scope_target(ids, flt))
@@ -221,13 +227,15 @@ def bulk_delete():
 
 
 @bp.post("/dlq/clear")
-@documented(200, m.ClearAnswer, body=m.ClearBody, refusals=(422,), tags=DLQ)
+@documented(200, m.ClearAnswer, body=m.ClearBody, body_optional=True, refusals=(403, 422),
+            tags=DLQ)
 @require_token("owner")
 @audited("dlq.clear")
 def clear_dead_letters():
     """Clear in two calls: {"filter"} answers the count and a token; {"filter", "token"}
     clears."""
     body = json_body()
+    check_types(body, {"token": ((str,), "the token the first call answered")})
     flt = body_filter(body)
     audit_note(target=scope_target(None, flt))
     if not body.get("token"):
@@ -285,11 +293,11 @@ def dlq_analytics():
 
 
 @bp.get("/dlq/trends")
-@documented(200, m.Open, query=m.TrendsQuery, refusals=(400, 422), tags=DLQ)
+@documented(200, m.Open, query=m.TrendsQuery, refusals=(422,), tags=DLQ)
 @require_token("viewer")
 def dlq_trends():
     """Failures per hour over ?hours= 1, 6, 12, 24 or 48."""
-    return jsonify(dlq.trends(request.args.get("hours", 24, type=int)))
+    return jsonify(dlq.trends(checked_whole("hours", 24)))
 
 
 @bp.get("/dlq/fingerprints")

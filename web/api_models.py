@@ -19,13 +19,16 @@ from backstop.system_log import LEVELS
 from web.openapi import Error
 
 Queue = Literal[QUEUES]  # type: ignore[valid-type]
-JobId = Field(default=None, pattern=r"^[A-Za-z0-9_.:\-]{1,200}$",
+JOB_ID = r"^([A-Za-z0-9_.:\-]{1,200})?$"  # empty or absent: a new id is made
+JobId = Field(default=None, pattern=JOB_ID,
               description="your id for the job (or the Idempotency-Key header): enqueuing it "
                           "again adds nothing")
 
 
-# A query string's value is text; a JSON body may send the number itself.
-ReplayCount = Annotated[int, Field(ge=0, le=5)] | Annotated[str, Field(pattern=r"^[0-5]$")]
+# A query string's value is text ("" for none, as an empty form field sends); a JSON body
+# may send the number itself.
+ReplayCount = Annotated[int, Field(ge=0, le=5)] | Annotated[str, Field(pattern=r"^[0-5]?$")]
+Moment = float | datetime | Literal[""]
 
 
 class Open(BaseModel):
@@ -103,8 +106,8 @@ class DlqFilters(BaseModel):
     fingerprint: str | None = Field(default=None, max_length=500)
     min_replays: ReplayCount | None = None
     max_replays: ReplayCount | None = None
-    since: float | datetime | None = Field(default=None, description="unix seconds or ISO 8601")
-    until: float | datetime | None = Field(default=None, description="unix seconds or ISO 8601")
+    since: Moment | None = Field(default=None, description="unix seconds or ISO 8601")
+    until: Moment | None = Field(default=None, description="unix seconds or ISO 8601")
     status: Literal["open", "replaying", "resolved"] | None = None
     q: str | None = Field(default=None, max_length=500, description="search text")
 
@@ -114,7 +117,8 @@ class Limit(BaseModel):
 
 
 class DlqPageQuery(DlqFilters):
-    cursor: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?(e[+-]?\d+)?:[!-~]{1,200}$",
+    cursor: str | None = Field(default=None,
+                               pattern=r"^(\d+(\.\d+)?(e[+-]?\d+)?:[!-~]{1,200})?$",
                                description="the next_cursor of the previous page")
     limit: int = Field(default=50, ge=1, le=1000)
 
@@ -241,5 +245,5 @@ class Unhealthy(RootModel[Health | Error]):
 
 class JobHeaders(BaseModel):
     idempotency_key: str | None = Field(default=None, alias="Idempotency-Key",
-                                        pattern=r"^[A-Za-z0-9_.:\-]{1,200}$",
+                                        pattern=JOB_ID,
                                         description="the job's id when the body has no job_id")

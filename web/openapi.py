@@ -107,14 +107,15 @@ csrf.exempt(bp)  # a read with a bearer token
 def documented(ok: int | dict[int, type[BaseModel]], model: type[BaseModel] | None = None, *,
                refusals: tuple[int, ...] = (), query: type[BaseModel] | None = None,
                body: type[BaseModel] | None = None, headers: type[BaseModel] | None = None,
-               tags: tuple[str, ...] = (),
+               body_optional: bool = False, tags: tuple[str, ...] = (),
                non_json: str | None = None) -> Callable:
     """Decorator (under @bp.get/post, over @require_token): document a route.
 
     ok: the success status (with model) or {status: model} when there are several (or an
     error status answers a body of its own: /health/queues' 503); refusals: the error
     statuses this route gives beyond those every route gives; query, body, headers: the
-    query-string, JSON body and request header models; non_json: the success body's media
+    query-string, JSON body and request header models; body_optional: the route takes no
+    body as {}; non_json: the success body's media
     types when it is not JSON (the model is then left out). The summary and description are
     the docstring.
     """
@@ -134,7 +135,8 @@ def documented(ok: int | dict[int, type[BaseModel]], model: type[BaseModel] | No
             # (skip_validation), so point it at a status every documented route already has.
             validation_error_status=SPECIAL_STATUS_HINT,
         )(view)
-        wrapped.non_json = (non_json, *successes) if non_json else None
+        wrapped.openapi_extras = {"media": non_json, "statuses": list(successes),
+                                  "body_optional": body_optional}
         wrapped.__doc__ = f"{inspect.getdoc(view)}\n\nNeeds a token with the " \
                           f"{view.required_role} role (or above)."
         return wrapped
@@ -163,29 +165,28 @@ def openapi_document():
 
 def document() -> dict:
     """The document, built once per process from the routes of the app serving it (every
-    app has the same), with the media types of the routes that do not answer JSON."""
+    app has the same), with what spectree does not write (see finish)."""
     if not BUILT:
         built = copy.deepcopy(spec.spec)
-        fix_media_types(built)
+        for rule in current_app.url_map.iter_rules():
+            extras = getattr(current_app.view_functions[rule.endpoint], "openapi_extras", None)
+            if extras:
+                for method in (rule.methods or set()) - {"HEAD", "OPTIONS"}:
+                    finish(built["paths"][openapi_path(rule.rule)][method.lower()], **extras)
         BUILT.append(built)
     return BUILT[0]
 
 
-def fix_media_types(built: dict) -> None:
-    """spectree writes no content for a status without a model: give a non-JSON success
-    (an export's CSV) its media type."""
-    for rule in current_app.url_map.iter_rules():
-        view = current_app.view_functions[rule.endpoint]
-        found = getattr(view, "non_json", None)
-        if not found:
-            continue
-        media, *statuses = found
-        path = openapi_path(rule.rule)
-        for method in rule.methods - {"HEAD", "OPTIONS"}:
-            responses = built["paths"][path][method.lower()]["responses"]
-            for status in statuses:
-                responses[str(status)]["content"] = {m: {"schema": {"type": "string"}}
-                                                      for m in media.split(",")}
+def finish(operation: dict, media: str | None, statuses: list[int],
+           body_optional: bool) -> None:
+    """What spectree leaves out: the media types of a success that is not JSON (an
+    export's CSV), and that a body may be left out (spectree marks every body required)."""
+    if media:
+        for status in statuses:
+            operation["responses"][str(status)]["content"] = {
+                kind: {"schema": {"type": "string"}} for kind in media.split(",")}
+    if body_optional:
+        operation["requestBody"]["required"] = False
 
 
 def openapi_path(rule: str) -> str:
