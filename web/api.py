@@ -195,17 +195,25 @@ def delete_dead_letter(record_id: str):
 
 
 def bulk_records(action: str):
-    body = json_body()
-    ids, selector = body.get("ids"), body.get("filter")
-    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-        abort(400, '"ids" must be a list of record ids')
-    if ids is not None and selector is not None or ids is None and not isinstance(selector,
-                                                                                 dict):
-        abort(400, 'send either "ids": [...] or "filter": {...} ({} selects every record)')
-    flt = None if ids is not None else Filters.parse(selector)
+    ids, flt = bulk_selection(json_body())
     audit_note(target=scope_target(ids, flt))
     results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
     return jsonify(results=results, count=len(results))
+
+
+def bulk_selection(body: dict) -> tuple[list[str] | None, Filters | None]:
+    """The ids, or the filter, a bulk action's body selects (a 400 unless it is one of them)."""
+    ids, selector = body.get("ids"), body.get("filter")
+    either = 'send either "ids": [...] or "filter": {...} ({} selects every record)'
+    if ids is None:
+        if not isinstance(selector, dict):
+            abort(400, either)
+        return None, Filters.parse(selector)
+    if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        abort(400, '"ids" must be a list of record ids')
+    if selector is not None:
+        abort(400, either)
+    return ids, None
 
 
 @bp.post("/dlq/bulk/replay")

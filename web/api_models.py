@@ -47,9 +47,9 @@ def job_body(spec: JobSpec) -> type[BaseModel]:
     """The body enqueuing one job name: {"job": name, "payload": its contract, options}."""
     name = "".join(part.title() for part in spec.name.replace(":", ".").replace("-", "_")
                    .replace("_", ".").split(".")) + "Job"
+    the_name: Any = Literal[spec.name]
     return create_model(name, __base__=JobOptions, __doc__=f"Enqueue {spec.name} "
-                        f"(queue {spec.queue}).", job=(Literal[spec.name], ...),
-                        payload=(spec.model, ...))
+                        f"(queue {spec.queue}).", job=(the_name, ...), payload=(spec.model, ...))
 
 
 def job_request_model() -> type[BaseModel]:
@@ -57,8 +57,8 @@ def job_request_model() -> type[BaseModel]:
     BACKSTOP_TASK_MODULES), as a union discriminated by "job"."""
     load_job_modules()
     bodies = [job_body(JOBS[name]) for name in sorted(JOBS)]
-    union = Annotated[reduce(operator.or_, bodies), Field(discriminator="job")]
-    return create_model("JobRequest", __base__=RootModel[union],
+    union: Any = Annotated[reduce(operator.or_, bodies), Field(discriminator="job")]
+    return create_model("JobRequest", __base__=RootModel, root=(union, ...),
                         __doc__="A job name and its payload, with options.")
 
 

@@ -138,7 +138,7 @@ def documented(ok: int | dict[int, type[BaseModel]], model: type[BaseModel] | No
         wrapped.openapi_extras = {"media": non_json, "statuses": list(successes),
                                   "body_optional": body_optional}
         wrapped.__doc__ = f"{inspect.getdoc(view)}\n\nNeeds a token with the " \
-                          f"{view.required_role} role (or above)."
+                          f"{required_role(view)} role (or above)."
         return wrapped
 
     return decorate
@@ -146,13 +146,19 @@ def documented(ok: int | dict[int, type[BaseModel]], model: type[BaseModel] | No
 
 def statuses_of(view: Callable, refusals: tuple[int, ...], has_body: bool) -> list[int]:
     """The error statuses of a view: its own, the body's, and those of its token check."""
-    role = getattr(view, "required_role", None)
-    if role is None:
-        raise TypeError(f"{view.__name__}: put @documented above @require_token")
+    role = required_role(view)
     statuses = set(refusals) | set(ALWAYS) | (set(WITH_BODY) if has_body else set())
     if role != "viewer":
         statuses.add(403)
     return sorted(statuses)
+
+
+def required_role(view: Callable) -> str:
+    """The role require_token asks of a view (a TypeError when it has none)."""
+    role = getattr(view, "required_role", None)
+    if role is None:
+        raise TypeError(f"{view.__name__}: put @documented above @require_token")
+    return role
 
 
 @bp.get("/openapi.json")
