@@ -219,8 +219,11 @@ class TrendsQuery(BaseModel):
 
 
 class LogsQuery(Limit):
-    level: Literal[LEVELS] | None = None  # type: ignore[valid-type]
-    since: float | None = Field(default=None, ge=0, description="unix seconds")
+    """Empty values select every level, from any time (as an empty form field sends)."""
+
+    level: Literal[(*LEVELS, "")] | None = None  # type: ignore[valid-type]
+    since: Annotated[float, Field(ge=0)] | Literal[""] | None = Field(
+        default=None, description="unix seconds")
 
 
 # ---- system and health ----
