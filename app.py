@@ -12,15 +12,26 @@ from backstop import bounded_json, drainer
 from backstop.config import secret_key, settings
 from backstop.connection import NO_CLIENT_INFO, redis_url
 from backstop.jobs import load_handlers
-from web import actions, api, api_operations, auth, events, health, live, metrics, pages
+from web import (
+    actions,
+    api,
+    api_operations,
+    auth,
+    events,
+    health,
+    live,
+    metrics,
+    openapi,
+    pages,
+)
 from web.cli import register_cli
 from web.errors import register_errors
 from web.extensions import bind_extensions
 from web.security import register_security
 from web.templating import register_templating
 
-BLUEPRINTS = (auth.bp, api.bp, api_operations.bp, events.bp, health.bp, pages.bp, actions.bp,
-              live.bp, metrics.bp)
+BLUEPRINTS = (auth.bp, api.bp, api_operations.bp, events.bp, openapi.bp, health.bp, pages.bp,
+              actions.bp, live.bp, metrics.bp)
 
 
 def create_app(test_config: dict | None = None) -> Flask:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import re
 import time
 import traceback
@@ -257,30 +258,53 @@ class FilterError(BackstopError):
 
 
 def _parse_filter_value(name: str, value: Any):
+    """One filter's value from a query string (text) or a JSON body (text, or a number for
+    the counts and times). Raises ValueError saying what it must be."""
     if value in ("", None):
         return None if name in ("min_replays", "max_replays", "since", "until") else ""
     if name in ("min_replays", "max_replays"):
-        number = int(value)
-        if not 0 <= number <= 5:
-            raise ValueError("a replay count from 0 to 5")
-        return number
+        return _replay_count(value)
     if name in ("since", "until"):
         return _parse_time(value)
+    if not isinstance(value, str):
+        raise ValueError("a string")
     if name == "status" and value not in ("open", "replaying", "resolved"):
         raise ValueError("one of open, replaying, resolved")
-    if len(str(value)) > 500:
+    if len(value) > 500:
         raise ValueError("at most 500 characters")
-    return str(value)
+    return value
 
 
-def _parse_time(value) -> float:
+def _replay_count(value: Any) -> int:
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    digits = isinstance(value, str) and re.fullmatch(r"[0-9]", value)
+    if not (whole or digits) or not 0 <= int(value) <= 5:
+        raise ValueError("a replay count from 0 to 5")
+    return int(value)
+
+
+def _parse_time(value: Any) -> float:
+    """Unix seconds (a number, or its text) or an ISO 8601 time (UTC unless it says)."""
+    wrong = ValueError("a time: unix seconds or ISO 8601 (2024-01-15T10:30:00Z)")
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise wrong
     try:
-        return float(value)
-    except (TypeError, ValueError):
-        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
+        moment = float(value)
+    except ValueError:
+        moment = _iso_seconds(str(value))
+    if not math.isfinite(moment):  # NaN or infinity: Redis takes no such score
+        raise wrong
+    return moment
+
+
+def _iso_seconds(text: str) -> float:
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("a time: unix seconds or ISO 8601 (2024-01-15T10:30:00Z)") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
 
 
 def matches(record: dict, flt: Filters) -> bool:

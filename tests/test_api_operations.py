@@ -354,9 +354,9 @@ def test_alerts_show_firing_incidents_and_history(api):
 
 
 def test_answers_match_their_documented_models(api):
-    """The models in web/api_models.py describe what the endpoints answer (an OpenAPI
+    """The models in web/operations_models.py describe what the endpoints answer (an OpenAPI
     document is generated from them)."""
-    from web import api_models as m
+    from web import operations_models as m
 
     make_dead([{"cause": 1, "n": 1}, {"cause": 0, "n": 2}])
     waiting = waiting_mail(2)

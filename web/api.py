@@ -32,14 +32,17 @@ from backstop import (
 )
 from backstop.connection import is_try_later
 from backstop.dlq import Filters
+from web import api_models as m
 from web.auth import audit_note, audited, require_token, scope_target
 from web.extensions import csrf
 from web.health import health_response
+from web.openapi import documented
 from web.params import (
     body_filter,
     checked_cursor,
     checked_limit,
     checked_since,
+    checked_whole,
     filters_from,
     json_body,
     refuse_field,
@@ -50,9 +53,15 @@ csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride
 OPTION_TYPES = {"job_id": ((str,), "a string"), "delay": ((int, float), "a number of seconds"),
                 "priority": ((int,), "an integer")}
 OUTBOX_POLL = 5  # seconds a poller waits while a job waits in this host's outbox
+REPLAY_TYPES = {"queue": ((str,), "a queue name"), "payload": ((dict,), "an object"),
+                "resend_token": ((str,), "a string")}
+JOB_REQUEST = m.job_request_model()
+DLQ = ("dlq",)
 
 
 @bp.post("/jobs")
+@documented({201: m.JobRan, 202: m.JobAnswer, 502: m.JobRanAndFailed}, body=JOB_REQUEST,
+            headers=m.JobHeaders, refusals=(422,), tags=("jobs",))
 @require_token("operator")
 def create_job():
     """Enqueue a job: {"job", "payload", "job_id"?, "delay"?, "priority"?}.
@@ -64,7 +73,7 @@ def create_job():
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("job"), str):
         abort(400, 'send a JSON object with "job" (a job name) and "payload" (an object)')
-    check_option_types(body)
+    check_types(body, OPTION_TYPES)
     job_id = body.get("job_id") or request.headers.get("Idempotency-Key")
     # An unknown job or a bad payload raises: web/errors.py answers 422 naming the fields.
     outcome = producers.dispatch(body["job"], body.get("payload", {}), job_id=job_id,
@@ -84,9 +93,9 @@ def create_job():
     return jsonify(answer), 201, {"Location": location}
 
 
-def check_option_types(body: dict) -> None:
-    """A 400 naming the field when job_id, delay or priority has the wrong JSON type."""
-    for name, (types, wanted) in OPTION_TYPES.items():
+def check_types(body: dict, wanted_types: dict) -> None:
+    """A 400 naming the field when one of the body's fields has the wrong JSON type."""
+    for name, (types, wanted) in wanted_types.items():
         value = body.get(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, types)):
             message = f"{name} must be {wanted}, not {type(value).__name__} {value!r:.40}"
@@ -95,6 +104,7 @@ def check_option_types(body: dict) -> None:
 
 
 @bp.get("/jobs/<job_id>")
+@documented(200, m.JobRecord, refusals=(404,), tags=("jobs",))
 @require_token("viewer", scoped="job_id")
 def show_job(job_id: str):
     """The JSON record of one job; a job still in this host's outbox (Redis could not take
@@ -116,6 +126,7 @@ def show_job(job_id: str):
 
 
 @bp.get("/health/queues")
+@documented({200: m.Health, 503: m.Unhealthy}, tags=("system",))
 @require_token("viewer")
 def queue_health():
     """Queue and Redis health, whole (web.health): 200 healthy or degraded, 503 unhealthy."""
@@ -124,6 +135,7 @@ def queue_health():
 
 # ---- the dead-letter queue (read: viewer, manage: operator, delete: owner) ----
 @bp.get("/dlq")
+@documented(200, m.DlqPage, query=m.DlqPageQuery, refusals=(400, 422), tags=DLQ)
 @require_token("viewer")
 def list_dead_letters():
     """A page of DLQ records: filters and search in the query string, ?cursor= continues."""
@@ -138,6 +150,7 @@ def record_summary(record: dict) -> dict:
 
 
 @bp.get("/dlq/<record_id>")
+@documented(200, m.DlqRecord, refusals=(404,), tags=DLQ)
 @require_token("viewer")
 @audited("dlq.view")
 def show_dead_letter(record_id: str):
@@ -149,17 +162,22 @@ def show_dead_letter(record_id: str):
 
 
 @bp.post("/dlq/<record_id>/replay")
+@documented(202, m.Replayed, body=m.ReplayBody, body_optional=True, refusals=(404, 409, 422),
+            tags=DLQ)
 @require_token("operator")
 @audited("dlq.replay")
 def replay_dead_letter(record_id: str):
     """Replay one record: {"queue"?, "payload"?} (an edited payload is validated)."""
     body = json_body()
+    check_types(body, REPLAY_TYPES)
     done = replay.replay(record_id, actor=g.actor, queue=body.get("queue"),
                          payload=body.get("payload"), resend_token=body.get("resend_token"))
     return jsonify(done), 202
 
 
 @bp.post("/dlq/<record_id>/preview")
+@documented(200, m.EditPreview, body=m.PreviewBody, refusals=(404, 409, 422),
+            tags=DLQ)
 @require_token("operator")
 def preview_dead_letter_edit(record_id: str):
     """Validate an edited payload and show its diff against the original; commits nothing."""
@@ -171,6 +189,7 @@ def preview_dead_letter_edit(record_id: str):
 
 
 @bp.delete("/dlq/<record_id>")
+@documented(200, m.Deleted, refusals=(404,), tags=DLQ)
 @require_token("owner")
 @audited("dlq.delete")
 def delete_dead_letter(record_id: str):
@@ -181,19 +200,29 @@ def delete_dead_letter(record_id: str):
 
 
 def bulk_records(action: str):
-    body = json_body()
-    ids = body.get("ids")
-    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
-        abort(400, '"ids" must be a list of record ids')
-    if ids is None and not isinstance(body.get("filter"), dict):
-        abort(400, 'send "ids": [...] or "filter": {...} ({} selects every record)')
-    flt = None if ids is not None else Filters.parse(body["filter"])
+    ids, flt = bulk_selection(json_body())
     audit_note(target=scope_target(ids, flt))
     results = replay.bulk(action, actor=g.actor, ids=ids, flt=flt)
     return jsonify(results=results, count=len(results))
 
 
+def bulk_selection(body: dict) -> tuple[list[str] | None, Filters | None]:
+    """The ids, or the filter, a bulk action's body selects (a 400 unless it is one of them)."""
+    ids, selector = body.get("ids"), body.get("filter")
+    either = 'send either "ids": [...] or "filter": {...} ({} selects every record)'
+    if ids is None:
+        if not isinstance(selector, dict):
+            abort(400, either)
+        return None, Filters.parse(selector)
+    if not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        abort(400, '"ids" must be a list of record ids')
+    if selector is not None:
+        abort(400, either)
+    return ids, None
+
+
 @bp.post("/dlq/bulk/replay")
+@documented(200, m.BulkResults, body=m.BulkBody, refusals=(422,), tags=DLQ)
 @require_token("operator")
 @audited("dlq.bulk_replay")
 def bulk_replay():
@@ -202,6 +231,7 @@ def bulk_replay():
 
 
 @bp.post("/dlq/bulk/delete")
+@documented(200, m.BulkResults, body=m.BulkBody, refusals=(422,), tags=DLQ)
 @require_token("owner")
 @audited("dlq.bulk_delete")
 def bulk_delete():
@@ -210,12 +240,15 @@ def bulk_delete():
 
 
 @bp.post("/dlq/clear")
+@documented(200, m.ClearAnswer, body=m.ClearBody, body_optional=True, refusals=(403, 422),
+            tags=DLQ)
 @require_token("owner")
 @audited("dlq.clear")
 def clear_dead_letters():
     """Clear in two calls: {"filter"} answers the count and a token; {"filter", "token"}
     clears."""
     body = json_body()
+    check_types(body, {"token": ((str,), "the token the first call answered")})
     flt = body_filter(body)
     audit_note(target=scope_target(None, flt))
     if not body.get("token"):
@@ -225,6 +258,7 @@ def clear_dead_letters():
 
 
 @bp.get("/dlq/redrives")
+@documented(200, m.Redrives, tags=DLQ)
 @require_token("viewer")
 def list_redrives():
     """Recent redrives, newest first, with their progress."""
@@ -232,6 +266,7 @@ def list_redrives():
 
 
 @bp.post("/dlq/redrives")
+@documented(202, m.Redrive, body=m.RedriveBody, refusals=(409, 422), tags=DLQ)
 @require_token("operator")
 @audited("dlq.redrive.start")
 def start_redrive():
@@ -245,24 +280,25 @@ def start_redrive():
 
 
 @bp.get("/dlq/redrives/<redrive_id>")
+@documented(200, m.Redrive, refusals=(404,), tags=DLQ)
 @require_token("viewer")
 def show_redrive(redrive_id: str):
     """A redrive's progress: replayed, refused, remaining, percent, ETA."""
     return jsonify(redrive.progress(redrive_id))
 
 
-@bp.post("/dlq/redrives/<redrive_id>/<verb>")
+@bp.post("/dlq/redrives/<redrive_id>/<any(pause, resume, cancel):verb>")
+@documented(200, m.Redrive, refusals=(404, 409), tags=DLQ)
 @require_token("operator")
 @audited("dlq.redrive.change")
 def change_redrive(redrive_id: str, verb: str):
     """Pause, resume or cancel a redrive."""
     actions = {"pause": redrive.pause, "resume": redrive.resume, "cancel": redrive.cancel}
-    if verb not in actions:
-        abort(404, "pause, resume or cancel")
     return jsonify(actions[verb](redrive_id, g.actor))
 
 
 @bp.get("/dlq/analytics")
+@documented(200, m.Open, tags=DLQ)
 @require_token("viewer")
 def dlq_analytics():
     """Totals by queue, job, error type, reason, code, status and replay status."""
@@ -270,20 +306,24 @@ def dlq_analytics():
 
 
 @bp.get("/dlq/trends")
+@documented(200, m.Open, query=m.TrendsQuery, refusals=(422,), tags=DLQ)
 @require_token("viewer")
 def dlq_trends():
     """Failures per hour over ?hours= 1, 6, 12, 24 or 48."""
-    return jsonify(dlq.trends(request.args.get("hours", 24, type=int)))
+    return jsonify(dlq.trends(checked_whole("hours", 24)))
 
 
 @bp.get("/dlq/fingerprints")
+@documented(200, m.Items, query=m.Limit, refusals=(400,), tags=DLQ)
 @require_token("viewer")
 def dlq_fingerprints():
     """Failure groups, largest first (replay, clear or export one with filter fingerprint=)."""
     return jsonify(items=dlq.fingerprints(checked_limit()))
 
 
-@bp.get("/dlq/export.<fmt>")
+@bp.get("/dlq/export.<any(csv, jsonl):fmt>")
+@documented(200, non_json="text/csv,application/x-ndjson", query=m.DlqFilters,
+            refusals=(404, 422), tags=DLQ)
 @require_token("viewer")
 @audited("dlq.export")
 def export_dead_letters(fmt: str):
@@ -295,8 +335,6 @@ def streamed_export(fmt: str) -> Response:
     """The records a query's filters select, streamed as CSV or JSONL."""
     writers = {"csv": (export.csv_chunks, "text/csv; charset=utf-8"),
                "jsonl": (export.jsonl_chunks, "application/x-ndjson; charset=utf-8")}
-    if fmt not in writers:
-        abort(404, "export.csv or export.jsonl")
     writer, mimetype = writers[fmt]
     records = dlq.iter_records(filters_from(request.args.to_dict()))
     return Response(stream_with_context(writer(records)), mimetype=mimetype, headers={
@@ -304,6 +342,7 @@ def streamed_export(fmt: str) -> Response:
 
 
 @bp.get("/system/schedules")
+@documented(200, m.Open, tags=("system",))
 @require_token("viewer")
 def list_schedules():
     """The scheduled system jobs: period, next run, last run and its outcome."""
@@ -311,6 +350,7 @@ def list_schedules():
 
 
 @bp.get("/system/health-log")
+@documented(200, m.Items, query=m.Limit, refusals=(400,), tags=("system",))
 @require_token("viewer")
 def health_log():
     """The health check's log, newest first (?limit=, at most 1000)."""
@@ -318,6 +358,7 @@ def health_log():
 
 
 @bp.get("/system/logs")
+@documented(200, m.Items, query=m.LogsQuery, refusals=(400, 422), tags=("system",))
 @require_token("viewer")
 def system_logs():
     """The health log, newest first: ?level= (INFO, WARNING, ERROR, SWITCH), ?since= (unix
@@ -331,6 +372,7 @@ def system_logs():
 
 
 @bp.get("/system/mode")
+@documented(200, m.Mode, tags=("system",))
 @require_token("viewer")
 def show_mode():
     """The mode every process follows: {"mode", "changed_at", "changed_by"}."""
@@ -338,6 +380,7 @@ def show_mode():
 
 
 @bp.post("/system/mode")
+@documented(200, m.Mode, body=m.ModeBody, refusals=(422,), tags=("system",))
 @require_token("owner")
 @audited("system.mode")
 def switch_mode():

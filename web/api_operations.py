@@ -1,7 +1,7 @@
 """The JSON API of what the panel operates: queues (figures, pause, resume, two-step purge),
 jobs by state, job retry / cancel / delete (one or in bulk), workers and alert rules. Bearer
 tokens with the panel's roles, its rate limits and its audit actions; the answers' shapes
-are the models of web/api_models.py."""
+are the models of web/operations_models.py."""
 
 from __future__ import annotations
 
@@ -17,12 +17,15 @@ from backstop import alerts, job_actions, queues, registry, stats, tokens
 from backstop.contracts import QUEUES
 from backstop.notify import shown_url
 from backstop.registry import STATES
-from web.api_models import AlertRuleChange, AlertRuleCreate, BulkBody, PurgeBody
+from web import operations_models as om
+from web.api_models import Deleted, Limit
 from web.auth import audit_note, audited, require_token
 from web.extensions import csrf, limiter
+from web.openapi import documented
 from web.params import checked_limit, json_body, refuse_field, valid_cursor
 
 bp = Blueprint("api_operations", __name__, url_prefix="/api/v1")
+TAGS, JOBS, ALERTS = ("queues",), ("jobs",), ("alerts",)
 csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
 LISTED_ERROR = ("type", "message", "code")  # a listing's error: no stack
 ELIDED = "/…"
@@ -76,6 +79,7 @@ def refuse(status: int, message: str, **extra) -> NoReturn:
 
 # ---- queues (read: viewer; pause, resume: operator; purge: owner) ----
 @bp.get("/queues")
+@documented(200, om.QueueList, tags=TAGS)
 @require_token("viewer")
 def list_queues():
     """Every queue now (QueueList): counts by state, paused, DLQ records, the last 5
@@ -88,6 +92,7 @@ def list_queues():
 
 
 @bp.get("/queues/<queue>")
+@documented(200, om.QueueDetail, refusals=(404,), tags=TAGS)
 @require_token("viewer")
 def show_queue(queue: str):
     """One queue (QueueDetail): its row of GET /queues, paused_since and its configuration."""
@@ -99,6 +104,7 @@ def show_queue(queue: str):
 
 
 @bp.post("/queues/<queue>/pause")
+@documented(200, om.QueueState, refusals=(404,), tags=TAGS)
 @require_token("operator")
 @MUTATE
 @audited("queue.pause")
@@ -110,6 +116,7 @@ def pause_queue(queue: str):
 
 
 @bp.post("/queues/<queue>/resume")
+@documented(200, om.QueueState, refusals=(404,), tags=TAGS)
 @require_token("operator")
 @MUTATE
 @audited("queue.resume")
@@ -121,6 +128,8 @@ def resume_queue(queue: str):
 
 
 @bp.post("/queues/<queue>/purge")
+@documented(200, om.PurgeAnswer, refusals=(404, 409, 422), body=om.PurgeBody,
+            body_optional=True, tags=TAGS)
 @require_token("owner")
 @DESTROY
 @audited("queue.purge")
@@ -128,7 +137,7 @@ def purge_queue(queue: str):
     """Cancel a queue's waiting jobs in two calls (PurgeBody): without a token, the count
     and a single-use token for 60 s (PurgePreview); with it, the purge (PurgeDone). A wrong,
     spent or other queue's token is a 409 with code "token", and nothing is cancelled."""
-    token = parsed(PurgeBody, json_body()).token
+    token = parsed(om.PurgeBody, json_body()).token
     known_queue(queue)
     if not token:
         preview = queues.purge_preview(queue, g.actor)
@@ -141,6 +150,8 @@ def purge_queue(queue: str):
 
 
 @bp.get("/queues/<queue>/jobs")
+@documented(200, om.JobPage, refusals=(400, 404, 422), query=om.JobListQuery,
+            tags=TAGS)
 @require_token("viewer")
 def list_queue_jobs(queue: str):
     """A page of a queue's jobs in one state, newest first (JobPage): ?state= (waiting),
@@ -172,6 +183,7 @@ def listed(job: dict) -> dict:
 
 # ---- jobs (retry, cancel: operator; delete: owner) ----
 @bp.post("/jobs/<job_id>/retry")
+@documented(202, om.JobOutcome, refusals=(404, 409), tags=JOBS)
 @require_token("operator")
 @MUTATE
 @audited("job.retry")
@@ -182,6 +194,7 @@ def retry_job(job_id: str):
 
 
 @bp.post("/jobs/<job_id>/cancel")
+@documented(200, om.JobOutcome, refusals=(404, 409), tags=JOBS)
 @require_token("operator")
 @MUTATE
 @audited("job.cancel")
@@ -191,6 +204,7 @@ def cancel_job(job_id: str):
 
 
 @bp.delete("/jobs/<job_id>")
+@documented(200, om.JobOutcome, refusals=(404, 409), tags=JOBS)
 @require_token("owner")
 @DESTROY
 @audited("job.delete")
@@ -200,20 +214,19 @@ def delete_job(job_id: str):
     return jsonify(job_actions.delete(job_id, g.actor))
 
 
-@bp.post("/jobs/bulk/<verb>")
+@bp.post("/jobs/bulk/<any(retry, cancel, delete):verb>")
+@documented(200, om.BulkAnswer, refusals=(404, 422), body=om.JobBulkBody, tags=JOBS)
 @require_token("operator")
 @MUTATE
 @DESTROY_IF_DELETE
 @audited("job.bulk")
 def bulk_jobs(verb: str):
-    """retry, cancel or delete (owner) each of {"ids": [...]} (BulkBody, at most 1000): a
+    """retry, cancel or delete (owner) each of {"ids": [...]} (JobBulkBody, at most 1000): a
     result per distinct id, done or why not (BulkAnswer)."""
-    if verb not in job_actions.VERBS:
-        abort(404, f"the verb is one of {', '.join(job_actions.VERBS)}")
     audit_note(bulk_action=verb)
     if verb == "delete" and not tokens.allows(g.token["role"], "owner"):
         abort(403, f"deleting jobs needs the owner role; the token has {g.token['role']}")
-    ids = parsed(BulkBody, json_body()).ids
+    ids = parsed(om.JobBulkBody, json_body()).ids
     results = job_actions.bulk(verb, ids, g.actor)
     done = sum(1 for r in results if r["outcome"] in ("retried", "cancelled", "deleted"))
     audit_note(target=",".join(dict.fromkeys(ids)), done=done, count=len(results))
@@ -222,6 +235,7 @@ def bulk_jobs(verb: str):
 
 # ---- workers ----
 @bp.get("/workers")
+@documented(200, om.WorkerList, tags=("workers",))
 @require_token("viewer")
 def list_workers():
     """Every live worker process (WorkerList): host, pid, queues, threads per queue, the
@@ -231,6 +245,7 @@ def list_workers():
 
 # ---- alerts (read: viewer; rules: owner) ----
 @bp.get("/alerts")
+@documented(200, om.Alerts, refusals=(400,), query=Limit, tags=ALERTS)
 @require_token("viewer")
 def show_alerts():
     """Incidents firing now, recent alerts (?limit=, at most 1000) and the last evaluation
@@ -248,6 +263,7 @@ def shown_rule(rule: alerts.AlertRule) -> dict:
 
 
 @bp.get("/alerts/rules")
+@documented(200, om.AlertRuleList, tags=ALERTS)
 @require_token("viewer")
 def list_alert_rules():
     """Every alert rule (AlertRuleList)."""
@@ -255,6 +271,7 @@ def list_alert_rules():
 
 
 @bp.get("/alerts/rules/<rule_id>")
+@documented(200, om.AlertRuleShown, refusals=(404,), tags=ALERTS)
 @require_token("viewer")
 def show_alert_rule(rule_id: str):
     """One alert rule (AlertRuleShown)."""
@@ -265,12 +282,14 @@ def show_alert_rule(rule_id: str):
 
 
 @bp.post("/alerts/rules")
+@documented(201, om.AlertRuleShown, refusals=(422,), body=om.AlertRuleCreate,
+            tags=ALERTS)
 @require_token("owner")
 @MUTATE
 @audited("alert.rule.create")
 def create_alert_rule():
     """Add a rule (AlertRuleCreate; a missing id is made from kind and queue): 201 with it."""
-    data = rule_body(AlertRuleCreate)
+    data = rule_body(om.AlertRuleCreate)
     if not data.get("id"):
         queue = "all" if data.get("queue", "*") == "*" else str(data.get("queue"))
         data["id"] = f"{data.get('kind')}-{queue}".replace("_", "-")
@@ -281,12 +300,14 @@ def create_alert_rule():
 
 
 @bp.put("/alerts/rules/<rule_id>")
+@documented(200, om.AlertRuleShown, refusals=(404, 422),
+            body=om.AlertRuleChange, tags=ALERTS)
 @require_token("owner")
 @MUTATE
 @audited("alert.rule.update")
 def update_alert_rule(rule_id: str):
     """Change a rule's fields (AlertRuleChange: only those sent; id and kind stay)."""
-    changes = rule_body(AlertRuleChange)
+    changes = rule_body(om.AlertRuleChange)
     for fixed in ("id", "kind"):
         if fixed in changes:
             refuse_field(fixed, f"a rule's {fixed} cannot change; create a new rule instead")
@@ -296,6 +317,7 @@ def update_alert_rule(rule_id: str):
 
 
 @bp.delete("/alerts/rules/<rule_id>")
+@documented(200, Deleted, refusals=(404,), tags=ALERTS)
 @require_token("owner")
 @MUTATE
 @audited("alert.rule.delete")

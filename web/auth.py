@@ -122,6 +122,7 @@ def require_token(role: str, scoped: str | None = None):
                 abort(403, message)
             return view(*args, **kwargs)
 
+        wrapped.required_role = role  # type: ignore[attr-defined]  # read by web.openapi
         return wrapped
 
     return decorate

@@ -66,13 +66,16 @@ def http_error(exc: HTTPException):
     if exc.code == 413:
         exc.description = (f"the request body is larger than {request.max_content_length} "
                            "bytes (MAX_CONTENT_LENGTH)")
+    # The exception's own headers (a 405's Allow, which RFC 9110 requires), not its body's type.
+    headers = {k: v for k, v in exc.get_headers() if k.lower() != "content-type"}
     if wants_json():
         response = jsonify(error=exc.description)
         response.status_code = exc.code
+        response.headers.update(headers)
         if exc.code == 401:
             response.headers["WWW-Authenticate"] = 'Bearer realm="backstop"'
         return response
-    return panel_error(exc.code, panel_message(exc))
+    return panel_error(exc.code, panel_message(exc), headers)
 
 
 def panel_message(exc: HTTPException) -> str:

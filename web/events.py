@@ -24,17 +24,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import redis
 from flask import Blueprint, Response, abort, g, jsonify, request, stream_with_context
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from backstop import app_events, live, registry, tokens
 from backstop.app_events import Reader, ScopeError
 from backstop.config import settings
 from backstop.live import Subscription, Topic
+from web.api_models import Queue
 from web.auth import audit_note, audit_refusal, audited, require_token
 from web.extensions import csrf, sock
+from web.openapi import documented, documented_socket
 from web.params import json_body, refuse_field
 
 log = logging.getLogger("backstop.web")
@@ -45,6 +48,34 @@ MOST_JOB_IDS = app_events.MOST_SCOPED_JOBS
 DRAIN = 200              # events written in one chunk when they arrive together
 SOCKET_ENDPOINT = "events.event_socket"
 PING = json.dumps({"type": "ping"})
+
+
+JobIdText = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class EventsQuery(BaseModel):
+    """What a stream follows, and from where."""
+
+    job_id: list[JobIdText] = Field(
+        default=[], max_length=MOST_JOB_IDS,
+        description="follow these jobs (repeat the argument); none: every job the token sees")
+    queue: Queue | Literal[""] | None = Field(None, description="follow one queue's jobs")
+    token: str | None = Field(None, pattern=r"^bse_", description="a scoped stream token, for "
+                              "browsers (POST /api/v1/events/tokens); never an API token")
+    last_event_id: str | None = Field(None, description="resume after this event (as the "
+                                      "Last-Event-ID header does)")
+
+
+class ScopedTokenBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_ids: list[JobIdText] = Field(min_length=1, max_length=app_events.MOST_SCOPED_JOBS)
+    ttl_seconds: int = Field(600, ge=1, le=app_events.MOST_SCOPED_SECONDS)
+
+
+class ScopedToken(BaseModel):
+    token: str = Field(description="bse_...: give it to the browser; it sees only job_ids")
+    job_ids: list[str]
+    expires_at: int = Field(description="unix seconds")
 
 
 @dataclass
@@ -181,6 +212,8 @@ def snapshot_event(job_id: str, record: dict | None, head: str | None) -> dict:
 
 # ---- Server-Sent Events ----
 @bp.get("/events")
+@documented(200, refusals=(400, 403, 422), query=EventsQuery, non_json="text/event-stream",
+            role="viewer", tags=("events",))
 def event_source():
     """Job events as text/event-stream (see the module's docstring)."""
     stream = open_event_stream()
@@ -281,6 +314,7 @@ def close_event_socket(_exc) -> None:
 
 
 @sock.route("/events/ws", bp=bp)
+@documented_socket(like="/api/v1/events")
 def event_socket(ws):
     """Job events as WebSocket text messages, one JSON event each; {"type": "ping"} while
     idle. Closes 1008 when the token ends, 1013 when the client fell behind (reconnect
@@ -303,20 +337,20 @@ def event_socket(ws):
 
 # ---- scoped stream tokens, for browsers ----
 @bp.post("/events/tokens")
+@documented(201, ScopedToken, refusals=(422,), body=ScopedTokenBody, tags=("events",))
 @require_token("viewer")
 @audited("events.token")
 def issue_scoped_token():
     """A scoped stream token: {"job_ids": [...], "ttl_seconds"?: 600} -> {"token",
     "job_ids", "expires_at"}. It sees only those jobs, until it expires or the API token
     that asked for it is revoked."""
-    body = json_body()
-    job_ids, seconds = body.get("job_ids"), body.get("ttl_seconds", 600)
-    if not isinstance(job_ids, list) or not all(isinstance(i, str) and i for i in job_ids):
-        refuse_field("job_ids", "job_ids must be a list of job ids (strings)")
-    if isinstance(seconds, bool) or not isinstance(seconds, int):
-        refuse_field("ttl_seconds", "ttl_seconds must be a whole number of seconds")
     try:
-        issued = app_events.issue_scoped(g.token["name"], job_ids, seconds)
+        asked = ScopedTokenBody.model_validate(json_body(), strict=True)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        refuse_field(str(first["loc"][0]) if first["loc"] else "job_ids", first["msg"])
+    try:
+        issued = app_events.issue_scoped(g.token["name"], asked.job_ids, asked.ttl_seconds)
     except ScopeError as exc:
         refuse_field(exc.field, str(exc))
     audit_note(target=",".join(issued["job_ids"])[:200], expires_at=issued["expires_at"])

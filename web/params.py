@@ -32,7 +32,8 @@ def filters_from(source: dict) -> Filters:
 
 def body_filter(body: dict) -> Filters:
     """The "filter" of a JSON body: an object ({} or absent selects every record)."""
-    value = body.get("filter") or {}
+    value = body.get("filter")
+    value = {} if value is None else value  # false, 0 or "" is a mistake, not "every record"
     if not isinstance(value, dict):
         abort(400, '"filter" must be a JSON object of filters')
     return Filters.parse(value)
@@ -80,3 +81,13 @@ def checked_since() -> float | None:
         refuse_field("since", f"since must be a time in unix seconds (e.g. 1700000000.5), "
                               f"not {raw[:40]!r}")
     return since
+
+
+def checked_whole(name: str, default: int) -> int:
+    """?name=, a whole number (default when absent); a 422 naming it otherwise."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) < 10):
+        refuse_field(name, f"{name} must be a whole number, not {raw[:40]!r}")
+    return int(raw)
