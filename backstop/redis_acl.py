@@ -29,7 +29,7 @@ COMMANDS = (
     "lpush", "rpush", "lrange", "lrem", "llen", "lindex", "ltrim", "lmove", "blmove",
     "sadd", "srem", "smembers", "sismember",
     "zadd", "zrem", "zcard", "zcount", "zscore", "zrange", "zrangebyscore", "zrevrange",
-    "zrevrangebyscore", "zremrangebyrank",
+    "zrevrangebyscore", "zremrangebyrank", "zremrangebyscore",
     "xadd", "xlen", "xrange", "xrevrange", "xtrim",
     "publish", "subscribe", "unsubscribe",
 )

@@ -90,6 +90,7 @@ def test_every_role_runs_under_the_acl_user(restricted, workers):
     audit.record("olga", "acl.check", "x")
     assert audit.verify().ok
     browse_the_panel()
+    use_the_api()
     listen_to_the_live_feed(url)
     assert denied(admin) == [], denied(admin)
 
@@ -140,6 +141,25 @@ def browse_the_panel() -> None:
     page = client.get("/queues").get_data(as_text=True)
     assert re.search(r"paused", page, re.I)
     assert ROOT.exists()
+
+
+def use_the_api() -> None:
+    """The operations API, the event stream's count per token and a scoped token."""
+    from app import create_app
+    from backstop import app_events
+
+    client = create_app().test_client()
+    owner = {"Authorization": f"Bearer {tokens.create('acl-owner', 'owner')}"}
+    for path in ("/api/v1/queues", "/api/v1/queues/system/jobs?state=completed",
+                 "/api/v1/workers", "/api/v1/alerts/rules", "/api/v1/openapi.json"):
+        assert client.get(path, headers=owner).status_code == 200, path
+    assert client.delete("/api/v1/jobs/acl-ok", headers=owner).status_code == 200
+    issued = client.post("/api/v1/events/tokens", headers=owner, json={"job_ids": ["acl-bad"]})
+    assert issued.status_code == 201
+    stream = app_events.open_stream("token:acl-owner")
+    app_events.renew_stream("token:acl-owner", stream)
+    app_events.close_stream("token:acl-owner", stream)
+    assert app_events.scoped_reader(issued.json["token"]) is not None
 
 
 def test_the_readme_shows_the_acl_line_for_the_default_prefix():
