@@ -153,8 +153,8 @@ def documented(ok: int | dict[int, type[BaseModel]], model: type[BaseModel] | No
             validation_error_status=SPECIAL_STATUS_HINT,
         )(view)
         wrapped = answered_by(view, described)
-        wrapped.openapi_extras = {"media": non_json, "statuses": list(successes),
-                                  "body_optional": body_optional}
+        wrapped.openapi_extras = {  # type: ignore[attr-defined]  # read by document()
+            "media": non_json, "statuses": list(successes), "body_optional": body_optional}
         wrapped.__doc__ = f"{inspect.getdoc(view)}\n\nNeeds a token with the " \
                           f"{needed} role (or above)."
         return wrapped
