@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -50,11 +50,18 @@ def start_stack(threads: int) -> tuple[list[subprocess.Popen], int]:
     return [web, redis_proc], web_port
 
 
+SERVER: list[int] = []  # the gunicorn worker's pid
+
+
+AT = re.compile(rb'^data: .*?"at":([0-9.]+)', re.M)
+
+
 class Client:
-    """One SSE stream read with asyncio: arrival times of the events it got, by progress."""
+    """One SSE stream read with asyncio, in large reads (a line-by-line JSON parse here
+    would cost more CPU than the server spends): each event's own time and its arrival."""
 
     def __init__(self):
-        self.arrivals: list[tuple[float, dict]] = []
+        self.arrivals: list[tuple[float, float]] = []   # (arrived, the event's "at")
         self.ready = asyncio.Event()
 
     async def run(self, port: int, token: str, stop: asyncio.Event) -> None:
@@ -65,15 +72,17 @@ class Client:
         await writer.drain()
         status = await reader.readline()
         assert b" 200 " in status, status
+        pending = b""
         while not stop.is_set():
             try:
-                line = await asyncio.wait_for(reader.readline(), 0.5)
+                chunk = await asyncio.wait_for(reader.read(1 << 16), 0.5)
             except TimeoutError:
                 continue
-            if line.startswith(b": ping") or line.startswith(b"retry"):
-                self.ready.set()
-            elif line.startswith(b"data: "):
-                self.arrivals.append((time.time(), json.loads(line[6:])))
+            arrived = time.time()
+            pending += chunk
+            complete, _, pending = pending.rpartition(b"\n\n")
+            self.ready.set()
+            self.arrivals += [(arrived, float(at)) for at in AT.findall(complete)]
         writer.close()
 
 
@@ -89,12 +98,23 @@ def write_events(count: int, rate: float | None, job_id: str) -> None:
         registry.report_progress(job_id, "system", "bench.noop", n % 101, f"event {n}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def web_worker_pid(arbiter: int) -> int:
+    children = Path(f"/proc/{arbiter}/task/{arbiter}/children").read_text().split()
+    return int(children[0])
+
+
 async def phase(port: int, token: str, clients: int, count: int, rate: float | None):
     stop = asyncio.Event()
     streams = [Client() for _ in range(clients)]
     tasks = [asyncio.create_task(c.run(port, token, stop)) for c in streams]
     await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in streams)), 60)
-    began = time.time()
+    began, cpu_before = time.time(), (cpu_seconds(SERVER[0]), time.process_time())
     # Its own process: the clients' parsing here must not slow the writing down.
     writer = multiprocessing.Process(target=write_events, args=(count, rate, f"bench-{began}"))
     writer.start()
@@ -102,13 +122,19 @@ async def phase(port: int, token: str, clients: int, count: int, rate: float | N
     while time.monotonic() < deadline and not all(len(c.arrivals) >= count for c in streams):
         await asyncio.sleep(0.05)
     writer.join()
+    elapsed = time.time() - began
+    server_cpu = cpu_seconds(SERVER[0]) - cpu_before[0]
+    client_cpu = time.process_time() - cpu_before[1]
     stop.set()
     await asyncio.gather(*tasks)
+    print(f"  CPU over {elapsed:.1f} s: web process {server_cpu:.1f} s "
+          f"({100 * server_cpu / elapsed:.0f}% of a core), clients {client_cpu:.1f} s "
+          f"({100 * client_cpu / elapsed:.0f}%)")
     return streams, began
 
 
 def report_steady(streams: list[Client], count: int) -> None:
-    latencies = [(arrived - event["at"]) * 1000 for c in streams for arrived, event in c.arrivals]
+    latencies = [(arrived - at) * 1000 for c in streams for arrived, at in c.arrivals]
     got = sum(len(c.arrivals) for c in streams)
     cuts = statistics.quantiles(latencies, n=100)
     print(f"steady: {count} events x {len(streams)} clients = {got} of {count * len(streams)} "
@@ -126,6 +152,7 @@ def report_burst(streams: list[Client], count: int, began: float) -> None:
 
 def main(clients: int, rate: float, seconds: float, burst: int) -> None:
     procs, port = start_stack(clients + 16)
+    SERVER.append(web_worker_pid(procs[0].pid))
     try:
         from backstop import tokens
 
