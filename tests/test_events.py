@@ -91,9 +91,17 @@ def test_a_reconnect_with_last_event_id_receives_exactly_what_it_missed(stream_e
         (job_id, "queued") for job_id in missed]
     assert [m.id for m in replayed] == [
         e["id"] for e in registry.recent_events(after=first.last_id)]
+    socket_token = tokens.create("shop-socket", "viewer")  # its own count of 2 streams
+    status, sock = upgrade(live_server, f"/api/v1/events/ws?last_event_id={first.last_id}",
+                           bearer(socket_token))
+    assert status == 101
+    assert [e["id"] for e in ws_events(sock, lambda e: e["job_id"] == missed[-1])] == [
+        m.id for m in replayed]  # the socket resumes the same way
     later = producers.enqueue("test.work", {})
     assert resumed.events(lambda m: True)[0].data["job_id"] == later  # then live, no gap
+    assert ws_events(sock, lambda e: True)[0]["job_id"] == later
     resumed.close()
+    sock.close()
 
 
 def test_a_scoped_token_sees_its_job_and_no_other(stream_env, live_server):
