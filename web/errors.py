@@ -116,8 +116,8 @@ def csrf_refused(exc: CSRFError):
 
 
 def too_many_requests(exc):
-    given = exc.response.headers.get("Retry-After") if exc.response is not None else None
-    retry_after = getattr(exc, "retry_after", None) or given or 60
+    given = exc.response.headers.get("Retry-After", "") if exc.response is not None else ""
+    retry_after = getattr(exc, "retry_after", None) or (int(given) if given.isdigit() else 60)
     if is_audited_endpoint():
         audit_refusal(429, f"rate limit {exc.description} reached; repeats in the next "
                            f"{retry_after} s are not logged", quiet_seconds=retry_after)
