@@ -5,12 +5,10 @@ are the models of web/operations_models.py."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import NoReturn, TypeVar
 
 from flask import Blueprint, abort, g, jsonify, request
-from flask_limiter.util import get_remote_address
 from pydantic import BaseModel, ValidationError
 
 from backstop import alerts, job_actions, queues, registry, stats, tokens
@@ -19,7 +17,7 @@ from backstop.notify import shown_url
 from backstop.registry import STATES
 from web import operations_models as om
 from web.api_models import Deleted, Limit
-from web.auth import audit_note, audited, require_token
+from web.auth import DESTROY, DESTROY_LIMIT, MUTATE, audit_note, audited, require_token, user_key
 from web.extensions import csrf, limiter
 from web.openapi import documented
 from web.params import checked_limit, json_body, refuse_field, valid_cursor
@@ -32,23 +30,12 @@ ELIDED = "/…"
 Model = TypeVar("Model", bound=BaseModel)  # how shown_url ends a URL whose path it hides
 
 
-def token_key() -> str:
-    """Rate limits count per token (a digest: the limiter's keys never hold the secret), per
-    address for a request without one."""
-    header = request.headers.get("Authorization", "")
-    if not header:
-        return get_remote_address()
-    return "token:" + hashlib.sha256(header.encode()).hexdigest()[:32]
-
-
 def bulk_deletes() -> bool:
     return (request.view_args or {}).get("verb") == "delete"
 
 
-# The panel's limits (web.auth MUTATE, DESTROY), counted per token.
-MUTATE = limiter.shared_limit("60 per minute", scope="mutate", key_func=token_key)
-DESTROY = limiter.shared_limit("10 per minute", scope="destroy", key_func=token_key)
-DESTROY_IF_DELETE = limiter.shared_limit("10 per minute", scope="destroy", key_func=token_key,
+# Bulk delete destroys: it also counts against the destroy limit (web.auth, per token).
+DESTROY_IF_DELETE = limiter.shared_limit(DESTROY_LIMIT, scope="destroy", key_func=user_key,
                                          exempt_when=lambda: not bulk_deletes())
 
 
