@@ -6,10 +6,9 @@ are the models of web/operations_models.py."""
 from __future__ import annotations
 
 import time
-from typing import NoReturn, TypeVar
 
 from flask import Blueprint, abort, g, jsonify, request
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from backstop import alerts, job_actions, queues, registry, stats, tokens
 from backstop.contracts import QUEUES
@@ -20,14 +19,14 @@ from web.api_models import Deleted, Limit
 from web.auth import DESTROY, DESTROY_LIMIT, MUTATE, audit_note, audited, require_token, user_key
 from web.extensions import csrf, limiter
 from web.openapi import documented
-from web.params import checked_limit, json_body, refuse_field, valid_cursor
+from web.params import checked_limit, json_body, parsed, refuse, refuse_field, valid_cursor
 
 bp = Blueprint("api_operations", __name__, url_prefix="/api/v1")
 TAGS, JOBS, ALERTS = ("queues",), ("jobs",), ("alerts",)
 csrf.exempt(bp)  # bearer tokens, not cookies: nothing for a forged form to ride on
 LISTED_ERROR = ("type", "message", "code")  # a listing's error: no stack
-ELIDED = "/…"
-Model = TypeVar("Model", bound=BaseModel)  # how shown_url ends a URL whose path it hides
+ELIDED = "/…"  # how shown_url ends a URL whose path it hides
+
 
 
 def bulk_deletes() -> bool:
@@ -43,25 +42,6 @@ def known_queue(queue: str) -> str:
     if queue not in QUEUES:
         abort(404, f"no queue {queue!r}; queues are {', '.join(QUEUES)}")
     return queue
-
-
-def parsed(model: type[Model], body: dict) -> Model:
-    """body as model; a 422 naming each bad field otherwise."""
-    try:
-        return model.model_validate(body)
-    except ValidationError as exc:
-        errors = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)",
-                   "message": e["msg"]} for e in exc.errors()]
-        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-        audit_note(reason=message)
-        refuse(422, message, fields=errors)
-
-
-def refuse(status: int, message: str, **extra) -> NoReturn:
-    """Answer {"error", ...extra} with status (raises)."""
-    response = jsonify(error=message, **extra)
-    response.status_code = status
-    abort(response)
 
 
 # ---- queues (read: viewer; pause, resume: operator; purge: owner) ----

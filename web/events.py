@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 import redis
 from flask import Blueprint, Response, abort, g, jsonify, request, stream_with_context
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from backstop import app_events, live, registry, tokens
 from backstop.app_events import Reader, ScopeError
@@ -38,7 +38,7 @@ from web.api_models import Queue
 from web.auth import audit_note, audit_refusal, audited, require_token
 from web.extensions import csrf, sock
 from web.openapi import documented, documented_socket
-from web.params import json_body, refuse_field
+from web.params import json_body, parsed, refuse, refuse_field
 
 log = logging.getLogger("backstop.web")
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
@@ -67,7 +67,7 @@ class EventsQuery(BaseModel):
 
 
 class ScopedTokenBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     job_ids: list[JobIdText] = Field(min_length=1, max_length=app_events.MOST_SCOPED_JOBS)
     ttl_seconds: int = Field(600, ge=1, le=app_events.MOST_SCOPED_SECONDS)
 
@@ -158,10 +158,8 @@ def open_event_stream() -> EventStream:
     lease = app_events.open_stream(reader.holder)
     if lease is None:
         limit = settings().int("event_streams_per_token")
-        response = jsonify(error=f"this token has {limit} event streams open already (the "
-                                 "most EVENT_STREAMS_PER_TOKEN allows); close one first")
-        response.status_code, response.headers["Retry-After"] = 429, "5"
-        abort(response)
+        refuse(429, f"this token has {limit} event streams open already (the most "
+                    "EVENT_STREAMS_PER_TOKEN allows); close one first", {"Retry-After": "5"})
     try:
         return subscribed(reader, bearer, topic, lease)
     except BaseException:
@@ -344,11 +342,7 @@ def issue_scoped_token():
     """A scoped stream token: {"job_ids": [...], "ttl_seconds"?: 600} -> {"token",
     "job_ids", "expires_at"}. It sees only those jobs, until it expires or the API token
     that asked for it is revoked."""
-    try:
-        asked = ScopedTokenBody.model_validate(json_body(), strict=True)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        refuse_field(str(first["loc"][0]) if first["loc"] else "job_ids", first["msg"])
+    asked = parsed(ScopedTokenBody, json_body())
     try:
         issued = app_events.issue_scoped(g.token["name"], asked.job_ids, asked.ttl_seconds)
     except ScopeError as exc:
