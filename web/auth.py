@@ -104,17 +104,12 @@ def require_token(role: str, scoped: str | None = None):
     def decorate(view):
         @wraps(view)
         def wrapped(*args, **kwargs):
-            header = request.headers.get("Authorization", "")
-            bearer = header.removeprefix("Bearer ").strip()
+            bearer = bearer_token()
             if scoped and bearer.startswith(app_events.SCOPED_PREFIX):
                 g.token = scoped_token_info(bearer, kwargs.get(scoped))
                 g.actor = f"token:{g.token['name']}"
                 return view(*args, **kwargs)
-            info = tokens.verify(bearer)
-            if info is None:
-                if header:
-                    audit_refusal(401, "unknown or revoked bearer token")
-                abort(401, "a valid bearer token is required (flask --app app tokens create)")
+            info = verified_token()
             g.token = info
             g.actor = f"token:{info['name']}"
             if not tokens.allows(info["role"], role):
@@ -129,12 +124,36 @@ def require_token(role: str, scoped: str | None = None):
     return decorate
 
 
-def scoped_token_info(token: str, job_id: str | None) -> dict:
-    """A scoped stream token reading one of its jobs, as a viewer; a 401 or 403 otherwise."""
+def bearer_token() -> str:
+    """The token of the request's Authorization header ("" without one)."""
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+
+def verified_token(action: str | None = None) -> dict:
+    """The request's API token as tokens.verify has it; a 401 otherwise (audited under
+    action, or the view's, when a header was sent)."""
+    info = tokens.verify(bearer_token())
+    if info is None:
+        if request.headers.get("Authorization"):
+            audit_refusal(401, "unknown or revoked bearer token", action=action)
+        abort(401, "a valid bearer token is required (flask --app app tokens create)")
+    return info
+
+
+def verified_scoped(token: str, action: str | None = None) -> app_events.Reader:
+    """What a scoped stream token may see; a 401 (audited) when it is forged, expired or
+    its API token was revoked."""
     reader = app_events.scoped_reader(token)
     if reader is None:
+        audit_refusal(401, "forged, expired or orphaned scoped stream token", action=action)
         abort(401, "the scoped stream token is not valid (expired, or its API token was "
-                   "revoked)")
+                   "revoked): ask your server for a new one")
+    return reader
+
+
+def scoped_token_info(token: str, job_id: str | None) -> dict:
+    """A scoped stream token reading one of its jobs, as a viewer; a 401 or 403 otherwise."""
+    reader = verified_scoped(token)
     if job_id not in (reader.job_ids or ()):
         audit_refusal(403, f"a scoped stream token may not read job {job_id!r}")
         abort(403, "this scoped token may not read that job")

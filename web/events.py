@@ -35,7 +35,15 @@ from backstop.app_events import Reader, ScopeError
 from backstop.config import settings
 from backstop.live import Subscription, Topic
 from web.api_models import Queue
-from web.auth import audit_note, audit_refusal, audited, require_token
+from web.auth import (
+    audit_note,
+    audit_refusal,
+    audited,
+    bearer_token,
+    require_token,
+    verified_scoped,
+    verified_token,
+)
 from web.extensions import csrf, sock
 from web.openapi import documented, documented_socket
 from web.params import json_body, parsed, refuse, refuse_field
@@ -47,6 +55,7 @@ RECONNECT_MS = 2000      # what an EventSource waits before it reconnects
 MOST_JOB_IDS = app_events.MOST_SCOPED_JOBS
 DRAIN = 200              # events written in one chunk when they arrive together
 SOCKET_ENDPOINT = "events.event_socket"
+CONNECT = "events.connect"  # the audit action of a refused stream
 PING = json.dumps({"type": "ping"})
 
 
@@ -115,26 +124,15 @@ class EventStream:
 # ---- opening a stream: who, what, how many ----
 def stream_reader() -> tuple[Reader, str]:
     """The reader this request stands for and its bearer token; a 400, 401 or 403 otherwise."""
-    bearer = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    bearer = bearer_token()
     in_url = request.args.get("token", "")
     if in_url and not in_url.startswith(app_events.SCOPED_PREFIX):
         abort(400, "only a scoped stream token (bse_...) may go in the URL; send an API "
                    "token in the Authorization header")
     scoped = in_url or (bearer if bearer.startswith(app_events.SCOPED_PREFIX) else "")
     if scoped:
-        reader = app_events.scoped_reader(scoped)
-        if reader is None:
-            audit_refusal(401, "forged, expired or orphaned scoped stream token",
-                          action="events.connect")
-            abort(401, "the scoped stream token is not valid (expired, or its API token "
-                       "was revoked): ask your server for a new one")
-        return reader, ""
-    info = tokens.verify(bearer)
-    if info is None:
-        if bearer:
-            audit_refusal(401, "unknown or revoked bearer token", action="events.connect")
-        abort(401, "a valid bearer token is required (flask --app app tokens create)")
-    return app_events.token_reader(info), bearer
+        return verified_scoped(scoped, action=CONNECT), ""
+    return app_events.token_reader(verified_token(action=CONNECT)), bearer
 
 
 def requested_topic(reader: Reader) -> Topic:
@@ -145,7 +143,7 @@ def requested_topic(reader: Reader) -> Topic:
     try:
         return reader.topic(frozenset(job_ids) or None, request.args.get("queue") or None)
     except PermissionError as exc:
-        audit_refusal(403, str(exc), action="events.connect")
+        audit_refusal(403, str(exc), action=CONNECT)
         abort(403, str(exc))
     except ValueError as exc:
         refuse_field("queue", str(exc))
