@@ -108,7 +108,7 @@ def client() -> redis.Redis:
 
 @lru_cache(maxsize=1)
 def raw_pool() -> redis.ConnectionPool:
-    """Binary pool for Huey's storage (messages are pickles)."""
+    """Binary pool for Huey's storage (messages are bytes)."""
     return redis.ConnectionPool.from_url(redis_url(), max_connections=512,
                                          **timeouts(kernel=True))
 

@@ -297,6 +297,22 @@ def validated(job_name: str, payload: Any) -> tuple[dict, str]:
     return model.model_dump(mode="json", exclude_none=True), text
 
 
+def validated_json(job_name: str, payload: Any) -> str:
+    """The validated payload as JSON text (the enqueue hot path: pydantic-core's validator
+    and serializer called directly, no dict made). Raises as validate_payload."""
+    model = job_spec(job_name).model
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json")
+    try:
+        instance = model.__pydantic_validator__.validate_python(payload)
+    except ValidationError as exc:
+        raise PayloadError(job_name, _field_errors(exc)) from None
+    text = model.__pydantic_serializer__.to_json(instance, exclude_none=True)
+    if len(text) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(job_name, [{"field": "(payload)", "message": "payload too large"}])
+    return text.decode()
+
+
 def _field_errors(exc: ValidationError) -> list[dict]:
     return [
         {"field": ".".join(str(p) for p in err["loc"]) or "(payload)", "message": err["msg"]}

@@ -27,7 +27,7 @@ from .config import settings
 from .connection import client, redis_url
 from .contracts import queue_config
 from .execution import run_current_job, set_context
-from .hueys import huey_for, open_message
+from .hueys import message_task, open_message
 from .isolation import HandlerFailed
 from .jobs import JobContext, load_handlers
 from .per_process import PerProcess
@@ -133,7 +133,7 @@ class DirectRunner(WorkerProcess):
 
 
 def _task(prepared: Prepared):
-    return huey_for(prepared.queue).deserialize_task(open_message(prepared.message)[2])
+    return message_task(prepared.queue, *open_message(prepared.message))
 
 
 def _jsonable(result):

@@ -40,8 +40,9 @@ def current_context(job_name: str) -> JobContext:
                       redis=client())
 
 
-def run_current_job(job_name: str, payload: dict):
-    """Validate the payload against its contract and run the job's handler.
+def run_current_job(job_name: str, payload: dict | str):
+    """Validate the payload against its contract and run the job's handler. payload: the
+    JSON text a queue message carries, or the payload as data.
 
     Raises PermanentFailure when no handler exists or the payload breaks the contract:
     retrying cannot fix either.
@@ -53,7 +54,9 @@ def run_current_job(job_name: str, payload: dict):
                                "@backstop.handler and list its module in BACKSTOP_TASK_MODULES",
                                code="no_handler")
     try:
-        model = job_spec(job_name).model.model_validate(payload)
+        contract = job_spec(job_name).model
+        model = (contract.model_validate_json(payload) if isinstance(payload, str)
+                 else contract.model_validate(payload))
     except ValidationError as exc:
         raise PermanentFailure(f"payload breaks the contract of {job_name}: {exc}",
                                code="bad_payload") from None

@@ -1,14 +1,16 @@
 """One Huey instance per queue, on a storage with reliable fetch (BLMOVE + acknowledgement).
 
-Queue messages are signed: "<job id>\n<job name>\n<HMAC-SHA256 hex>\n<Huey pickle>". Huey's
-data is a pickle, and unpickling runs code, so a worker unpickles only a message whose
-signature (keyed by SECRET_KEY) verifies: writing to Redis is not enough to run code on the
-workers.
+Queue messages are signed: "<job id>\n<job name>\n<HMAC-SHA256 hex>\n<payload JSON>". The
+worker makes Huey's task from the frame (message_task), so a new message is never unpickled.
+Messages queued by earlier versions carry a Huey pickle instead; unpickling runs code, so a
+worker unpickles only a message whose signature (keyed by SECRET_KEY) verifies: writing to
+Redis is not enough to run code on the workers.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 from functools import cache
 
 from huey import Huey
@@ -93,7 +95,14 @@ def _parts(message: bytes) -> tuple[str, str, bytes, bytes]:
         raise BadMessage("the frame's id or job name is not text") from None
 
 
-def run_job(job_name: str, payload: dict):
+def task_payload(task) -> dict:
+    """The payload of a deserialized task: messages carry it as JSON text (older ones as a
+    dict)."""
+    payload = task.args[1]
+    return json.loads(payload) if isinstance(payload, str) else payload
+
+
+def run_job(job_name: str, payload: dict | str):
     """The one Huey task of every queue: run Backstop's handler for job_name."""
     return run_current_job(job_name, payload)
 
@@ -114,3 +123,11 @@ def huey_for(queue: str) -> Huey:
 def task_wrapper(queue: str):
     huey = huey_for(queue)
     return huey._registry.string_to_task(f"{run_job.__module__}.{TASK_NAME}")
+
+
+def message_task(queue: str, job_id: str, job_name: str, data: bytes):
+    """The Huey task of a verified message (see open_message): its data is the payload's
+    JSON text, or (a message of an earlier version) Huey's pickle of the task."""
+    if data[:1] == b"{":
+        return task_wrapper(queue)((job_name, data.decode()), {}, id=job_id)
+    return huey_for(queue).deserialize_task(data)

@@ -27,7 +27,7 @@ from .connection import client
 from .dlq import describe_exception
 from .errors import JobTimeout, PermanentFailure, WorkerLost
 from .execution import enter_job
-from .hueys import huey_for, open_message
+from .hueys import message_task, open_message
 from .jobs import load_handlers
 
 
@@ -126,8 +126,7 @@ def _die_with_parent() -> None:
 
 def _execute(attempt: Isolated, message: bytes):
     load_handlers()
-    _, _, data = open_message(message)
-    task = huey_for(attempt.queue).deserialize_task(data)
+    task = message_task(attempt.queue, *open_message(message))
     enter_job(attempt.job_id, attempt.job_name, attempt.queue, attempt.attempt,
               attempt.max_attempts, time.monotonic() + attempt.timeout, client())
     return task.execute()

@@ -99,7 +99,7 @@ def _push_rows(rows: list[tuple]) -> None:
     pipe = client().pipeline(transaction=False)
     for _seq, job_id, _queue, job_name, payload, delay, priority, accepted_at in rows:
         left = max(0.0, accepted_at + delay - now)
-        prepared = build(job_name, json.loads(payload), payload, job_id, left, priority)
+        prepared = build(job_name, payload, job_id, left, priority)
         push(pipe, prepared, now, created_at=accepted_at)
     pipe.execute()
 

@@ -7,13 +7,15 @@
   it names failing for good: the worker dead-letters it with ``describe``'s error, the payload
   taken from the job's record (JSON written when it was enqueued), so a replay re-signs it.
 
-What a person sees of the raw bytes is the frame's header, the size and digest, and the text
-constants of the pickle read by ``pickletools`` (which never runs the pickle), redacted.
+What a person sees of the raw bytes is the frame's header, the size and digest, and the
+payload's JSON, redacted (a message of an earlier version: the text constants of its pickle,
+read by ``pickletools``, which never runs the pickle).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pickletools
 import time
@@ -21,13 +23,14 @@ import time
 import redis
 
 from . import audit, dlq, keys
-from .redaction import REDACTED, is_secret_name, redact_text
+from .redaction import REDACTED, is_secret_name, redact, redact_text
 from .registry import script_args
 from .scripts import scripts_for
 
 log = logging.getLogger("backstop.worker")
 
 PREVIEW_STRINGS = 40
+PREVIEW_BYTES = 1_000
 MALFORMED = "not a Backstop message frame (id, job name, signature, data)"
 UNREADABLE = "(unreadable)"  # the job name of a malformed message's record: nothing to replay
 
@@ -51,6 +54,22 @@ def _split(message: bytes) -> tuple[str, bytes]:
 
 
 def preview(data: bytes) -> str:
+    """What a refused message's data holds, secrets redacted: the payload JSON, or (an earlier
+    version's message) the text constants of a pickle, in order."""
+    if data[:1] == b"{":
+        return _payload_preview(data)
+    return _pickle_preview(data)
+
+
+def _payload_preview(data: bytes) -> str:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return repr(redact_text(data[:PREVIEW_BYTES].decode(errors="replace")))
+    return redact_text(json.dumps(redact(value)))[:PREVIEW_BYTES]
+
+
+def _pickle_preview(data: bytes) -> str:
     """The text constants of a pickle, in order, as a list; a value that follows a
     secret-looking name is redacted. Reads opcodes only: nothing in the pickle runs."""
     strings: list[str] = []

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -13,47 +14,59 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from . import keys
+import redis
+
+from . import hot_path, keys
+from .config import settings
 from .connection import client
-from .contracts import JOBS, job_spec, load_job_modules, queue_config, validated
+from .contracts import JOBS, job_spec, load_job_modules, queue_config, validated_json
 from .errors import JobFailed, PayloadError
-from .hueys import frame, huey_for, task_wrapper
-from .registry import entry, event, script_args
+from .hueys import frame, huey_for
 from .scripts import scripts_for
 
 # fullmatch, never match + "$": "$" also matches before a final newline ("victim\n")
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 
 
-@dataclass(frozen=True)
+# enqueue_many sends this many scripts per write: big enough to hide the round trip, small
+# enough that one call never holds Redis for long (about 10 ms).
+MANY_PER_ROUND_TRIP = 500
+
+
+@dataclass(frozen=True, slots=True)
 class Prepared:
     job_id: str
     job_name: str
     queue: str
-    payload: dict
     payload_json: str
     message: bytes
     delay: float
     priority: int
 
+    @property
+    def payload(self) -> dict:
+        return json.loads(self.payload_json)
+
 
 def prepare(job_name: str, payload: Any, job_id: str | None = None,
             delay: float | None = None, priority: int | None = None) -> Prepared:
     """Validate everything and build the Huey message; touches no Redis. Raises PayloadError."""
-    data, data_json = validated(job_name, payload)
+    payload_json = validated_json(job_name, payload)
+    chosen = job_id or delay is not None or priority is not None
     job_id = job_id or uuid.uuid4().hex
-    _check_options(job_name, job_id, delay, priority)
-    return build(job_name, data, data_json, job_id, float(delay or 0), int(priority or 0))
+    if chosen:  # a generated id with no delay and no priority needs no check
+        _check_options(job_name, job_id, delay, priority)
+    return build(job_name, payload_json, job_id, float(delay or 0), int(priority or 0))
 
 
-def build(job_name: str, data: dict, data_json: str, job_id: str, delay: float,
+def build(job_name: str, payload_json: str, job_id: str, delay: float,
           priority: int) -> Prepared:
     """The Huey message of an already validated payload (the outbox's jobs were validated
-    when they were accepted)."""
+    when they were accepted). The message carries the payload as its JSON text
+    (hueys.message_task)."""
     queue = job_spec(job_name).queue
-    task = task_wrapper(queue)((job_name, data), {}, id=job_id)
-    message = frame(job_id, job_name, huey_for(queue).serialize_task(task))
-    return Prepared(job_id, job_name, queue, data, data_json, message, delay, priority)
+    message = frame(job_id, job_name, payload_json.encode())
+    return Prepared(job_id, job_name, queue, payload_json, message, delay, priority)
 
 
 def _check_options(job_name: str, job_id: str, delay, priority) -> None:
@@ -68,35 +81,60 @@ def _check_options(job_name: str, job_id: str, delay, priority) -> None:
         raise PayloadError(job_name, errors)
 
 
-def push(target, prepared: Prepared, now: float, *, created_at: float | None = None,
-         into: str | None = None):
-    """Run (or queue, on a pipeline) the enqueue script; it answers 1 if the job is new.
+def enqueue_script(prepared: Prepared, now: float, created_at: float | None = None,
+                   into: str | None = None) -> tuple[list, list]:
+    """The keys and arguments of the enqueue script (scripts.ENQUEUE) for a prepared job.
 
     created_at: when the job was accepted (the outbox's jobs), else now. into: the list the
     message goes to instead of its queue (a direct run's processing list)."""
-    queue = prepared.queue
+    job_id, queue, job_name = prepared.job_id, prepared.queue, prepared.job_name
     storage = huey_for(queue).storage
     delayed = prepared.delay > 0
+    state = "delayed" if delayed else "waiting"
+    run_at = now + prepared.delay
     # attempts, progress and priority default to 0 when absent (registry.decode_record)
-    fields = {
-        "id": prepared.job_id, "queue": queue, "job": prepared.job_name,
-        "payload": prepared.payload_json, "state": "delayed" if delayed else "waiting",
-        "max_attempts": queue_config(queue).attempts, "created_at": created_at or now,
-        "updated_at": now,
-    }
-    extra = {"run_at": now + prepared.delay} if delayed else {}
-    fields.update(extra, **({"priority": prepared.priority} if prepared.priority else {}))
-    flat = [item for pair in fields.items() for item in pair]
-    queued = event("queued", prepared.job_id, queue, prepared.job_name, fields["state"], now)
-    return scripts_for(client()).enqueue(
-        keys=[keys.job(prepared.job_id),
-              into or (storage.schedule_key if delayed else storage.queue_key),
-              keys.queue_stats(queue),
-              keys.timeline(prepared.job_id)],
-        args=script_args(prepared.job_id, queue, fields["state"], prepared.message, now,
-                         now + prepared.delay, "1" if prepared.priority > 0 else "0", queued,
-                         entry("enqueued", now, **extra), *flat),
-        client=target)
+    fields = ["id", job_id, "queue", queue, "job", job_name, "payload", prepared.payload_json,
+              "state", state, "max_attempts", queue_config(queue).attempts,
+              "created_at", created_at or now, "updated_at", now]
+    if delayed:
+        fields += ["run_at", run_at]
+    if prepared.priority:
+        fields += ["priority", prepared.priority]
+    target = into or (storage.schedule_key if delayed else storage.queue_key)
+    how = "delay" if delayed else "front" if prepared.priority > 0 else "back"
+    # ids and names are plain [A-Za-z0-9_.:@-] (JOB_ID_PATTERN, contracts): nothing to escape
+    queued = (f'{{"type":"queued","job_id":"{job_id}","queue":"{queue}","job":"{job_name}",'
+              f'"state":"{state}","t":{now!r}}}')
+    # stored for a delayed job only (scripts.ENQUEUE)
+    entry = f'{{"t":{now!r},"event":"enqueued","run_at":{run_at!r}}}' if delayed else ""
+    return ([keys.job(job_id), target, keys.state_index(queue, state), keys.queue_stats(queue),
+             keys.timeline(job_id), keys.events_stream()],
+            [keys.events_channel(), settings().backstop_events_maxlen, job_id, prepared.message,
+             now, run_at, how, queued, entry, *fields])
+
+
+def push(target, prepared: Prepared, now: float, *, created_at: float | None = None,
+         into: str | None = None):
+    """Run (or queue, on a pipeline) the enqueue script; it answers 1 if the job is new."""
+    script_keys, args = enqueue_script(prepared, now, created_at, into)
+    return scripts_for(client()).enqueue(keys=script_keys, args=args, client=target)
+
+
+def push_now(prepared: Prepared, now: float) -> int:
+    """push() on the hot path (backstop.hot_path): 1 if the job is new."""
+    return _run_enqueue_scripts([enqueue_script(prepared, now)])[0]
+
+
+def _run_enqueue_scripts(calls: list[tuple[list, list]]) -> list:
+    """Run enqueue scripts in one round trip on this thread's connection; load the script
+    first if Redis does not know it (a restart, SCRIPT FLUSH) and run them again."""
+    script = scripts_for(client()).enqueue
+    commands = [("EVALSHA", script.sha, len(ks), *ks, *args) for ks, args in calls]
+    try:
+        return hot_path.exchange(client().connection_pool, commands)
+    except redis.exceptions.NoScriptError:
+        client().script_load(script.script)
+        return hot_path.exchange(client().connection_pool, commands)
 
 
 def enqueue(job_name: str, payload: Any, *, job_id: str | None = None,
@@ -129,7 +167,7 @@ def submit(job_name: str, payload: Any, *, job_id: str | None = None,
            delay: float | None = None, priority: int | None = None) -> tuple[str, bool]:
     """Like enqueue, but also say whether the job is new (False: the id existed already)."""
     prepared = prepare(job_name, payload, job_id, delay, priority)
-    created = push(client(), prepared, time.time())
+    created = push_now(prepared, time.time())
     return prepared.job_id, bool(created)
 
 
@@ -140,11 +178,10 @@ def enqueue_many(jobs: Iterable[dict]) -> list[str]:
     prefixed with the job's index) and nothing is enqueued.
     """
     prepared = [_prepare_item(index, item) for index, item in enumerate(jobs)]
-    pipe = client().pipeline(transaction=False)
     now = time.time()
-    for item in prepared:
-        push(pipe, item, now)
-    pipe.execute()
+    for start in range(0, len(prepared), MANY_PER_ROUND_TRIP):
+        chunk = prepared[start:start + MANY_PER_ROUND_TRIP]
+        _run_enqueue_scripts([enqueue_script(item, now) for item in chunk])
     return [item.job_id for item in prepared]
 
 

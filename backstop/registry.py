@@ -60,8 +60,13 @@ def event(kind: str, job_id: str, queue: str, job: str, state: str, t: float, **
 
 
 def decode_record(raw: dict, timeline: list[str]) -> dict:
-    """A record hash and its timeline as plain data: JSON parsed, numbers as numbers."""
-    record = dict(raw, timeline=[json.loads(item) for item in timeline])
+    """A record hash and its timeline as plain data: JSON parsed, numbers as numbers. A job
+    enqueued to run at once has no stored "enqueued" entry (scripts.ENQUEUE): it is made here
+    from created_at."""
+    entries = [json.loads(item) for item in timeline]
+    if raw.get("created_at") and (not entries or entries[0].get("event") != "enqueued"):
+        entries.insert(0, {"t": float(raw["created_at"]), "event": "enqueued"})
+    record = dict(raw, timeline=entries)
     record.pop("token", None)  # the running start's token: the worker's business only
     for name in JSON_FIELDS:
         if record.get(name):

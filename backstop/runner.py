@@ -38,7 +38,7 @@ from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
 from .errors import JobTimeout, PermanentFailure, WorkerLost
 from .execution import enter_job, set_context
-from .hueys import BadMessage, huey_for, open_message, unframe
+from .hueys import BadMessage, huey_for, message_task, open_message, task_payload, unframe
 from .isolation import HandlerFailed, Isolated, run_isolated, stop_children
 from .jobs import load_handlers
 from .outages import OutageLog
@@ -292,7 +292,7 @@ class WorkerProcess:
     def _start(self, queue: str, message: bytes) -> Started:
         qk, config = self.keys[queue], queue_config(queue)
         token = f"{self.token_prefix}{next(self.starts):x}"
-        # The raw (bytes) connection: the reply carries the pickled message.
+        # The raw (bytes) connection: the reply carries the message.
         kind, value, taken, lost = self.scripts.start(
             keys=[qk.queue, qk.processing, self.paused_key, qk.rate, keys.bad_messages(queue)],
             args=script_args(queue, repr(time.time()), config.rate_limit, self.id,
@@ -325,8 +325,8 @@ class WorkerProcess:
                       time.monotonic() + config.timeout, started.token,
                       isolated=started.lost > 0)
         try:
-            task = huey_for(queue).deserialize_task(open_message(started.message)[2])
-            payload = task.args[1]
+            task = message_task(queue, *open_message(started.message))
+            payload = task_payload(task)
         except Exception as exc:  # noqa: BLE001  (whatever a message holds, it is parked)
             self.refuse(run, config, exc)
             return

@@ -41,24 +41,31 @@ end
 # where only Lua knows a value (the attempt number) Python sends the JSON up to that value.
 # A job's timeline is a list (RPUSH) beside its record hash.
 
-# KEYS: record, target (queue list or schedule zset), stats, timeline
-# ARGV[8..]: id, queue, state, message, now, target_score, front, event, entry, record fields
-ENQUEUE = PRELUDE + r"""
-local id, queue, state, msg = ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+# An enqueue: the hot path, so it takes every key and value ready-made (no prelude) and
+# touches each key once. KEYS: record, target (queue list, schedule zset, or a direct run's
+# processing list), state index, stats, timeline, events stream. ARGV: events channel, stream
+# length, id, message, index score, target score, how ('delay' | 'front' | 'back'), event,
+# timeline entry, then the record's fields and values. Only a delayed job's "enqueued" entry
+# is stored (it keeps the first run_at); another's is the record's created_at
+# (registry.decode_record), so most jobs get a timeline list only once they start.
+ENQUEUE = r"""
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
-redis.call('hset', KEYS[1], unpack(ARGV, 17))
-if state == 'delayed' then redis.call('zadd', KEYS[2], ARGV[13], msg)
-elseif ARGV[14] == '1' then redis.call('rpush', KEYS[2], msg)
-else redis.call('lpush', KEYS[2], msg) end
-redis.call('zadd', idx(queue, state), ARGV[12], id)
-redis.call('hincrby', KEYS[3], 'enqueued', 1)
-redis.call('rpush', KEYS[4], ARGV[16])
-emit(ARGV[15])
+redis.call('hset', KEYS[1], unpack(ARGV, 10))
+local how = ARGV[7]
+if how == 'delay' then
+  redis.call('zadd', KEYS[2], ARGV[6], ARGV[4])
+  redis.call('rpush', KEYS[5], ARGV[9])
+elseif how == 'front' then redis.call('rpush', KEYS[2], ARGV[4])
+else redis.call('lpush', KEYS[2], ARGV[4]) end
+redis.call('zadd', KEYS[3], ARGV[5], ARGV[3])
+redis.call('hincrby', KEYS[4], 'enqueued', 1)
+local xid = redis.call('xadd', KEYS[6], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[8])
+redis.call('publish', ARGV[1], xid .. ' ' .. ARGV[8])
 return 1
 """
 
-# Messages in queue lists are framed "<job id>\n<job name>\n<signature>\n<Huey pickle>"
-# (hueys.frame), so this script can start a job without Python decoding the pickle first. A
+# Messages in queue lists are framed "<job id>\n<job name>\n<signature>\n<payload JSON>"
+# (hueys.frame), so this script can start a job without Python decoding the message first. A
 # message whose frame is malformed (an id or name outside [A-Za-z0-9_.:@-], no signature line)
 # touches no record: it goes to the bad-message list, which the worker drains into the DLQ.
 # The signature itself is checked by the worker (the key never reaches Redis).

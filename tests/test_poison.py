@@ -145,6 +145,25 @@ def test_a_signed_message_that_cannot_be_unpickled_is_dead_not_stuck(r, worker):
     assert "cannot be decoded" in dlq.get_record("garbled")["error_message"]
 
 
+def test_a_message_carries_its_payload_as_json_never_a_pickle(r, worker):
+    producers.enqueue("test.work", {"key": "test:json"}, job_id="plain")
+    message = huey_for("system").storage.conn.lindex(queue_key(), 0)  # as bytes
+    assert message.endswith(b'\n{"key":"test:json","seconds":0.0}')
+    assert b"\x80" not in message  # no pickle protocol marker anywhere
+    assert worker.run_next("system")
+    assert registry.get_job("plain")["state"] == "completed"
+
+
+def test_a_signed_message_of_an_earlier_version_a_huey_pickle_still_runs(r, worker):
+    producers.enqueue("test.work", {"key": "test:old"}, job_id="victim")
+    r.delete(queue_key())
+    data = huey_for("system").serialize_task(_task("test.work", {"key": "test:old"}))
+    push_raw(frame("victim", "test.work", data))
+    assert worker.run_next("system")
+    assert registry.get_job("victim")["state"] == "completed"
+    assert processing_lists(r) == 0
+
+
 def test_a_running_worker_drains_bad_messages_into_the_dlq(r, workers, tmp_path):
     marker = tmp_path / "pwned"
     push_raw(b"no frame at all " + pickle.dumps(Evil(marker)))

@@ -8,7 +8,7 @@ import pytest
 
 from backstop import keys, producers, registry
 from backstop.errors import PayloadError, UnknownJob
-from backstop.hueys import huey_for, unframe
+from backstop.hueys import huey_for, message_task, unframe
 
 MAIL = {"to": ["ops@example.com"], "subject": "Hello", "text": "Body"}
 
@@ -77,6 +77,25 @@ def test_typed_producer_and_delay(r):
         producers.producer_for_a_typo = producers.email_sned
 
 
+def test_a_job_gets_a_timeline_list_only_once_it_starts_but_shows_when_it_was_enqueued(r):
+    now_id = producers.enqueue("email.send", MAIL)
+    later_id = producers.enqueue("email.send", MAIL, delay=60)
+    assert not r.exists(keys.timeline(now_id)), "an enqueue touches no timeline list"
+    job = registry.get_job(now_id)
+    assert job["timeline"] == [{"t": job["created_at"], "event": "enqueued"}]
+    later = registry.get_job(later_id)
+    assert later["timeline"] == [{"t": later["created_at"], "event": "enqueued",
+                                  "run_at": later["run_at"]}]
+
+
+def test_the_queued_event_is_valid_json_with_every_field(r):
+    job_id = producers.enqueue("email.send", MAIL, job_id="a.b:c-d_e")
+    body = r.xrevrange(keys.events_stream(), count=1)[0][1]["e"]
+    event = json.loads(body)
+    assert event == {"type": "queued", "job_id": job_id, "queue": "email", "job": "email.send",
+                     "state": "waiting", "t": registry.get_job(job_id)["created_at"]}
+
+
 def test_priority_jumps_the_queue(r):
     producers.enqueue("email.send", MAIL, job_id="normal")
     producers.enqueue("email.send", MAIL, job_id="urgent", priority=5)
@@ -84,7 +103,9 @@ def test_priority_jumps_the_queue(r):
     storage.processing_key = keys.processing("test", "email")
     job_id, job_name, data = unframe(storage.dequeue())
     assert job_id == "urgent" and job_name == "email.send"
-    assert huey_for("email").deserialize_task(data).id == "urgent"
+    task = message_task("email", job_id, job_name, data)
+    assert task.id == "urgent" and task.args == ("email.send", producers.prepare(
+        "email.send", MAIL).payload_json)
 
 
 def test_bad_options_are_field_errors(r):

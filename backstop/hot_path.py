@@ -1,0 +1,71 @@
+"""The enqueue hot path's Redis link: each thread's own connection, used without the pool.
+
+redis-py's generic call takes a connection from the pool, checks with a non-blocking read that
+it holds no stale reply, runs the command through its retry helper and gives the connection
+back: about 25 µs of the caller's CPU per call, half of what a raw Huey enqueue costs in all.
+An enqueue instead writes its commands in one send on its thread's own connection and reads
+their replies. The connection is made like the pool's (same class, socket options, server,
+Sentinel discovery included), so timeouts and failover behave the same.
+
+A connection whose exchange failed part-way is dropped (it may hold a late reply). After a
+connection error the exchange is tried once more on a new connection, as redis-py's default
+retry does (a link the server closed while idle is found this way); a timeout is not retried:
+the caller's outage policy takes the job, and the enqueue script's dedupe by id keeps a second
+push from adding it twice.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import redis
+from redis.connection import AbstractConnection
+
+_local = threading.local()
+
+
+def exchange(pool: redis.ConnectionPool, commands: list[tuple]) -> list:
+    """Send commands in one write on this thread's connection to pool's server; return their
+    replies in order. An error reply raises (as redis-py would) once every reply is read."""
+    try:
+        return _exchange(_connection(pool), commands)
+    except redis.ConnectionError:  # e.g. a link the server closed while it was idle
+        return _exchange(_connection(pool), commands)  # (a TimeoutError is no ConnectionError)
+
+
+def _exchange(connection: AbstractConnection, commands: list[tuple]) -> list:
+    try:
+        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies = [_reply(connection) for _ in commands]
+    except BaseException:
+        _forget(connection)
+        raise
+    for reply in replies:
+        if isinstance(reply, redis.ResponseError):
+            if isinstance(reply, redis.ReadOnlyError):  # a demoted primary: find the new one
+                _forget(connection)
+            raise reply
+    return replies
+
+
+def _reply(connection: AbstractConnection):
+    try:
+        return connection.read_response()
+    except redis.ResponseError as exc:  # read the other replies too, then raise it
+        return exc
+
+
+def _connection(pool: redis.ConnectionPool) -> AbstractConnection:
+    held = getattr(_local, "held", None)
+    if held and held[0] is pool and held[1] == os.getpid():
+        return held[2]
+    connection = pool.connection_class(**pool.connection_kwargs)
+    _local.held = (pool, os.getpid(), connection)
+    return connection
+
+
+def _forget(connection: AbstractConnection) -> None:
+    connection.disconnect()
+    _local.held = None
+
