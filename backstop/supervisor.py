@@ -140,7 +140,7 @@ class Supervisor:
         child.restart_at = now + delay
         log.warning("worker process %d (pid %d) %s after %.1f s, unasked; restarting it %s",
                     child.slot, pid, describe_exit(code), ran,
-                    f"in {delay:g} s ({child.quick_crashes} quick crashes in a row)"
+                    f"in {delay:g} s (quick crash {child.quick_crashes} in a row)"
                     if delay else "now")
 
     def on_signal(self, signum: int, frame) -> None:
