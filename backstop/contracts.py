@@ -331,7 +331,7 @@ class QueueConfig(BaseModel):
     backoff_jitter: float = Field(default=0.1, ge=0, le=1)
     timeout: float = Field(default=60.0, gt=0, le=86_400)
     concurrency: int = Field(default=2, ge=1, le=256)
-    rate_limit: float = Field(default=10.0, ge=0, description="jobs/s over all workers; 0 = none")
+    rate_limit: float = Field(default=0.0, ge=0, description="jobs/s over all workers; 0 = none")
     keep_completed: int = Field(default=100, ge=0)
     keep_failed: int = Field(default=500, ge=0)
     priority: int = Field(default=0, ge=-10, le=10)
@@ -350,11 +350,14 @@ class QueueConfig(BaseModel):
         return self.dlq == "dlq" and job_name not in self.dlq_drop_jobs
 
 
+# Only the queues whose jobs call an outside service with a request quota have a rate limit
+# by default (README "Queue configs"): ai (an LLM provider's requests per minute) and email
+# (an SMTP relay's sending rate). Every other queue runs as fast as its workers.
 QUEUE_DEFAULTS: dict[str, dict] = {
-    "ai": {"timeout": 120, "concurrency": 2, "priority": 1},
+    "ai": {"timeout": 120, "concurrency": 2, "priority": 1, "rate_limit": 5},
     "workflows": {"timeout": 60, "concurrency": 4, "priority": 2},
     "analytics": {"timeout": 300, "concurrency": 1, "priority": -1},
-    "email": {"timeout": 30, "concurrency": 4, "priority": 3},
+    "email": {"timeout": 30, "concurrency": 4, "priority": 3, "rate_limit": 10},
     "plugins": {"timeout": 30, "concurrency": 8, "priority": 2},
     "system": {"timeout": 60, "concurrency": 2, "priority": 0},
 }

@@ -3,41 +3,58 @@
 redis-py's generic call takes a connection from the pool, checks with a non-blocking read that
 it holds no stale reply, runs the command through its retry helper and gives the connection
 back: about 25 µs of the caller's CPU per call, half of what a raw Huey enqueue costs in all.
-An enqueue instead writes its commands in one send on its thread's own connection and reads
-their replies. The connection is made like the pool's (same class, socket options, server,
-Sentinel discovery included), so timeouts and failover behave the same.
+An enqueue instead writes its commands on its thread's own connection, each as soon as it is
+built, and then reads their replies. The connection is made like the pool's (same class,
+socket options, server, Sentinel discovery included), so timeouts and failover behave the
+same.
 
 A connection whose exchange failed part-way is dropped (it may hold a late reply). After a
 connection error the exchange is tried once more on a new connection, as redis-py's default
-retry does (a link the server closed while idle is found this way); a timeout is not retried:
-the caller's outage policy takes the job, and the enqueue script's dedupe by id keeps a second
-push from adding it twice.
+retry does (a link the server closed while idle is found this way): an enqueue that ran
+already finds its record and adds nothing. A timeout is not retried: the caller's outage
+policy takes the job, and the enqueue script's dedupe by id keeps a second push from adding
+it twice.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
+from collections.abc import Iterable, Iterator
 
+import hiredis
 import redis
 from redis.connection import AbstractConnection
 
 _local = threading.local()
 
 
-def exchange(pool: redis.ConnectionPool, commands: list[tuple]) -> list:
-    """Send commands in one write on this thread's connection to pool's server; return their
+def exchange(pool: redis.ConnectionPool, commands: Iterable[tuple]) -> list:
+    """Send commands on this thread's connection to pool's server, each as soon as the
+    iterable gives it (Redis runs one while the caller builds the next), then read their
     replies in order. An error reply raises (as redis-py would) once every reply is read."""
+    sent: list[tuple] = []
+    rest = iter(commands)
     try:
-        return _exchange(_connection(pool), commands)
+        return _exchange(_connection(pool), _noting(rest, sent))
     except redis.ConnectionError:  # e.g. a link the server closed while it was idle
-        return _exchange(_connection(pool), commands)  # (a TimeoutError is no ConnectionError)
+        return _exchange(_connection(pool), itertools.chain(sent, rest))
 
 
-def _exchange(connection: AbstractConnection, commands: list[tuple]) -> list:
+def _noting(commands: Iterator[tuple], sent: list[tuple]) -> Iterator[tuple]:
+    for command in commands:
+        sent.append(command)
+        yield command
+
+
+def _exchange(connection: AbstractConnection, commands: Iterable[tuple]) -> list:
     try:
-        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
-        replies = [_reply(connection) for _ in commands]
+        count = 0
+        for command in commands:
+            connection.send_packed_command([hiredis.pack_command(command)], check_health=False)
+            count += 1
+        replies = [_reply(connection) for _ in range(count)]
     except BaseException:
         _forget(connection)
         raise

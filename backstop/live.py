@@ -365,6 +365,12 @@ class Hub:
                 return
 
     def _on_message(self, data: str) -> None:
+        """A message on the channel: one or more lines (a batch of enqueues), each
+        "<stream id> <event JSON>", or "- <event JSON>" when the publisher knew no id."""
+        for line in data.split("\n"):
+            self._on_line(line)
+
+    def _on_line(self, data: str) -> None:
         xid, _, body = data.partition(" ")
         try:
             fields = json.loads(body)

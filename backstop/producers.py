@@ -7,10 +7,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
-import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,9 +28,9 @@ from .scripts import scripts_for
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,200}")
 
 
-# enqueue_many sends this many scripts per write: big enough to hide the round trip, small
-# enough that one call never holds Redis for long (about 10 ms).
-MANY_PER_ROUND_TRIP = 500
+# enqueue_many records this many jobs per script: enough to spread the script's own cost thin,
+# few enough that one script never holds Redis for long (about 5 ms).
+MANY_PER_SCRIPT = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +52,17 @@ def prepare(job_name: str, payload: Any, job_id: str | None = None,
             delay: float | None = None, priority: int | None = None) -> Prepared:
     """Validate everything and build the Huey message; touches no Redis. Raises PayloadError."""
     payload_json = validated_json(job_name, payload)
-    chosen = job_id or delay is not None or priority is not None
-    job_id = job_id or uuid.uuid4().hex
-    if chosen:  # a generated id with no delay and no priority needs no check
-        _check_options(job_name, job_id, delay, priority)
-    return build(job_name, payload_json, job_id, float(delay or 0), int(priority or 0))
+    return build(job_name, payload_json, *_options(job_name, job_id, delay, priority))
+
+
+def _options(job_name: str, job_id: str | None, delay, priority) -> tuple[str, float, int]:
+    """(job id, delay, priority) checked; a new random id (32 hex digits) when none is given.
+    Raises PayloadError naming each bad option."""
+    if not job_id and delay is None and priority is None:
+        return os.urandom(16).hex(), 0.0, 0
+    job_id = job_id or os.urandom(16).hex()
+    _check_options(job_name, job_id, delay, priority)
+    return job_id, float(delay or 0), int(priority or 0)
 
 
 def build(job_name: str, payload_json: str, job_id: str, delay: float,
@@ -122,19 +128,27 @@ def push(target, prepared: Prepared, now: float, *, created_at: float | None = N
 
 def push_now(prepared: Prepared, now: float) -> int:
     """push() on the hot path (backstop.hot_path): 1 if the job is new."""
-    return _run_enqueue_scripts([enqueue_script(prepared, now)])[0]
+    script_keys, args = enqueue_script(prepared, now)
+    return _run_scripts("enqueue", [(len(script_keys), *script_keys, *args)])[0]
 
 
-def _run_enqueue_scripts(calls: list[tuple[list, list]]) -> list:
-    """Run enqueue scripts in one round trip on this thread's connection; load the script
-    first if Redis does not know it (a restart, SCRIPT FLUSH) and run them again."""
-    script = scripts_for(client()).enqueue
-    commands = [("EVALSHA", script.sha, len(ks), *ks, *args) for ks, args in calls]
+def _run_scripts(name: str, calls: Iterable[tuple]) -> list:
+    """Run a script once per call (numkeys, keys, args) in one round trip on this thread's
+    connection; if Redis does not know the script (a restart, SCRIPT FLUSH), load it and run
+    them again (an enqueue that ran already finds its record and adds nothing)."""
+    script = getattr(scripts_for(client()), name)
+    sent: list[tuple] = []
+
+    def commands() -> Iterator[tuple]:
+        for call in calls:
+            sent.append(("EVALSHA", script.sha, *call))
+            yield sent[-1]
+
     try:
-        return hot_path.exchange(client().connection_pool, commands)
+        return hot_path.exchange(client().connection_pool, commands())
     except redis.exceptions.NoScriptError:
         client().script_load(script.script)
-        return hot_path.exchange(client().connection_pool, commands)
+        return hot_path.exchange(client().connection_pool, sent)
 
 
 def enqueue(job_name: str, payload: Any, *, job_id: str | None = None,
@@ -172,26 +186,55 @@ def submit(job_name: str, payload: Any, *, job_id: str | None = None,
 
 
 def enqueue_many(jobs: Iterable[dict]) -> list[str]:
-    """Enqueue many jobs in one pipelined round trip; each dict has job, payload and options.
+    """Enqueue many jobs; each dict has job, payload and options (job_id, delay, priority).
 
     Every payload is validated first: one bad payload raises PayloadError (its field names
-    prefixed with the job's index) and nothing is enqueued.
+    prefixed with the job's index) and nothing is enqueued. Then each batch of jobs is one
+    script (scripts.ENQUEUE_MANY), every job in it recorded, indexed, counted and announced
+    with its push; the batches go out as they are built and Redis runs one while the next is
+    built.
     """
-    prepared = [_prepare_item(index, item) for index, item in enumerate(jobs)]
+    checked = [_checked_item(index, item) for index, item in enumerate(jobs)]
     now = time.time()
-    for start in range(0, len(prepared), MANY_PER_ROUND_TRIP):
-        chunk = prepared[start:start + MANY_PER_ROUND_TRIP]
-        _run_enqueue_scripts([enqueue_script(item, now) for item in chunk])
-    return [item.job_id for item in prepared]
+    batches = (checked[start:start + MANY_PER_SCRIPT]
+               for start in range(0, len(checked), MANY_PER_SCRIPT))
+    _run_scripts("enqueue_many", (_many_command(batch, now) for batch in batches))
+    return [job_id for _, _, job_id, _, _ in checked]
 
 
-def _prepare_item(index: int, item: dict) -> Prepared:
+def _checked_item(index: int, item: dict) -> tuple[str, str, str, float, int]:
+    """(job name, payload JSON, id, delay, priority) of one item of enqueue_many."""
+    job_name = item["job"]
     try:
-        return prepare(item["job"], item.get("payload", {}), item.get("job_id"),
-                       item.get("delay"), item.get("priority"))
+        return (job_name, validated_json(job_name, item.get("payload", {})),
+                *_options(job_name, item.get("job_id"), item.get("delay"), item.get("priority")))
     except PayloadError as exc:
         errors = [{**e, "field": f"[{index}].{e['field']}"} for e in exc.errors]
         raise PayloadError(exc.job_name, errors) from None
+
+
+def _many_command(batch: list[tuple[str, str, str, float, int]], now: float) -> tuple:
+    """The ENQUEUE_MANY call of a batch of checked jobs."""
+    header = [keys.events_channel(), settings().backstop_events_maxlen, keys.job_prefix(),
+              keys.state_index_prefix(), keys.timeline_prefix(), now]
+    values = [value for job in batch for value in _many_fields(build(*job), now)]
+    return (1, keys.events_stream(), *header, *values)
+
+
+def _many_fields(prepared: Prepared, now: float) -> tuple:
+    """One job's ARGV group of scripts.ENQUEUE_MANY."""
+    job_id, queue, job_name = prepared.job_id, prepared.queue, prepared.job_name
+    storage = huey_for(queue).storage
+    delayed = prepared.delay > 0
+    state = "delayed" if delayed else "waiting"
+    queued = (f'{{"type":"queued","job_id":"{job_id}","queue":"{queue}","job":"{job_name}",'
+              f'"state":"{state}","t":{now!r}}}')
+    return (job_id, queue, job_name, prepared.payload_json, state,
+            queue_config(queue).attempts, now, now + prepared.delay if delayed else "",
+            prepared.priority or "", prepared.message,
+            storage.schedule_key if delayed else storage.queue_key,
+            "delay" if delayed else "front" if prepared.priority > 0 else "back", queued,
+            keys.queue_stats(queue))
 
 
 class Producer:

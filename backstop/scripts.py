@@ -64,6 +64,58 @@ redis.call('publish', ARGV[1], xid .. ' ' .. ARGV[8])
 return 1
 """
 
+# Many enqueues in one script (producers.enqueue_many): per job what ENQUEUE does, but the
+# pushes, index entries and counters of the batch are gathered into one command per key.
+# KEYS: events stream. ARGV: events channel, stream length, job prefix, index prefix, timeline
+# prefix, now, then per job 14 values: id, queue, job, payload, state, max_attempts,
+# created_at, run_at ('' = now), priority ('' = 0), message, target list or zset, how,
+# event, stats key. Returns how many jobs were new. The batch's events are announced in one
+# message on the channel, a line each (live.Hub reads every line).
+ENQUEUE_MANY = r"""
+local CHANNEL, MAXLEN, JOBP, IDX, TLP, NOW = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local pushes, targets, indexes, counts, announced, added = {}, {}, {}, {}, {}, 0
+local function gather(tbl, key)
+  local items = tbl[key]
+  if not items then items = {} tbl[key] = items end
+  return items
+end
+for i = 7, #ARGV, 14 do
+  local id, queue, state, run_at = ARGV[i], ARGV[i + 1], ARGV[i + 4], ARGV[i + 7]
+  local rec = JOBP .. id
+  if redis.call('exists', rec) == 0 then
+    redis.call('hset', rec, 'id', id, 'queue', queue, 'job', ARGV[i + 2], 'payload', ARGV[i + 3],
+      'state', state, 'max_attempts', ARGV[i + 5], 'created_at', ARGV[i + 6], 'updated_at', NOW)
+    if run_at ~= '' then
+      redis.call('hset', rec, 'run_at', run_at)
+      redis.call('rpush', TLP .. id,
+        '{"t":' .. NOW .. ',"event":"enqueued","run_at":' .. run_at .. '}')
+    end
+    if ARGV[i + 8] ~= '' then redis.call('hset', rec, 'priority', ARGV[i + 8]) end
+    local target, how = ARGV[i + 10], ARGV[i + 11]
+    local slot = how .. ' ' .. target
+    if not pushes[slot] then targets[#targets + 1] = {how, target, slot} end
+    local items = gather(pushes, slot)
+    if how == 'delay' then items[#items + 1] = run_at end
+    items[#items + 1] = ARGV[i + 9]
+    local index = gather(indexes, IDX .. queue .. ':' .. state)
+    index[#index + 1] = NOW
+    index[#index + 1] = id
+    counts[ARGV[i + 13]] = (counts[ARGV[i + 13]] or 0) + 1
+    local xid = redis.call('xadd', KEYS[1], 'MAXLEN', '~', MAXLEN, '*', 'e', ARGV[i + 12])
+    announced[#announced + 1] = xid .. ' ' .. ARGV[i + 12]
+    added = added + 1
+  end
+end
+for _, t in ipairs(targets) do
+  local command = t[1] == 'delay' and 'zadd' or t[1] == 'front' and 'rpush' or 'lpush'
+  redis.call(command, t[2], unpack(pushes[t[3]]))
+end
+for key, items in pairs(indexes) do redis.call('zadd', key, unpack(items)) end
+for key, n in pairs(counts) do redis.call('hincrby', key, 'enqueued', n) end
+if added > 0 then redis.call('publish', CHANNEL, table.concat(announced, '\n')) end
+return added
+"""
+
 # Messages in queue lists are framed "<job id>\n<job name>\n<signature>\n<payload JSON>"
 # (hueys.frame), so this script can start a job without Python decoding the message first. A
 # message whose frame is malformed (an id or name outside [A-Za-z0-9_.:@-], no signature line)
@@ -475,8 +527,8 @@ return 'deleted'
 """
 
 SOURCES = {
-    "enqueue": ENQUEUE, "start": START, "finish": FINISH, "stray": STRAY,
-    "progress": PROGRESS, "promote": PROMOTE, "set_state": SET_STATE,
+    "enqueue": ENQUEUE, "enqueue_many": ENQUEUE_MANY, "start": START, "finish": FINISH,
+    "stray": STRAY, "progress": PROGRESS, "promote": PROMOTE, "set_state": SET_STATE,
     "dlq_replay": DLQ_REPLAY, "dlq_delete": DLQ_DELETE, "dlq_reindex": DLQ_REINDEX,
     "dlq_write": DLQ_WRITE, "delete_job": DELETE_JOB,
 }

@@ -69,3 +69,11 @@ def test_every_on_off_setting_reads_the_same_words():
         assert current.flag("cookie_secure") is on, word
         assert current.flag("webhook_allow_private") is on, word
         assert shown_setting("WEBHOOK_ALLOW_PRIVATE", word) == ("yes" if on else "no"), word
+
+
+def test_only_queues_that_call_an_outside_service_are_rate_limited_by_default():
+    from backstop.contracts import queue_configs
+
+    limits = {queue: config.rate_limit for queue, config in queue_configs().items()}
+    assert limits == {"ai": 5, "email": 10, "workflows": 0, "analytics": 0, "plugins": 0,
+                      "system": 0}

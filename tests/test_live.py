@@ -67,6 +67,15 @@ def test_subscriber_gets_events_published_after_it_subscribed_in_order(r, make_h
     assert sub.get(timeout=0.1) is None
 
 
+def test_a_batch_enqueue_reaches_subscribers_as_one_event_per_job_in_order(r, make_hub):
+    sub = make_hub(latest=0).subscribe()
+    job_ids = producers.enqueue_many([{"job": "email.send", "payload": EMAIL}] * 4)
+    events = take(sub, 4)
+    assert [(e["type"], e["job_id"]) for e in events] == [("queued", j) for j in job_ids]
+    assert [e["id"] for e in events] == stream_ids(r)[-4:]
+    assert sub.get(timeout=0.1) is None
+
+
 def test_topics_get_only_their_events(r, make_hub):
     hub = make_hub()
     everything = hub.subscribe(live.Topic())

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+import tests.jobs_for_tests  # noqa: F401  (test.work)
 from backstop import keys, producers, registry
 from backstop.errors import PayloadError, UnknownJob
 from backstop.hueys import huey_for, message_task, unframe
@@ -66,6 +67,49 @@ def test_batch_enqueue_is_all_or_nothing(r):
     assert r.dbsize() == 0
     ids = producers.enqueue_many(good)
     assert len(set(ids)) == 50 and queued("email") == 50
+
+
+def test_a_batch_records_each_job_as_a_single_enqueue_would(r):
+    producers.enqueue("email.send", MAIL, job_id="exists")
+    before = int(r.hget(keys.queue_stats("email"), "enqueued"))
+    ids = producers.enqueue_many([
+        {"job": "email.send", "payload": MAIL, "job_id": "first"},
+        {"job": "email.send", "payload": MAIL, "job_id": "exists"},  # already there
+        {"job": "email.send", "payload": MAIL, "job_id": "later", "delay": 60},
+        {"job": "email.send", "payload": MAIL, "job_id": "urgent", "priority": 5},
+        {"job": "test.work", "payload": {}, "job_id": "elsewhere"},
+        {"job": "email.send", "payload": MAIL, "job_id": "first"},  # twice in the batch
+        {"job": "email.send", "payload": MAIL, "job_id": "last"},
+    ])
+    assert ids == ["first", "exists", "later", "urgent", "elsewhere", "first", "last"]
+    jobs = {job["id"]: job for job in registry.get_jobs(["first", "later", "urgent", "last",
+                                                          "elsewhere"])}
+    assert {i: j["state"] for i, j in jobs.items()} == {
+        "first": "waiting", "later": "delayed", "urgent": "waiting", "last": "waiting",
+        "elsewhere": "waiting"}
+    assert jobs["urgent"]["priority"] == 5 and jobs["elsewhere"]["queue"] == "system"
+    assert jobs["later"]["run_at"] == jobs["later"]["created_at"] + 60
+    assert jobs["later"]["timeline"][0]["run_at"] == jobs["later"]["run_at"]
+    assert int(r.hget(keys.queue_stats("email"), "enqueued")) == before + 4
+    assert int(r.hget(keys.queue_stats("system"), "enqueued")) == 1
+    assert set(r.zrange(keys.state_index("email", "waiting"), 0, -1)) == {
+        "exists", "first", "last", "urgent"}
+    assert huey_for("email").storage.schedule_size() == 1
+    storage = huey_for("email").storage
+    storage.processing_key = keys.processing("test", "email")
+    order = [unframe(storage.dequeue())[0] for _ in range(4)]
+    assert order == ["urgent", "exists", "first", "last"]
+    queued_events = [e["job_id"] for e in registry.recent_events() if e["type"] == "queued"]
+    assert queued_events[-5:] == ["first", "later", "urgent", "elsewhere", "last"]
+
+
+def test_a_batch_larger_than_one_script_keeps_its_order(r):
+    count = producers.MANY_PER_SCRIPT * 2 + 7
+    ids = producers.enqueue_many([{"job": "email.send", "payload": MAIL}] * count)
+    assert len(set(ids)) == count and queued("email") == count
+    storage = huey_for("email").storage
+    storage.processing_key = keys.processing("test", "email")
+    assert [unframe(storage.dequeue())[0] for _ in range(count)] == ids
 
 
 def test_typed_producer_and_delay(r):
