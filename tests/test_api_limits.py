@@ -103,6 +103,12 @@ def test_a_panel_session_keeps_the_address_limit(r, strict):
     assert codes == [200] * 4 + [429]
 
 
+def test_a_token_lifts_no_limit_outside_the_api(api, strict):
+    headers = bearer(tokens.create("producer", "operator"))
+    codes = [api.get("/login", headers=headers).status_code for _ in range(6)]
+    assert codes == [200] * 5 + [429]
+
+
 def test_the_cli_sets_and_lists_a_tokens_limit(cli):
     assert cli("tokens", "create", "bot", "--rate-limit", "20000 per minute").exit_code == 0
     assert cli("tokens", "create", "plain").exit_code == 0

@@ -186,10 +186,16 @@ def token_key() -> str:
 
 
 # ---- the default limit of every route: per valid API token, else per client address ----
+API_PATHS = "/api/"  # where a bearer token is what authenticates a call
+
+
 def limiting_token() -> dict | None:
-    """The request's valid API token, or None: no token, a wrong one (an invented bearer
-    must not escape the address's limit), or Redis cannot tell now (the address's limit
-    then; the view answers the outage)."""
+    """The valid API token of an API call, or None: not the API (the panel and sign-in keep
+    the address's limit whatever header comes along), no token, a wrong one (an invented
+    bearer must not escape the address's limit), or Redis cannot tell now (the address's
+    limit then; the view answers the outage)."""
+    if not request.path.startswith(API_PATHS):
+        return None
     try:
         return request_token()
     except redis.RedisError:
