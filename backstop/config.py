@@ -157,10 +157,10 @@ SETTINGS = [
     Setting("RATE_LIMIT_DEFAULT", "600 per minute",
             "Requests a client address may make to each route of the panel and the API "
             "(flask-limiter notation); sign-in and actions have stricter limits of their own. "
-            "A call with a valid API token counts against API_TOKEN_RATE_LIMIT instead."),
+            "An API call with a valid token counts against API_TOKEN_RATE_LIMIT instead."),
     Setting("API_TOKEN_RATE_LIMIT", "6000 per minute",
-            "Requests one valid API token may make to each route (flask-limiter notation), "
-            "wherever they come from; a token created with `--rate-limit` has its own. A "
+            "Requests one valid API token may make to each route of the API (flask-limiter "
+            "notation), from any address; a token created with `--rate-limit` has its own. A "
             "wrong or unknown token counts against the address's RATE_LIMIT_DEFAULT."),
     Setting("OUTBOX_PATH", "var/outbox.sqlite3",
             "This host's local SQLite file: jobs accepted while Redis cannot take them (the "
