@@ -26,7 +26,7 @@ def tokens_cli():
 @click.argument("name")
 @click.option("--role", type=click.Choice(tokens.ROLES), default="operator", show_default=True)
 @click.option("--rate-limit", metavar="LIMIT",
-              help='Requests it may make to each route, e.g. "20000 per minute" '
+              help='Requests it may make to each API route, e.g. "20000 per minute" '
                    "(default: API_TOKEN_RATE_LIMIT).")
 def create_token(name: str, role: str, rate_limit: str | None):
     """Create a token and print it once."""
