@@ -156,7 +156,12 @@ SETTINGS = [
             "older ones, and `flask audit verify` checks the chain from the oldest kept one."),
     Setting("RATE_LIMIT_DEFAULT", "600 per minute",
             "Requests a client address may make to each route of the panel and the API "
-            "(flask-limiter notation); sign-in and actions have stricter limits of their own."),
+            "(flask-limiter notation); sign-in and actions have stricter limits of their own. "
+            "An API call with a valid token counts against API_TOKEN_RATE_LIMIT instead."),
+    Setting("API_TOKEN_RATE_LIMIT", "6000 per minute",
+            "Requests one valid API token may make to each route of the API (flask-limiter "
+            "notation), from any address; a token created with `--rate-limit` has its own. A "
+            "wrong or unknown token counts against the address's RATE_LIMIT_DEFAULT."),
     Setting("OUTBOX_PATH", "var/outbox.sqlite3",
             "This host's local SQLite file: jobs accepted while Redis cannot take them (the "
             "outbox, drained into Redis when it returns) and health-log entries written "

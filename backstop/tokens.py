@@ -17,6 +17,8 @@ import json
 import secrets
 import time
 
+import limits
+
 from . import keys
 from .auth_cache import TrustCache
 from .config import derived_key
@@ -31,10 +33,12 @@ def _digest(token: str) -> str:
     return hmac.new(derived_key(b"backstop-api-token"), token.encode(), hashlib.sha256).hexdigest()
 
 
-def create(name: str, role: str) -> str:
+def create(name: str, role: str, rate_limit: str | None = None) -> str:
     """Create a token for name with role; return the token (it cannot be shown again).
 
-    Raises ValueError for an unknown role or an empty name.
+    rate_limit: the requests it may make to each route, in flask-limiter notation ("20000 per
+    minute", "100/second; 5000/minute"), instead of API_TOKEN_RATE_LIMIT.
+    Raises ValueError for an unknown role, an empty name or a rate limit that does not parse.
     """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
@@ -42,12 +46,26 @@ def create(name: str, role: str) -> str:
         raise ValueError("a token needs a name")
     token = PREFIX + secrets.token_urlsafe(32)
     info = {"name": name.strip(), "role": role, "created_at": time.time()}
+    if rate_limit:
+        info["rate_limit"] = checked_rate_limit(rate_limit)
     client().hset(keys.api_tokens(), _digest(token), json.dumps(info))
     return token
 
 
+def checked_rate_limit(text: str) -> str:
+    """text, stripped, when it is a rate limit flask-limiter reads; ValueError otherwise."""
+    try:
+        items = limits.parse_many(text.strip())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a rate limit: write e.g. \"20000 per minute\" or "
+                         f"\"100/second; 5000/minute\"") from None
+    if any(item.amount < 1 for item in items):
+        raise ValueError(f"{text!r} allows no request at all: revoke the token instead")
+    return text.strip()
+
+
 def verify(token: str) -> dict | None:
-    """The token's {name, role, created_at}, or None if it is unknown or revoked.
+    """The token's {name, role, created_at, rate_limit?}, or None if it is unknown or revoked.
 
     A token found in Redis less than AUTH_CACHE_SECONDS ago is answered from this process's
     memory, without a Redis call; an unknown one is asked of Redis every time. So a token
@@ -68,7 +86,7 @@ def verify(token: str) -> dict | None:
 
 
 def listing() -> list[dict]:
-    """Every token's name, role and creation time (never the token)."""
+    """Every token's name, role, creation time and own rate limit if any (never the token)."""
     rows = client().hgetall(keys.api_tokens())
     return sorted((json.loads(v) for v in rows.values()), key=lambda t: t["created_at"])
 

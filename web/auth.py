@@ -129,10 +129,19 @@ def bearer_token() -> str:
     return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
 
 
+def request_token() -> dict | None:
+    """The request's API token as tokens.verify has it (None: none, or not a valid one),
+    verified once per request: the rate limiter's choice of limit and the view share it.
+    Raises redis.RedisError when Redis must be asked and cannot answer (nothing is kept)."""
+    if "api_token" not in g:
+        g.api_token = tokens.verify(bearer_token())
+    return g.api_token
+
+
 def verified_token(action: str | None = None) -> dict:
     """The request's API token as tokens.verify has it; a 401 otherwise (audited under
     action, or the view's, when a header was sent)."""
-    info = tokens.verify(bearer_token())
+    info = request_token()
     if info is None:
         if request.headers.get("Authorization"):
             audit_refusal(401, "unknown or revoked bearer token", action=action)
@@ -165,10 +174,46 @@ def user_key() -> str:
     limiter's keys never hold the secret), or else the client address."""
     if current_user.is_authenticated:
         return f"user:{current_user.name}"
-    header = request.headers.get("Authorization", "")
-    if header:
-        return "token:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+    if request.headers.get("Authorization"):
+        return token_key()
     return get_remote_address()
+
+
+def token_key() -> str:
+    """The limiter's key of the request's bearer token: a digest, never the secret."""
+    header = request.headers.get("Authorization", "")
+    return "token:" + hashlib.sha256(header.encode()).hexdigest()[:32]
+
+
+# ---- the default limit of every route: per valid API token, else per client address ----
+API_PATHS = "/api/"  # where a bearer token is what authenticates a call
+
+
+def limiting_token() -> dict | None:
+    """The valid API token of an API call, or None: not the API (the panel and sign-in keep
+    the address's limit whatever header comes along), no token, a wrong one (an invented
+    bearer must not escape the address's limit), or Redis cannot tell now (the address's
+    limit then; the view answers the outage)."""
+    if not request.path.startswith(API_PATHS):
+        return None
+    try:
+        return request_token()
+    except redis.RedisError:
+        return None
+
+
+def caller_limit() -> str:
+    """The default limit of this request: its API token's own, else API_TOKEN_RATE_LIMIT;
+    RATE_LIMIT_DEFAULT without a valid token."""
+    info = limiting_token()
+    if info is None:
+        return settings().rate_limit_default
+    return info.get("rate_limit") or settings().api_token_rate_limit
+
+
+def caller_key() -> str:
+    """Whom the default limit counts: the valid API token (a digest), else the address."""
+    return token_key() if limiting_token() is not None else get_remote_address()
 
 
 def login_name_key() -> str:

@@ -8,6 +8,7 @@ import click
 from flask import Flask
 
 from backstop import audit, tokens, users
+from backstop.config import settings
 from backstop.errors import BackstopError
 
 
@@ -24,16 +25,23 @@ def tokens_cli():
 @tokens_cli.command("create")
 @click.argument("name")
 @click.option("--role", type=click.Choice(tokens.ROLES), default="operator", show_default=True)
-def create_token(name: str, role: str):
+@click.option("--rate-limit", metavar="LIMIT",
+              help='Requests it may make to each API route, e.g. "20000 per minute" '
+                   "(default: API_TOKEN_RATE_LIMIT).")
+def create_token(name: str, role: str, rate_limit: str | None):
     """Create a token and print it once."""
-    click.echo(tokens.create(name, role))
+    try:
+        click.echo(tokens.create(name, role, rate_limit))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @tokens_cli.command("list")
 def list_tokens():
-    """List token names and roles."""
+    """List token names, roles and rate limits (a token's own, or the default's)."""
+    default = f"{settings().api_token_rate_limit} (API_TOKEN_RATE_LIMIT)"
     for info in tokens.listing():
-        click.echo(f"{info['name']}\t{info['role']}")
+        click.echo(f"{info['name']}\t{info['role']}\t{info.get('rate_limit') or default}")
 
 
 @tokens_cli.command("revoke")

@@ -4,23 +4,33 @@ from __future__ import annotations
 
 from flask import Flask
 from flask_babel import Babel
-from flask_limiter import Limiter
+from flask_limiter import Limit, Limiter
 from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_sock import Sock
 from flask_wtf import CSRFProtect
 
-from backstop.config import settings
-
 login_manager = LoginManager()
 csrf = CSRFProtect()
 
 
-def default_limit() -> str:
-    return settings().rate_limit_default
+def caller_limit() -> str:
+    from web.auth import caller_limit  # web.auth imports this module: bound at call time
+
+    return caller_limit()
 
 
-limiter = Limiter(key_func=get_remote_address, default_limits=[default_limit])
+def caller_key() -> str:
+    from web.auth import caller_key
+
+    return caller_key()
+
+
+# Every route's default limit counts per valid API token (API_TOKEN_RATE_LIMIT or the
+# token's own), else per client address (RATE_LIMIT_DEFAULT); a limit a route declares
+# itself (sign-in, actions, health) counts per address unless it says otherwise.
+limiter = Limiter(key_func=get_remote_address,
+                  default_limits=[Limit(caller_limit, key_function=caller_key)])
 sock = Sock()
 babel = Babel()
 
