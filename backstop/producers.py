@@ -95,8 +95,7 @@ def enqueue_script(prepared: Prepared, now: float, created_at: float | None = No
     message goes to instead of its queue (a direct run's processing list)."""
     job_id, queue, job_name = prepared.job_id, prepared.queue, prepared.job_name
     storage = huey_for(queue).storage
-    delayed = prepared.delay > 0
-    state = "delayed" if delayed else "waiting"
+    delayed, state, how = _placement(prepared)
     run_at = now + prepared.delay
     # attempts, progress and priority default to 0 when absent (registry.decode_record)
     fields = ["id", job_id, "queue", queue, "job", job_name, "payload", prepared.payload_json,
@@ -107,16 +106,28 @@ def enqueue_script(prepared: Prepared, now: float, created_at: float | None = No
     if prepared.priority:
         fields += ["priority", prepared.priority]
     target = into or (storage.schedule_key if delayed else storage.queue_key)
-    how = "delay" if delayed else "front" if prepared.priority > 0 else "back"
-    # ids and names are plain [A-Za-z0-9_.:@-] (JOB_ID_PATTERN, contracts): nothing to escape
-    queued = (f'{{"type":"queued","job_id":"{job_id}","queue":"{queue}","job":"{job_name}",'
-              f'"state":"{state}","t":{now!r}}}')
     # stored for a delayed job only (scripts.ENQUEUE)
     entry = f'{{"t":{now!r},"event":"enqueued","run_at":{run_at!r}}}' if delayed else ""
     return ([keys.job(job_id), target, keys.state_index(queue, state), keys.queue_stats(queue),
              keys.timeline(job_id), keys.events_stream()],
             [keys.events_channel(), settings().backstop_events_maxlen, job_id, prepared.message,
-             now, run_at, how, queued, entry, *fields])
+             now, run_at, how, _queued_event(prepared, state, now), entry, *fields])
+
+
+def _placement(prepared: Prepared) -> tuple[bool, str, str]:
+    """(delayed, the job's first state, how its message is pushed: 'delay' into the
+    schedule, 'front' of its queue for a priority above 0, else 'back')."""
+    if prepared.delay > 0:
+        return True, "delayed", "delay"
+    return False, "waiting", "front" if prepared.priority > 0 else "back"
+
+
+def _queued_event(prepared: Prepared, state: str, now: float) -> str:
+    """The "queued" event as JSON (registry.event's shape, built directly: ids and names are
+    plain [A-Za-z0-9_.:-], JOB_ID_PATTERN and contracts.register_job, so nothing needs
+    escaping)."""
+    return (f'{{"type":"queued","job_id":"{prepared.job_id}","queue":"{prepared.queue}",'
+            f'"job":"{prepared.job_name}","state":"{state}","t":{now!r}}}')
 
 
 def push(target, prepared: Prepared, now: float, *, created_at: float | None = None,
@@ -223,18 +234,14 @@ def _many_command(batch: list[tuple[str, str, str, float, int]], now: float) -> 
 
 def _many_fields(prepared: Prepared, now: float) -> tuple:
     """One job's ARGV group of scripts.ENQUEUE_MANY."""
-    job_id, queue, job_name = prepared.job_id, prepared.queue, prepared.job_name
+    queue = prepared.queue
     storage = huey_for(queue).storage
-    delayed = prepared.delay > 0
-    state = "delayed" if delayed else "waiting"
-    queued = (f'{{"type":"queued","job_id":"{job_id}","queue":"{queue}","job":"{job_name}",'
-              f'"state":"{state}","t":{now!r}}}')
-    return (job_id, queue, job_name, prepared.payload_json, state,
+    delayed, state, how = _placement(prepared)
+    return (prepared.job_id, queue, prepared.job_name, prepared.payload_json, state,
             queue_config(queue).attempts, now, now + prepared.delay if delayed else "",
             prepared.priority or "", prepared.message,
-            storage.schedule_key if delayed else storage.queue_key,
-            "delay" if delayed else "front" if prepared.priority > 0 else "back", queued,
-            keys.queue_stats(queue))
+            storage.schedule_key if delayed else storage.queue_key, how,
+            _queued_event(prepared, state, now), keys.queue_stats(queue))
 
 
 class Producer:
