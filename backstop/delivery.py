@@ -23,10 +23,11 @@ import redis
 
 from . import drainer, modes, outbox
 from .breaker import BreakerOpen, redis_breaker
-from .connection import client, is_try_later
+from .connection import is_try_later
 from .contracts import queue_config
 from .direct import Outcome, direct_runner, run_unrecorded
 from .producers import Prepared, push
+from .replication import acknowledged
 
 
 def deliver(prepared: Prepared) -> Outcome:
@@ -41,7 +42,7 @@ def queue(prepared: Prepared) -> Outcome:
     breaker = redis_breaker()
     try:
         breaker.check()
-        created = push(client(), prepared, time.time())
+        created = acknowledged(lambda target: push(target, prepared, time.time()))
     except BreakerOpen as exc:
         return fall_back(prepared, exc)
     except redis.RedisError as exc:

@@ -19,6 +19,7 @@ from .contracts import JOBS, job_spec, load_job_modules, queue_config, validated
 from .errors import JobFailed, PayloadError
 from .hueys import frame, huey_for, task_wrapper
 from .registry import entry, event, script_args
+from .replication import acknowledged, execute_replicated
 from .scripts import scripts_for
 
 # fullmatch, never match + "$": "$" also matches before a final newline ("victim\n")
@@ -129,7 +130,7 @@ def submit(job_name: str, payload: Any, *, job_id: str | None = None,
            delay: float | None = None, priority: int | None = None) -> tuple[str, bool]:
     """Like enqueue, but also say whether the job is new (False: the id existed already)."""
     prepared = prepare(job_name, payload, job_id, delay, priority)
-    created = push(client(), prepared, time.time())
+    created = acknowledged(lambda target: push(target, prepared, time.time()))
     return prepared.job_id, bool(created)
 
 
@@ -144,7 +145,7 @@ def enqueue_many(jobs: Iterable[dict]) -> list[str]:
     now = time.time()
     for item in prepared:
         push(pipe, item, now)
-    pipe.execute()
+    execute_replicated(pipe)
     return [item.job_id for item in prepared]
 
 
