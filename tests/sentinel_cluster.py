@@ -7,8 +7,8 @@ from the redis-server binary on free ports (redis-sentinel is `redis-server <con
     cluster.kill_primary()   # kill -9; Sentinel promotes the replica
     cluster.stop()           # kills every process it started
 
-The fixture ``sentinel_env`` starts one for a test, points the test's settings at it, and
-stops it at teardown.
+The fixture ``cluster`` (import cluster_fixture) starts one for a test, points the test's
+settings at it, and stops it at teardown.
 """
 
 from __future__ import annotations
@@ -156,13 +156,15 @@ class SentinelCluster:
         return port
 
     def wait_for_failover(self, old: int, seconds: float = 30) -> int:
-        """The new primary's port, once the Sentinels name one other than old and it took
-        the role."""
+        """The new primary's port, once the Sentinels name one other than old, it took the
+        role, and old (if it still runs) has turned into its replica."""
         def promoted():
             port = self.primary_port()
-            if port == old:
+            if port == old or self.data(port).info("replication")["role"] != "master":
                 return 0
-            return port if self.data(port).info("replication")["role"] == "master" else 0
+            if old in self.servers and self.data(old).info("replication")["role"] != "slave":
+                return 0
+            return port
         return wait_for(_quietly(promoted), seconds, 0.05, what="Sentinel to promote a replica")
 
     def pause(self, port: int) -> None:
@@ -191,8 +193,8 @@ def _quietly(predicate):
     return ask
 
 
-@pytest.fixture
-def sentinel_env(tmp_path):
+@pytest.fixture(name="cluster")
+def cluster_fixture(tmp_path):
     """A Sentinel setup, and this test's settings pointed at it (own outbox file too)."""
     cluster = SentinelCluster(tmp_path / "cluster").start()
     apply_env(**cluster.env(), OUTBOX_PATH=str(tmp_path / "outbox.db"))
