@@ -22,7 +22,7 @@ import pytest
 import redis
 from conftest import apply_env, wait_for
 
-from backstop import modes, redis_server
+from backstop import drainer, modes, redis_server
 
 SERVICE = "backstop"
 DATA_PASSWORD = "data-secret"
@@ -203,4 +203,5 @@ def cluster_fixture(tmp_path):
         yield cluster
     finally:
         modes.forget()  # its watcher thread would go on asking the stopped Sentinels
+        drainer.stop()  # as would the outbox drainer a fallback started
         cluster.stop()  # (conftest's autouse fixture restores the test's settings)
