@@ -9,6 +9,7 @@ import socket
 import struct
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -127,10 +128,11 @@ def timeouts(kernel: bool = False) -> dict:
     TCP let the kernel enforce it (KernelTimedConnection, for the hot path's pools); over TLS
     or a unix socket Python does.
     """
-    options = {"socket_timeout": socket_timeout(),
-               "socket_connect_timeout": settings().float("redis_connect_timeout"),
-               "health_check_interval": settings().float("redis_health_check_seconds"),
-               "socket_keepalive": True, **NO_CLIENT_INFO}
+    options: dict[str, Any] = {
+        "socket_timeout": socket_timeout(),
+        "socket_connect_timeout": settings().float("redis_connect_timeout"),
+        "health_check_interval": settings().float("redis_health_check_seconds"),
+        "socket_keepalive": True, **NO_CLIENT_INFO}
     if kernel and _plain_tcp() and options["socket_timeout"]:
         kernel_class = SentinelKernelTimedConnection if sentinels() else KernelTimedConnection
         options.update(connection_class=kernel_class,

@@ -44,7 +44,16 @@ def acknowledged(write: Callable[[Any], Any]) -> Any:
         return write(client())
     pipe = client().pipeline(transaction=False)
     write(pipe)
-    return execute_replicated(pipe)[0]
+    # One round trip, not two: redis-py would first ask SCRIPT EXISTS for the pipeline's
+    # scripts. They are loaded but on a server that never ran them (a new primary after a
+    # failover): its NOSCRIPT reply makes the enqueue go again, with the check.
+    pipe.scripts.clear()
+    try:
+        return execute_replicated(pipe)[0]
+    except redis.exceptions.NoScriptError:
+        pipe = client().pipeline(transaction=False)
+        write(pipe)
+        return execute_replicated(pipe)[0]
 
 
 def execute_replicated(pipe: redis.client.Pipeline) -> list:
