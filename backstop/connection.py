@@ -1,4 +1,12 @@
-"""The Redis clients of a process: one decoded client for Backstop, raw pools for Huey."""
+"""The Redis clients of a process: one decoded client for Backstop, raw pools for Huey.
+
+Every client and pool is made here. With REDIS_SENTINELS set they find the primary through
+redis-py's Sentinel support: a connection asks the Sentinels for the primary whenever it
+(re)connects, so after a failover a dropped connection, or one the demoted primary answers
+READONLY, reconnects to the new one. REDIS_URL then gives only the password, database and
+TLS. The kernel's socket timeouts (KernelTimedConnection) are kept under Sentinel too
+(SentinelKernelTimedConnection): the hot path's saving does not depend on where the primary is.
+"""
 
 from __future__ import annotations
 
