@@ -31,7 +31,8 @@ def start_pair() -> tuple[list[subprocess.Popen], str]:
     replica = redis_server.free_port()
     procs.append(subprocess.Popen(
         [redis_server.find_binary(), "--port", str(replica), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--replicaof", "127.0.0.1", str(primary)],
+         "--appendonly", "no", "--dir", tempfile.mkdtemp(), "--replicaof", "127.0.0.1",
+         str(primary)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return procs, f"redis://127.0.0.1:{primary}/0"
 
