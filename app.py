@@ -10,7 +10,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from backstop import bounded_json, drainer
 from backstop.config import secret_key, settings
-from backstop.connection import NO_CLIENT_INFO, redis_url
+from backstop.connection import limiter_storage
 from backstop.jobs import load_handlers
 from web import (
     actions,
@@ -71,13 +71,14 @@ class SocketReaderThread(threading.Thread):
 def base_config() -> dict:
     """Flask and extension settings, from Backstop's settings."""
     secure = settings().flag("cookie_secure")
+    storage_uri, storage_options = limiter_storage()
     return dict(
         SECRET_KEY=secret_key(), SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         SESSION_COOKIE_SECURE=secure,
         # __Host-: the browser takes it only over HTTPS, from this host, for every path.
         SESSION_COOKIE_NAME="__Host-session" if secure else "session",
         WTF_CSRF_HEADERS=["X-CSRFToken"], WTF_CSRF_TIME_LIMIT=None,
-        RATELIMIT_STORAGE_URI=redis_url(), RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_STORAGE_URI=storage_uri, RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
         # A request whose limit check failed while another thread was switching the limiter
         # to its in-memory fallback (Redis just went away) passes instead of answering 503.
         RATELIMIT_SWALLOW_ERRORS=True,
@@ -87,8 +88,8 @@ def base_config() -> dict:
         # 60. Its figure goes in its own header; Retry-After is the view's (and a 429's).
         RATELIMIT_HEADER_RETRY_AFTER="X-RateLimit-Retry-After",
         RATELIMIT_KEY_PREFIX=f"{settings().backstop_prefix}-limits",
-        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1,
-                                   **NO_CLIENT_INFO},
+        # Sentinel's redis+sentinel:// storage follows a failover, as every other client does.
+        RATELIMIT_STORAGE_OPTIONS=storage_options,
         SOCK_SERVER_OPTIONS={"ping_interval": 20, "thread_class": SocketReaderThread},
         MAX_CONTENT_LENGTH=settings().int("max_content_length"),
     )

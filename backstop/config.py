@@ -39,6 +39,24 @@ SETTINGS = [
     Setting("REDIS_CONNECT_TIMEOUT", "3", "Seconds a connection to Redis may take to open."),
     Setting("REDIS_HEALTH_CHECK_SECONDS", "15",
             "An idle pooled connection is pinged before reuse after this many seconds."),
+    Setting("REDIS_SENTINELS", "",
+            "Comma-separated host:port of the Redis Sentinels (e.g. "
+            "`10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379`): every process asks them which "
+            "server is the primary and follows a failover. REDIS_URL may still give the "
+            "password and database number (its host is then ignored). Empty: no Sentinel."),
+    Setting("REDIS_SENTINEL_SERVICE", "",
+            "With REDIS_SENTINELS: the name the Sentinels monitor the primary under "
+            "(`sentinel monitor <name> ...`), e.g. `backstop`."),
+    Setting("REDIS_SENTINEL_PASSWORD", "",
+            "Password of the Sentinels themselves (their `requirepass`), if they have one; "
+            "the data servers' password comes from REDIS_URL."),
+    Setting("REDIS_MIN_REPLICAS_ACK", "0",
+            "N > 0: an enqueue is acknowledged only once N replicas have it (WAIT on the "
+            "enqueue's own connection), so a failover cannot lose an acknowledged job; when "
+            "fewer confirm in time the enqueue counts as Redis being unavailable (the queue's "
+            "outage policy takes the job, e.g. the outbox). 0: no wait."),
+    Setting("REDIS_REPLICA_ACK_TIMEOUT_MS", "500",
+            "With REDIS_MIN_REPLICAS_ACK: milliseconds an enqueue waits for its replicas."),
     Setting("BACKSTOP_PREFIX", "backstop", "Prefix of every Redis key Backstop writes."),
     Setting("BACKSTOP_TASK_MODULES", "", "Comma-separated modules that define your own jobs."),
     Setting("BACKSTOP_QUEUES", "",

@@ -78,6 +78,9 @@ def _connection(pool: redis.ConnectionPool) -> AbstractConnection:
     if held and held[0] is pool and held[1] == os.getpid():
         return held[2]
     connection = pool.connection_class(**pool.connection_kwargs)
+    # connect() now, as the pool would: a Sentinel-managed connection asks the Sentinels for
+    # the primary only in connect(); a first send would connect to its default address.
+    connection.connect()
     _local.held = (pool, os.getpid(), connection)
     return connection
 

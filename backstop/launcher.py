@@ -19,7 +19,7 @@ import redis
 
 from . import keys, redis_server
 from .config import read_or_create_key, settings, write_private
-from .connection import EMBEDDED_URL_FILE, timeouts
+from .connection import EMBEDDED_URL_FILE, client, sentinels, timeouts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,7 +77,9 @@ def start_roles(env: dict) -> list[subprocess.Popen]:
 
 def users_exist(url: str) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, **timeouts()).hlen(keys.users()))
+        # Under Sentinel the primary is whichever server the Sentinels name.
+        found = client() if sentinels() else redis.Redis.from_url(url, **timeouts())
+        return bool(found.hlen(keys.users()))
     except redis.RedisError:
         return True
 
@@ -100,7 +102,7 @@ def main() -> int:
     env = dict(os.environ)
     procs: list[subprocess.Popen] = []
     exit_code = 0
-    if not settings().redis_url:
+    if not settings().redis_url and not sentinels():
         redis_proc, env["REDIS_URL"] = start_embedded_redis()
         print(f"embedded Redis at {redacted_url(env['REDIS_URL'])} (data in var/redis; its "
               "password in var/redis-password)", flush=True)

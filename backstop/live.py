@@ -38,7 +38,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from . import keys, registry
-from .connection import client, redis_url, timeouts
+from .connection import client, dedicated, redis_url
 from .contracts import QUEUES
 
 logger = logging.getLogger(__name__)
@@ -339,9 +339,8 @@ class Hub:
         # Own client: no silent retries (the hub must notice a drop to catch up), and a name
         # that shows the process's one pub/sub connection in CLIENT LIST.
         if self._redis is None:
-            self._redis = redis.Redis.from_url(
-                redis_url(), decode_responses=True, retry=Retry(NoBackoff(), 0),
-                client_name=f"backstop-live-{self.pid}", **timeouts())
+            self._redis = dedicated(retry=Retry(NoBackoff(), 0),
+                                    client_name=f"backstop-live-{self.pid}")
         return self._redis
 
     def _on_subscribed(self) -> None:

@@ -18,7 +18,7 @@ import time
 import redis
 
 from . import keys
-from .connection import client, redis_url, timeouts
+from .connection import client, dedicated
 from .per_process import PerProcess
 
 MODES = ("async_queue", "sync_direct")
@@ -64,8 +64,7 @@ class Watcher:
 
     def _listen(self) -> None:
         # A client of its own, named so that CLIENT LIST tells it from the live hub's.
-        subscriber = redis.Redis.from_url(redis_url(), decode_responses=True,
-                                          client_name=f"backstop-mode-{self.pid}", **timeouts())
+        subscriber = dedicated(client_name=f"backstop-mode-{self.pid}")
         pubsub = subscriber.pubsub(ignore_subscribe_messages=True)
         try:
             pubsub.subscribe(keys.system_channel())

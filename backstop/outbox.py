@@ -94,6 +94,7 @@ def _oldest(batch: int) -> list[tuple]:
 def _push_rows(rows: list[tuple]) -> None:
     """Enqueue rows in one pipelined round trip, in order (each id at most once)."""
     from .producers import build, push
+    from .replication import execute_replicated
 
     now = time.time()
     pipe = client().pipeline(transaction=False)
@@ -101,7 +102,7 @@ def _push_rows(rows: list[tuple]) -> None:
         left = max(0.0, accepted_at + delay - now)
         prepared = build(job_name, payload, job_id, left, priority)
         push(pipe, prepared, now, created_at=accepted_at)
-    pipe.execute()
+    execute_replicated(pipe)
 
 
 def report() -> None:

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from . import hot_path, keys
+from . import hot_path, keys, replication
 from .config import settings
 from .connection import client
 from .contracts import JOBS, job_spec, load_job_modules, queue_config, validated_json
@@ -145,21 +145,30 @@ def push_now(prepared: Prepared, now: float) -> int:
 
 def _run_scripts(name: str, calls: Iterable[tuple]) -> list:
     """Run a script once per call (numkeys, keys, args) in one round trip on this thread's
-    connection; if Redis does not know the script (a restart, SCRIPT FLUSH), load it and run
-    them again (an enqueue that ran already finds its record and adds nothing)."""
+    connection, then (REDIS_MIN_REPLICAS_ACK) WAIT for the replicas on that connection. If
+    Redis does not know the script (a restart, SCRIPT FLUSH, a new primary), load it and run
+    them again (an enqueue that ran already finds its record and adds nothing). Raises
+    replication.NotReplicated when too few replicas confirmed."""
     script = getattr(scripts_for(client()), name)
+    needed = replication.min_replicas()
     sent: list[tuple] = []
 
     def commands() -> Iterator[tuple]:
         for call in calls:
             sent.append(("EVALSHA", script.sha, *call))
             yield sent[-1]
+        if needed:
+            sent.append(replication.wait_command(needed))
+            yield sent[-1]
 
     try:
-        return hot_path.exchange(client().connection_pool, commands())
+        replies = hot_path.exchange(client().connection_pool, commands())
     except redis.exceptions.NoScriptError:
         client().script_load(script.script)
-        return hot_path.exchange(client().connection_pool, sent)
+        replies = hot_path.exchange(client().connection_pool, sent)
+    if needed:
+        replication.require(replies.pop(), needed)
+    return replies
 
 
 def enqueue(job_name: str, payload: Any, *, job_id: str | None = None,

@@ -32,6 +32,8 @@ COMMANDS = (
     "zrevrangebyscore", "zremrangebyrank", "zremrangebyscore",
     "xadd", "xlen", "xrange", "xrevrange", "xtrim",
     "publish", "subscribe", "unsubscribe",
+    # REDIS_MIN_REPLICAS_ACK: an enqueue waits for its replicas (backstop.replication)
+    "wait",
 )
 
 

@@ -133,3 +133,15 @@ def steps(payload: Steps, ctx):
         ctx.progress(100 * step // payload.steps, f"step {step} of {payload.steps}")
         time.sleep(payload.pause)
     return {"steps": payload.steps}
+
+
+class Ledger(Payload):
+    path: str = Field(max_length=500)
+
+
+@define_job("test.ledger", queue="system", model=Ledger)
+def ledger(payload: Ledger, ctx):
+    """Appends its id to a file, one line per run: a record outside Redis, which a failover
+    cannot roll back (tests/test_sentinel_failover.py counts jobs run twice with it)."""
+    with open(payload.path, "a") as out:
+        out.write(f"{ctx.job_id}\n")
