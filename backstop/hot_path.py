@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 
 import hiredis
 import redis
+from redis.commands.core import Script
 from redis.connection import AbstractConnection
 
 _local = threading.local()
@@ -73,19 +74,42 @@ def _reply(connection: AbstractConnection):
         return exc
 
 
+def run_script(pool: redis.ConnectionPool, script: Script, keys: list, args: list):
+    """What ``script(keys=keys, args=args)`` answers, run on this thread's connection to
+    pool's server (loading the script first if Redis does not know it)."""
+    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    try:
+        return exchange(pool, [command])[0]
+    except redis.exceptions.NoScriptError:
+        exchange(pool, [("SCRIPT", "LOAD", script.script)])
+        return exchange(pool, [command])[0]
+
+
 def _connection(pool: redis.ConnectionPool) -> AbstractConnection:
-    held = getattr(_local, "held", None)
-    if held and held[0] is pool and held[1] == os.getpid():
-        return held[2]
+    """This thread's connection to pool's server (one per pool: a worker thread uses both
+    the decoded client's and Huey's binary pool); a new one after a fork."""
+    held = _held()
+    found = held.get(id(pool))
+    if found and found[0] is pool and found[1] == os.getpid():
+        return found[2]
     connection = pool.connection_class(**pool.connection_kwargs)
     # connect() now, as the pool would: a Sentinel-managed connection asks the Sentinels for
     # the primary only in connect(); a first send would connect to its default address.
     connection.connect()
-    _local.held = (pool, os.getpid(), connection)
+    held[id(pool)] = (pool, os.getpid(), connection)
     return connection
+
+
+def _held() -> dict[int, tuple]:
+    if not hasattr(_local, "held"):
+        _local.held = {}
+    return _local.held
 
 
 def _forget(connection: AbstractConnection) -> None:
     connection.disconnect()
-    _local.held = None
+    held = _held()
+    for key, (_, _, kept) in list(held.items()):
+        if kept is connection:
+            del held[key]
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import alerts, dlq, drainer, keys, metrics, poison, redrive, schedules
+from . import alerts, dlq, drainer, hot_path, keys, metrics, poison, redrive, schedules
 from .config import settings
 from .connection import client, is_try_later
 from .contracts import QUEUES, QueueConfig, queue_config
@@ -292,12 +292,13 @@ class WorkerProcess:
     def _start(self, queue: str, message: bytes) -> Started:
         qk, config = self.keys[queue], queue_config(queue)
         token = f"{self.token_prefix}{next(self.starts):x}"
-        # The raw (bytes) connection: the reply carries the message.
-        kind, value, taken, lost = self.scripts.start(
-            keys=[qk.queue, qk.processing, self.paused_key, qk.rate, keys.bad_messages(queue)],
-            args=script_args(queue, repr(time.time()), config.rate_limit, self.id,
-                             config.attempts, message, token, lost_limit(config)),
-            client=huey_for(queue).storage.conn)
+        # On Huey's binary pool (the reply carries the message), on this thread's own
+        # connection (backstop.hot_path: two scripts a job are a worker's hot path).
+        kind, value, taken, lost = hot_path.run_script(
+            huey_for(queue).storage.conn.connection_pool, self.scripts.start,
+            [qk.queue, qk.processing, self.paused_key, qk.rate, keys.bad_messages(queue)],
+            script_args(queue, repr(time.time()), config.rate_limit, self.id, config.attempts,
+                        message, token, lost_limit(config)))
         return Started(kind.decode(), int(value), taken, int(lost), token)
 
     def _remember_run(self, job_id: str, token: str) -> None:
@@ -443,12 +444,12 @@ class WorkerProcess:
         qk = self.keys[run.queue]
         now = time.time()
         timeline, event_text = self._outcome_json(run, outcome, now, run_at, dlq_fields, note)
-        self.scripts.finish(
-            keys=[keys.job(run.job_id), qk.processing, qk.stats,
-                  qk.schedule if outcome == "retry" else qk.queue, keys.timeline(run.job_id)],
-            args=script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at,
-                             keep, timeline, event_text, run.token, *self.metrics_args,
-                             *(dlq_fields or [])))
+        hot_path.run_script(
+            self.r.connection_pool, self.scripts.finish,
+            [keys.job(run.job_id), qk.processing, qk.stats,
+             qk.schedule if outcome == "retry" else qk.queue, keys.timeline(run.job_id)],
+            script_args(run.job_id, run.queue, run.message, now, outcome, body, run_at, keep,
+                        timeline, event_text, run.token, *self.metrics_args, *(dlq_fields or [])))
 
     @staticmethod
     def _outcome_json(run: Running, outcome: str, now: float, run_at: float,

@@ -218,10 +218,12 @@ def first_step(client, action: Action, ctx: dict):
 
 def snapshot(redis_url: str) -> dict:
     """Every key a panel action may change, dumped; not the audit log, sessions, rate-limit
-    counters or confirmation tokens, which every request or preview writes."""
+    counters or confirmation tokens, which every request or preview writes, nor the outbox
+    depth each process reports now and then (outbox.report)."""
     raw = redis.Redis.from_url(redis_url)
     skip = (keys.audit_log(), keys.audit_head(), keys.audit_quiet(""), keys.confirmation(""),
-            keys.user_sessions(""), f"LIMITS:LIMITER/{settings().backstop_prefix}-limits/")
+            keys.user_sessions(""), f"LIMITS:LIMITER/{settings().backstop_prefix}-limits/",
+            keys.outbox_hosts())
     return {k: raw.dump(k) for k in sorted(raw.keys())
             if not k.decode().startswith(skip)}
 
