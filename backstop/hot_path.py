@@ -1,17 +1,19 @@
-"""The enqueue hot path's Redis link: each thread's own connection, used without the pool.
+"""The hot paths' Redis link (an enqueue; a worker's START and FINISH scripts): each
+thread's own connection to a pool's server, used without the pool.
 
 redis-py's generic call takes a connection from the pool, checks with a non-blocking read that
 it holds no stale reply, runs the command through its retry helper and gives the connection
-back: about 25 µs of the caller's CPU per call, half of what a raw Huey enqueue costs in all.
-An enqueue instead writes its commands on its thread's own connection, each as soon as it is
-built, and then reads their replies. The connection is made like the pool's (same class,
-socket options, server, Sentinel discovery included), so timeouts and failover behave the
-same.
+back: about 25 µs of the caller's CPU per call, half of what a raw Huey enqueue costs in all,
+and a contended lock for a worker's threads. A hot path instead writes its commands on its
+thread's own connection, each as soon as it is built, and then reads their replies. The
+connection is made like the pool's (same class, socket options, server, Sentinel discovery
+included), so timeouts and failover behave the same.
 
 A connection whose exchange failed part-way is dropped (it may hold a late reply). After a
 connection error the exchange is tried once more on a new connection, as redis-py's default
 retry does (a link the server closed while idle is found this way): an enqueue that ran
-already finds its record and adds nothing. A timeout is not retried: the caller's outage
+already finds its record and adds nothing, and a START whose reply was lost leaves a message
+that the worker's reconciliation returns. A timeout is not retried: the caller's outage
 policy takes the job, and the enqueue script's dedupe by id keeps a second push from adding
 it twice.
 """
