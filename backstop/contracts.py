@@ -284,17 +284,8 @@ def validate_payload(job_name: str, payload: Any) -> dict:
 
 def validated(job_name: str, payload: Any) -> tuple[dict, str]:
     """The validated payload as JSON-ready data and as JSON text. Raises as validate_payload."""
-    spec = job_spec(job_name)
-    if isinstance(payload, BaseModel):
-        payload = payload.model_dump(mode="json")
-    try:
-        model = spec.model.model_validate(payload)
-    except ValidationError as exc:
-        raise PayloadError(job_name, _field_errors(exc)) from None
-    text = model.model_dump_json(exclude_none=True)
-    if len(text) > MAX_PAYLOAD_BYTES:
-        raise PayloadError(job_name, [{"field": "(payload)", "message": "payload too large"}])
-    return model.model_dump(mode="json", exclude_none=True), text
+    text = validated_json(job_name, payload)
+    return json.loads(text), text
 
 
 def validated_json(job_name: str, payload: Any) -> str:
