@@ -147,6 +147,7 @@ def test_a_killed_primary_loses_no_acknowledged_job(cluster, tmp_path):
 
         states = settled(lambda: job_states(cluster.data(new), producer.acked), 45)
         runs = Counter(ledger.read_text().split())
+        unfinished = describe_unfinished(cluster.data(new), producer.acked, runs)
     finally:
         for watcher in watchers:
             watcher.done.set()
@@ -155,7 +156,7 @@ def test_a_killed_primary_loses_no_acknowledged_job(cluster, tmp_path):
 
     report = recovery(killed_at, promoted_at, producer, poller, feed, runs)
     print("\n" + json.dumps(report, indent=1))
-    assert states == {"completed": JOBS}, "some acknowledged jobs did not complete"
+    assert states == {"completed": JOBS}, f"some acknowledged jobs did not complete: {unfinished}"
     assert report["lost"] == 0
     assert report["first_enqueue_queued_in_redis_s"] < RECOVERY_LIMIT
     assert report["panel_200_again_s"] < RECOVERY_LIMIT
@@ -188,6 +189,22 @@ def job_states(primary, acked: dict) -> Counter:
     for job_id in acked:
         pipe.hget(keys.job(job_id), "state")
     return Counter(pipe.execute())
+
+
+def describe_unfinished(primary, acked: dict, runs: Counter) -> list[dict]:
+    """What a failure message needs about each job that did not complete: its record,
+    timeline, how often it ran, and every list or sorted set that holds its message."""
+    found = []
+    for job_id in acked:
+        record = primary.hgetall(keys.job(job_id))
+        if record.get("state") == "completed":
+            continue
+        holders = [key for key in primary.scan_iter(count=1000)
+                   if primary.type(key) == "list"
+                   and any(m.startswith(f"{job_id}\n") for m in primary.lrange(key, 0, -1))]
+        found.append({"id": job_id, "record": record, "runs": runs[job_id], "in": holders,
+                      "timeline": primary.lrange(keys.timeline(job_id), 0, -1)})
+    return found
 
 
 def recovery(killed_at: float, promoted_at: float, producer: Producer, poller: Poller,
