@@ -80,11 +80,12 @@ def run_script(pool: redis.ConnectionPool, script: Script, keys: list, args: lis
     """What ``script(keys=keys, args=args)`` answers, run on this thread's connection to
     pool's server (loading the script first if Redis does not know it)."""
     command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-    try:
-        return exchange(pool, [command])[0]
-    except redis.exceptions.NoScriptError:
-        exchange(pool, [("SCRIPT", "LOAD", script.script)])
-        return exchange(pool, [command])[0]
+    for _ in range(2):
+        try:
+            return exchange(pool, [command])[0]
+        except redis.exceptions.NoScriptError:  # (again: a retry reached a new primary)
+            exchange(pool, [("SCRIPT", "LOAD", script.script)])
+    return exchange(pool, [command])[0]
 
 
 def _connection(pool: redis.ConnectionPool) -> AbstractConnection:
