@@ -46,3 +46,16 @@ def test_a_forked_child_makes_its_own_connection():
     os.waitpid(pid, 0)
     assert os.read(read, 1) == b"1"
     assert hot_path.exchange(pool, [("PING",)]) == ["PONG"]
+
+
+def test_a_worker_runs_its_scripts_again_after_redis_forgot_them(r):
+    import tests.jobs_for_tests  # noqa: F401  (test.work)
+    from backstop.hueys import huey_for
+    from backstop.runner import WorkerProcess
+
+    worker = WorkerProcess(("system",))
+    huey_for("system").storage.processing_key = keys.processing(worker.id, "system")
+    job_id = producers.enqueue("test.work", {})
+    r.script_flush()  # a restart or a new primary: no script is known
+    assert worker.run_next("system")
+    assert registry.get_job(job_id)["state"] == "completed"
