@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 
 import hiredis
@@ -90,29 +91,29 @@ def run_script(pool: redis.ConnectionPool, script: Script, keys: list, args: lis
 
 def _connection(pool: redis.ConnectionPool) -> AbstractConnection:
     """This thread's connection to pool's server (one per pool: a worker thread uses both
-    the decoded client's and Huey's binary pool); a new one after a fork."""
+    the decoded client's and Huey's binary pool); a new one after a fork. A pool that is
+    gone (connection.reset) takes its thread's connections with it (a weak key)."""
     held = _held()
-    found = held.get(id(pool))
-    if found and found[0] is pool and found[1] == os.getpid():
-        return found[2]
+    found = held.get(pool)
+    if found and found[0] == os.getpid():
+        return found[1]
     connection = pool.connection_class(**pool.connection_kwargs)
     # connect() now, as the pool would: a Sentinel-managed connection asks the Sentinels for
     # the primary only in connect(); a first send would connect to its default address.
     connection.connect()
-    held[id(pool)] = (pool, os.getpid(), connection)
+    held[pool] = (os.getpid(), connection)
     return connection
 
 
-def _held() -> dict[int, tuple]:
+def _held() -> weakref.WeakKeyDictionary:
     if not hasattr(_local, "held"):
-        _local.held = {}
+        _local.held = weakref.WeakKeyDictionary()
     return _local.held
 
 
 def _forget(connection: AbstractConnection) -> None:
     connection.disconnect()
     held = _held()
-    for key, (_, _, kept) in list(held.items()):
+    for pool, (_, kept) in list(held.items()):
         if kept is connection:
-            del held[key]
-
+            del held[pool]
