@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from backstop import redis_server  # noqa: E402
+from bench.throughput import start_redis, stop  # noqa: E402
 
 BODY = json.dumps({"job": "bench.noop", "payload": {}}).encode()
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length: *(\d+)", re.I)
@@ -68,12 +69,6 @@ class Step:
 
 
 # ---- the stack: Redis and one gunicorn ----
-def start_redis() -> tuple[subprocess.Popen, str]:
-    port = redis_server.free_port()
-    proc = redis_server.start(port, Path(tempfile.mkdtemp(prefix="bench-redis-")), durable=False)
-    return proc, f"redis://127.0.0.1:{port}/0"
-
-
 def environment(redis_url: str) -> dict[str, str]:
     return {**os.environ, "REDIS_URL": redis_url, "PYTHONPATH": str(ROOT),
             "BACKSTOP_TASK_MODULES": "bench.jobs",
@@ -101,16 +96,6 @@ def start_web(env: dict[str, str], workers: int, threads: int) -> tuple[subproce
         except OSError:
             time.sleep(0.2)
     raise RuntimeError("gunicorn did not answer within 60 s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def cpu_seconds(pids: list[int]) -> float:
