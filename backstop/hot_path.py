@@ -79,14 +79,35 @@ def _reply(connection: AbstractConnection):
 
 def run_script(pool: redis.ConnectionPool, script: Script, keys: list, args: list):
     """What ``script(keys=keys, args=args)`` answers, run on this thread's connection to
-    pool's server (loading the script first if Redis does not know it)."""
-    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
-    for _ in range(2):
+    pool's server."""
+    return run_scripts(pool, script, [(len(keys), *keys, *args)])[0]
+
+
+def run_scripts(pool: redis.ConnectionPool, script: Script, calls: Iterable[tuple], *,
+                then: tuple | None = None) -> list:
+    """Run script once per call ((numkeys, *keys, *args)), each sent as it is built, then the
+    command `then` if one is given, in one exchange; return the replies (then's last). If
+    Redis does not know the script (a restart, SCRIPT FLUSH, a new primary), load it and send
+    everything again: an enqueue that ran already finds its record and adds nothing, a START
+    whose reply was lost leaves a message the worker's reconciliation returns."""
+    sent: list[tuple] = []
+
+    def commands() -> Iterator[tuple]:
+        for call in calls:
+            sent.append(("EVALSHA", script.sha, *call))
+            yield sent[-1]
+        if then:
+            sent.append(then)
+            yield then
+
+    pending: Iterable[tuple] = commands()
+    for _ in range(2):  # twice: a retry after the load may reach a new primary without it
         try:
-            return exchange(pool, [command])[0]
-        except redis.exceptions.NoScriptError:  # (again: a retry reached a new primary)
+            return exchange(pool, pending)
+        except redis.exceptions.NoScriptError:
             exchange(pool, [("SCRIPT", "LOAD", script.script)])
-    return exchange(pool, [command])[0]
+            pending = sent
+    return exchange(pool, sent)
 
 
 def _connection(pool: redis.ConnectionPool) -> AbstractConnection:

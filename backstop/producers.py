@@ -10,11 +10,9 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
-
-import redis
 
 from . import hot_path, keys, replication
 from .config import settings
@@ -145,27 +143,11 @@ def push_now(prepared: Prepared, now: float) -> int:
 
 def _run_scripts(name: str, calls: Iterable[tuple]) -> list:
     """Run a script once per call (numkeys, keys, args) in one round trip on this thread's
-    connection, then (REDIS_MIN_REPLICAS_ACK) WAIT for the replicas on that connection. If
-    Redis does not know the script (a restart, SCRIPT FLUSH, a new primary), load it and run
-    them again (an enqueue that ran already finds its record and adds nothing). Raises
-    replication.NotReplicated when too few replicas confirmed."""
-    script = getattr(scripts_for(client()), name)
+    connection (backstop.hot_path), then (REDIS_MIN_REPLICAS_ACK) WAIT for the replicas on
+    that connection. Raises replication.NotReplicated when too few replicas confirmed."""
     needed = replication.min_replicas()
-    sent: list[tuple] = []
-
-    def commands() -> Iterator[tuple]:
-        for call in calls:
-            sent.append(("EVALSHA", script.sha, *call))
-            yield sent[-1]
-        if needed:
-            sent.append(replication.wait_command(needed))
-            yield sent[-1]
-
-    try:
-        replies = hot_path.exchange(client().connection_pool, commands())
-    except redis.exceptions.NoScriptError:
-        client().script_load(script.script)
-        replies = hot_path.exchange(client().connection_pool, sent)
+    replies = hot_path.run_scripts(client().connection_pool, getattr(scripts_for(client()), name),
+                                   calls, then=replication.wait_command(needed) if needed else None)
     if needed:
         replication.require(replies.pop(), needed)
     return replies
