@@ -168,7 +168,7 @@ def run_unrecorded(prepared: Prepared) -> Outcome:
                   deadline, token="")
     try:
         with runner.tracked(run):
-            result = run_current_job(prepared.job_name, dict(prepared.payload))
+            result = run_current_job(prepared.job_name, prepared.payload_json)
     except Exception as exc:  # noqa: BLE001  (the handler's failure is the outcome)
         return Outcome(prepared.job_id, "ran", "failed", error=describe(exc), recorded=False)
     finally:

@@ -236,7 +236,7 @@ def _run_replay_script(record_id: str, prepared, queue: str, actor: str,
     attempt_id = prepared.job_id
     fields = {
         "id": attempt_id, "queue": queue, "job": prepared.job_name,
-        "payload": json.dumps(prepared.payload), "state": "waiting", "attempts": 0,
+        "payload": prepared.payload_json, "state": "waiting", "attempts": 0,
         "max_attempts": queue_config(queue).attempts, "priority": 0, "created_at": now,
         "updated_at": now, "progress": 0, "dlq_id": record_id,
     }
